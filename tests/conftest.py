@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests never reach the network: hubs are offline and telemetry is off."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+from warehouse.store import Warehouse
+
+
+@pytest.fixture
+def make_image():
+    """Write a small valid image and return its path."""
+    def make(path: Path, size=(32, 24), color=(200, 30, 30), fmt=None) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, color).save(path, format=fmt)
+        return path
+    return make
+
+
+@pytest.fixture
+def write_json():
+    def write(path: Path, obj) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+        return path
+    return write
+
+
+@pytest.fixture
+def query():
+    """Run SQL over a warehouse's current snapshot and return rows as tuples."""
+    from warehouse.catalog import connect
+
+    def run(warehouse, sql: str, params=None):
+        con = connect(warehouse)
+        try:
+            return con.execute(sql, params or []).fetchall()
+        finally:
+            con.close()
+    return run
+
+
+@pytest.fixture
+def rejects():
+    """reason -> count of the rejects in a warehouse."""
+    from warehouse.catalog import connect
+
+    def run(warehouse) -> dict[str, int]:
+        con = connect(warehouse)
+        try:
+            return dict(con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall())
+        finally:
+            con.close()
+    return run

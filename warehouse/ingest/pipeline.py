@@ -1,0 +1,186 @@
+"""Ingest one input into a warehouse: plan (fingerprint the inputs), stage (run the reader),
+merge and commit (one new snapshot). Each step is a plain function so the Prefect flow can run
+them as tasks and tests can call them without Prefect."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
+from warehouse.ingest.emitter import Emitter
+from warehouse.ingest.merge import TableOutcome, merge, new_ingest_id
+from warehouse.ingest.sources import InputError, SourceContext, reader_for
+from warehouse.ingest.staging import StagingWriter
+from warehouse.store import Warehouse
+from warehouse.version import code_version
+
+
+@dataclass
+class IngestReport:
+    dataset: str
+    ingest_id: str
+    snapshot: int
+    skipped: bool                     # True when this exact input was already ingested
+    read: int = 0
+    new: int = 0
+    existing: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.new + self.existing + self.rejected
+
+    def summary(self) -> str:
+        if self.skipped:
+            return (f"{self.dataset}: input already ingested (snapshot {self.snapshot}); "
+                    "nothing to do")
+        lines = [f"{self.dataset}: read {self.read} = accepted {self.new + self.existing} "
+                 f"(new {self.new}, already present {self.existing}) + rejected {self.rejected}"
+                 f"  [{'balanced' if self.balanced else 'UNBALANCED'}]  "
+                 f"snapshot {self.snapshot}, {self.seconds:.1f}s"]
+        for table, t in self.tables.items():
+            lines.append(f"  {table:<10} new {t['new']:>9}  present {t['existing']:>9}  "
+                         f"rejected {sum(t['rejected'].values()):>7}")
+        for reason, n in sorted(self.rejected_by_reason.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  rejected {n:>7}  {reason}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Plan:
+    ctx: SourceContext
+    warehouse: str
+    fingerprint: str
+    inputs: list[dict]
+    params: dict
+    already_in_snapshot: int | None
+    max_image_pixels: int
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plan(ctx: SourceContext, warehouse: str,
+         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Plan:
+    """Hash the inputs and decide whether this build was already done."""
+    reader = reader_for(ctx.dataset)
+    inputs = []
+    for path in reader.inputs(ctx):
+        try:
+            inputs.append({"path": str(path), "sha256": _sha256(path),
+                           "bytes": path.stat().st_size})
+        except OSError as e:
+            raise InputError(f"input file {path} is unreadable: {e}") from None
+    params = {"dataset": ctx.dataset, "source": str(ctx.source), "split": ctx.split,
+              "image_root": str(ctx.image_root) if ctx.image_root else None,
+              "n_images": ctx.n_images, "seed": ctx.seed, "max_image_pixels": max_image_pixels}
+    fingerprint = hashlib.sha256(repr((sorted(params.items()),
+                                       [i["sha256"] for i in inputs])).encode()).hexdigest()
+    done = None
+    for build in Warehouse(warehouse).current().builds:
+        if build.get("fingerprint") == fingerprint:
+            done = build.get("snapshot")
+    return Plan(ctx, warehouse, fingerprint, inputs, params, done, max_image_pixels)
+
+
+def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
+    """Run the reader; every record lands in staging as a row or a reject."""
+    wh = Warehouse(p.warehouse)
+    staging = StagingWriter(wh.staging_dir(ingest_id))
+    emit = Emitter(p.ctx.dataset, ingest_id, staging, p.max_image_pixels,
+                   image_workers=max(1, p.ctx.workers * 2))
+    try:
+        reader_for(p.ctx.dataset).read(p.ctx, emit)
+    finally:
+        emit.close()
+    return staging.close(), {"read": emit.counts.read, "rejected": emit.counts.rejected}
+
+
+def _fault(point: str) -> None:
+    """Test hook: die like a killed process at a named point of a build."""
+    if os.environ.get("MVP_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read_counts: dict,
+                     started: float) -> IngestReport:
+    wh = Warehouse(p.warehouse)
+    parent = wh.current()
+    new_parts, outcomes = merge(wh, staged, ingest_id, p.ctx.dataset,
+                                wh.staging_dir(ingest_id))
+    report = _report(p, ingest_id, parent.version + 1, read_counts, outcomes)
+    report.seconds = time.time() - started
+    _fault("before-commit")
+    build = {"ingest_id": ingest_id, "snapshot": parent.version + 1, "kind": "ingest",
+             "fingerprint": p.fingerprint, "params": p.params, "inputs": p.inputs,
+             "code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                   time.gmtime()),
+             "counts": asdict(report)}
+    wh.commit(parent, new_parts, build)
+    shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)
+    return report
+
+
+def _report(p: Plan, ingest_id: str, version: int, read_counts: dict,
+            outcomes: dict[str, TableOutcome]) -> IngestReport:
+    r = IngestReport(p.ctx.dataset, ingest_id, version, skipped=False)
+    r.read = sum(read_counts["read"].values())
+    r.rejected_by_reason = dict(read_counts["rejected"])
+    r.rejected = sum(r.rejected_by_reason.values())
+    for table, o in outcomes.items():
+        r.new += o.new
+        r.existing += o.existing
+        for reason, n in o.rejected.items():
+            r.rejected += n
+            r.rejected_by_reason[reason] = r.rejected_by_reason.get(reason, 0) + n
+        r.tables[table] = asdict(o)
+    return r
+
+
+def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
+           split: str | None = None, image_root: str | Path | None = None,
+           n_images: int | None = None, seed: int = 0, workers: int | None = None,
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IngestReport:
+    """The whole ingest without Prefect (the flow runs the same steps as tasks)."""
+    ctx = make_context(dataset, source, warehouse, split, image_root, n_images, seed, workers)
+    wh = Warehouse(warehouse)
+    started = time.time()
+    with wh.lock():
+        p = plan(ctx, str(wh.root), max_image_pixels)
+        if p.already_in_snapshot is not None:
+            return IngestReport(dataset, "", p.already_in_snapshot, skipped=True)
+        wh.remove_orphans()
+        ingest_id = new_ingest_id()
+        try:
+            staged, read_counts = stage(p, ingest_id)
+        except BaseException:
+            shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)
+            raise
+        return merge_and_commit(p, ingest_id, staged, read_counts, started)
+
+
+def make_context(dataset, source, warehouse, split=None, image_root=None, n_images=None,
+                 seed=0, workers=None) -> SourceContext:
+    if source is None:
+        if dataset != "shapes" and dataset != "easy-vqa":
+            raise InputError(f"--source is required for {dataset}")
+        source = Path(warehouse) / "sources" / (f"shapes-seed{seed}" if dataset == "shapes"
+                                                else dataset)
+    return SourceContext(dataset=dataset, source=Path(source).expanduser().resolve(),
+                         split=split,
+                         image_root=Path(image_root).expanduser().resolve() if image_root
+                         else None,
+                         n_images=n_images, seed=seed, workers=workers or os.cpu_count() or 1)

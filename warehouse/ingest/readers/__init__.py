@@ -1,0 +1,1 @@
+"""One module per input format; each exposes `inputs(ctx)` and `read(ctx, emit)`."""

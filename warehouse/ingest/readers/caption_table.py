@@ -1,0 +1,112 @@
+"""Caption tables in the Conceptual Captions style: one (caption, image) pair per row of a TSV or
+CSV file whose images are already on local disk.
+
+- Delimiter from the extension: `.csv` is comma-separated (standard CSV quoting), anything else
+  (`.tsv`, CC's own files) is tab-separated with no quoting, as CC writes it.
+- Header optional: if the first row has a `caption` column and an image column (`image`, `path`,
+  `file`, `filepath`, `url`, ...), those columns are used; otherwise every row is exactly
+  `caption<TAB>image path` like CC's `caption<TAB>url`.
+- Image paths resolve under `--image-root` (default: the folder holding the table); absolute
+  paths, `..` escapes and http(s) URLs are rejected (download the images first).
+- One image per distinct path (its source id is the path relative to the image root); caption
+  ids hash (image path, caption text), so the same caption twice for one image is a duplicate.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from warehouse.ingest.checks import BadRecord, resolve_under
+from warehouse.ingest.emitter import Emitter, stable_id
+from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_file
+
+IMAGE_COLUMNS = ("image", "path", "file", "filepath", "file_path", "image_path", "filename",
+                 "url", "image_url")
+
+
+def require_text_file(path: Path) -> Path:
+    """require_file, plus: a file with NUL bytes near its start is binary, not a table."""
+    require_file(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if b"\x00" in head:
+        raise InputError(f"input file {path} is not a text file (it contains binary data)")
+    return path
+
+
+def inputs(ctx: SourceContext) -> list[Path]:
+    if ctx.source.is_dir():
+        raise InputError(f"input file {ctx.source} is a folder; give the .tsv or .csv file")
+    return [require_text_file(ctx.source)]
+
+
+def _parse(line: str, delimiter: str) -> list[str] | None:
+    if delimiter == "\t":
+        return line.split("\t")
+    try:
+        rows = list(csv.reader([line], delimiter=delimiter, strict=True))
+    except csv.Error:
+        return None
+    return rows[0] if len(rows) == 1 else None
+
+
+def _header(fields: list[str]) -> tuple[int, int] | None:
+    """(caption column, image column) when `fields` is a header row."""
+    names = [f.strip().lower() for f in fields]
+    img = next((names.index(c) for c in IMAGE_COLUMNS if c in names), None)
+    if "caption" not in names or img is None:
+        return None
+    return names.index("caption"), img
+
+
+def read(ctx: SourceContext, emit: Emitter) -> None:
+    path = ctx.source
+    name = path.name
+    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+    root = ctx.images_root().resolve()
+    images: dict[str, str] = {}        # source id (relative path) -> image id
+    columns, n_fields, good_rows, first = (0, 1), 2, 0, True
+
+    for number, raw in iter_lines(path):
+        ref = f"line {number}"
+        # surrogateescape keeps undecodable bytes so a bad caption can be rejected on its own
+        line = raw.decode("utf-8", errors="surrogateescape")
+        fields = _parse(line, delimiter)
+        if first:
+            first = False
+            header = _header(fields) if fields else None
+            if header is not None:
+                columns, n_fields = header, len(fields)
+                continue
+        if fields is None or len(fields) != n_fields:
+            emit.reject(name, ref, "malformed row", raw, "captions")
+            continue
+        good_rows += 1
+        text, image_path = fields[columns[0]], fields[columns[1]].strip()
+        try:
+            image_path.encode("utf-8")
+        except UnicodeEncodeError:
+            emit.reject(name, ref, "image path is not valid UTF-8", raw, "images")
+            continue
+        if image_path.lower().startswith(("http://", "https://")):
+            emit.reject(name, ref, "remote image URL: download images first", raw, "images")
+            continue
+        try:
+            file = resolve_under(root, image_path)
+        except BadRecord as e:
+            emit.reject(name, ref, str(e), raw, "images")
+            continue
+        source_id = file.relative_to(root).as_posix()
+        iid = images.get(source_id)
+        if iid is None:
+            iid = images[source_id] = emit.image(source_id, file, ctx.split, name, ref, raw)
+        try:
+            text.encode("utf-8")
+            key = " ".join(text.split())
+        except UnicodeEncodeError:   # undecodable bytes: the emitter rejects them as bytes
+            text = key = text.encode("utf-8", errors="surrogateescape")
+        emit.caption("tsv:c:" + stable_id(source_id, key), iid, text, ctx.split, name, ref, raw)
+
+    if good_rows == 0:
+        raise InputError(f"input file {path} has no readable rows "
+                         f"(expected caption{'<TAB>' if delimiter == chr(9) else ','}image path)")

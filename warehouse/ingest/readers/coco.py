@@ -1,0 +1,122 @@
+"""COCO captions and instances.
+
+    <root>/annotations/captions_<split>.json    required: images[{id, file_name, ...}] +
+                                                annotations[{id, image_id, caption}]
+    <root>/annotations/instances_<split>.json   optional: annotations[{id, image_id, category_id,
+                                                bbox [x, y, w, h], iscrowd}] +
+                                                categories[{id, name}]
+    <root>/<split>/<file_name>                  the images (or --image-root/<file_name>)
+
+Ids: images "coco:<image id>", captions "coco:c:<annotation id>", regions "coco:r:<annotation id>".
+Crowd boxes (iscrowd=1) are kept like any other box.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from warehouse.ingest.checks import BadRecord, resolve_under, xywh_to_xyxy
+from warehouse.ingest.emitter import Emitter, image_id
+from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+
+
+def _files(ctx: SourceContext) -> tuple[Path, Path]:
+    if not ctx.split:
+        raise InputError("coco needs --split (e.g. --split val2017): it selects "
+                         "annotations/captions_<split>.json and the <split>/ image folder")
+    ann = ctx.source / "annotations"
+    return ann / f"captions_{ctx.split}.json", ann / f"instances_{ctx.split}.json"
+
+
+def inputs(ctx: SourceContext) -> list[Path]:
+    captions, instances = _files(ctx)
+    files = [require_file(captions)]
+    if instances.exists():
+        files.append(require_file(instances))
+    return files
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool) and str(value) != ""
+
+
+def _has_ids(ann) -> bool:
+    return isinstance(ann, dict) and _is_id(ann.get("id")) and _is_id(ann.get("image_id"))
+
+
+def _records(data, path: Path, key: str, required: bool = True) -> list:
+    if not isinstance(data, dict):
+        raise InputError(f"input file {path} is not a COCO annotation file (top level is not an "
+                         "object)")
+    value = data.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise InputError(f"input file {path} is not a COCO annotation file (no {key!r} list)")
+    return value
+
+
+def _emit_images(ctx: SourceContext, emit: Emitter, images: list, name: str, seen: set) -> None:
+    base = ctx.image_root if ctx.image_root is not None else ctx.source / ctx.split
+    for i, img in enumerate(images):
+        ref = f"{name}:images[{i}]"
+        if not isinstance(img, dict) or not _is_id(img.get("id")):
+            emit.reject(name, ref, "image record has no id", img, "images")
+            continue
+        if img["id"] in seen:  # instances_* repeats the images of captions_*
+            continue
+        seen.add(img["id"])
+        try:
+            path = resolve_under(base, img.get("file_name"))
+        except BadRecord as e:
+            emit.reject(name, ref, str(e), img, "images")
+            continue
+        emit.image(img["id"], path, ctx.split, name, ref, img)
+
+
+def read(ctx: SourceContext, emit: Emitter) -> None:
+    captions_path, instances_path = _files(ctx)
+    seen_images: set = set()
+
+    data = load_json(captions_path)
+    name = captions_path.name
+    images = _records(data, captions_path, "images")
+    annotations = _records(data, captions_path, "annotations")
+    _emit_images(ctx, emit, images, name, seen_images)
+    for i, ann in enumerate(annotations):
+        ref = f"{name}:annotations[{i}]"
+        if not _has_ids(ann):
+            emit.reject(name, ref, "caption annotation lacks id or image_id", ann, "captions")
+            continue
+        emit.caption(f"coco:c:{ann['id']}", image_id(ctx.dataset, ann["image_id"]),
+                     ann.get("caption"), ctx.split, name, ref, ann)
+    del data, images, annotations
+
+    if not instances_path.exists():
+        return
+    data = load_json(instances_path)
+    name = instances_path.name
+    images = _records(data, instances_path, "images", required=False)
+    annotations = _records(data, instances_path, "annotations")
+    categories = {}
+    for c in _records(data, instances_path, "categories", required=False):
+        if isinstance(c, dict) and _is_id(c.get("id")):
+            categories[c["id"]] = c.get("name")
+    _emit_images(ctx, emit, images, name, seen_images)
+    for i, ann in enumerate(annotations):
+        ref = f"{name}:annotations[{i}]"
+        raw = ({k: v for k, v in ann.items() if k != "segmentation"}
+               if isinstance(ann, dict) else ann)  # polygons are long and say nothing here
+        if not _has_ids(ann):
+            emit.reject(name, ref, "instance annotation lacks id or image_id", raw, "regions")
+            continue
+        if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+            emit.reject(name, ref, f"unknown category id {ann.get('category_id')!r}", raw,
+                        "regions")
+            continue
+        try:
+            box = xywh_to_xyxy(ann.get("bbox"))
+        except BadRecord as e:
+            emit.reject(name, ref, str(e), raw, "regions")
+            continue
+        emit.region(f"coco:r:{ann['id']}", image_id(ctx.dataset, ann["image_id"]), box,
+                    categories[ann["category_id"]], "annotation", name, ref, raw)

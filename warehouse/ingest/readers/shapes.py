@@ -1,0 +1,213 @@
+"""`shapes`: a deterministic generator of multi-object scenes, the embedded default data set and
+the scaling workload of the benchmarks.
+
+Scene i of seed s depends only on (s, i), so chunks render in parallel processes and any subset
+can be regenerated identically. Each scene has 2-6 non-overlapping objects (shape, colour, size)
+with exact boxes; captions and questions use attributes and spatial relations ("a small red
+circle left of a large blue square")."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 128
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180),
+           "yellow": (235, 200, 30), "purple": (148, 103, 189), "orange": (255, 127, 14)}
+SIZES = {"small": (14, 22), "large": (28, 40)}  # side length range in pixels
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+CHUNK = 500
+DEFAULT_N_IMAGES = 1000
+
+
+def scene(seed: int, index: int) -> dict:
+    """Objects, split and background of scene `index`: pure function of (seed, index)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    objects = []
+    target = rng.randint(2, 6)
+    attempts = 0
+    while len(objects) < target and attempts < 200:
+        attempts += 1
+        size = rng.choice(tuple(SIZES))
+        side = rng.randint(*SIZES[size])
+        x1, y1 = rng.randint(2, IMAGE_SIZE - side - 2), rng.randint(2, IMAGE_SIZE - side - 2)
+        box = (x1, y1, x1 + side, y1 + side)
+        if any(_overlap(box, o["box"]) for o in objects):
+            continue
+        objects.append({"shape": rng.choice(SHAPES), "colour": rng.choice(tuple(COLOURS)),
+                        "size": size, "box": box})
+    u = rng.random()
+    split = "train" if u < 0.9 else "val" if u < 0.95 else "test"
+    background = tuple(rng.randint(225, 250) for _ in range(3))
+    return {"objects": objects, "split": split, "background": background, "rng": rng}
+
+
+def _overlap(a, b, margin=2) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or
+                a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+def render(objects: list[dict], background) -> bytes:
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        x1, y1, x2, y2 = o["box"]
+        fill = COLOURS[o["colour"]]
+        # the drawn pixels span [x1, x2 - 1]: the stored box [x1, x2) is exact
+        if o["shape"] == "circle":
+            draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
+        elif o["shape"] == "square":
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
+        elif o["shape"] == "triangle":
+            draw.polygon([((x1 + x2 - 1) / 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=fill)
+        else:
+            cx, cy = (x1 + x2 - 1) / 2, (y1 + y2 - 1) / 2
+            draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=fill)
+    out = io.BytesIO()
+    img.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def describe(o: dict) -> str:
+    return f"{o['size']} {o['colour']} {o['shape']}"
+
+
+def relation(a: dict, b: dict) -> str:
+    """Where a is relative to b, along the axis where their centres differ most."""
+    ax, ay = (a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2
+    bx, by = (b["box"][0] + b["box"][2]) / 2, (b["box"][1] + b["box"][3]) / 2
+    if abs(ax - bx) >= abs(ay - by):
+        return "left of" if ax < bx else "right of"
+    return "above" if ay < by else "below"
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def captions(objects: list[dict], rng: random.Random) -> list[str]:
+    a, b = rng.sample(objects, 2)
+    out = [f"{_article(describe(a))} {relation(a, b)} {_article(describe(b))}"]
+    if len(objects) >= 3:
+        c, d = rng.sample([o for o in objects if o is not a], 2)
+    else:
+        c, d = b, a
+    out.append(f"{_article(c['colour'] + ' ' + c['shape'])} {relation(c, d)} "
+               f"{_article(d['colour'] + ' ' + d['shape'])}")
+    items = [_article(describe(o)) for o in objects]
+    out.append(f"{NUMBER_WORDS[len(objects)]} shapes: " + ", ".join(items[:-1])
+               + " and " + items[-1])
+    return out
+
+
+def questions(objects: list[dict], rng: random.Random) -> list[tuple[str, str]]:
+    qs = []
+    by_size_shape = {}
+    for o in objects:
+        by_size_shape.setdefault((o["size"], o["shape"]), []).append(o)
+    unique = [v[0] for v in by_size_shape.values() if len(v) == 1]
+    if unique:
+        o = rng.choice(unique)
+        qs.append((f"what color is the {o['size']} {o['shape']}?", o["colour"]))
+    shape = rng.choice(SHAPES)
+    qs.append((f"how many {shape}s are there?",
+               str(sum(o["shape"] == shape for o in objects))))
+    colour, shape = rng.choice(tuple(COLOURS)), rng.choice(SHAPES)
+    if rng.random() < 0.5:
+        o = rng.choice(objects)
+        colour, shape = o["colour"], o["shape"]
+    present = any(o["colour"] == colour and o["shape"] == shape for o in objects)
+    qs.append((f"is there a {colour} {shape}?", "yes" if present else "no"))
+    by_colour_shape = {}
+    for o in objects:
+        by_colour_shape.setdefault((o["colour"], o["shape"]), []).append(o)
+    distinct = [v[0] for v in by_colour_shape.values() if len(v) == 1]
+    if len(distinct) >= 2:
+        a, b = rng.sample(distinct, 2)
+        qs.append((f"what shape is {relation(a, b)} the {b['colour']} {b['shape']}?",
+                   a["shape"]))
+    return qs
+
+
+def render_chunk(seed: int, start: int, stop: int, folder: str, split: str | None) -> dict:
+    """Render scenes [start, stop) to PNG files and return their rows column-wise."""
+    rows = {t: {} for t in ("images", "regions", "captions", "questions")}
+
+    def add(table, **cols):
+        for k, v in cols.items():
+            rows[table].setdefault(k, []).append(v)
+
+    for i in range(start, stop):
+        s = scene(seed, i)
+        key = f"{seed}-{i:07d}"
+        iid = f"shapes:{key}"
+        data = render(s["objects"], s["background"])
+        path = Path(folder) / f"{i // 1000:04d}" / f"{i:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".png.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        img_split = split or s["split"]
+        add("images", id=iid, source_id=key, split=img_split, path=str(path),
+            width=IMAGE_SIZE, height=IMAGE_SIZE, sha256=hashlib.sha256(data).hexdigest(),
+            _record_ref=f"scene {i}")
+        for k, o in enumerate(s["objects"]):
+            x1, y1, x2, y2 = o["box"]
+            add("regions", region_id=f"shapes:r:{key}-{k}", image_id=iid, x1=float(x1),
+                y1=float(y1), x2=float(x2), y2=float(y2), label=o["shape"],
+                attributes=[o["size"], o["colour"]], source="annotation", score=None,
+                _record_ref=f"scene {i} object {k}")
+        for k, text in enumerate(captions(s["objects"], s["rng"])):
+            add("captions", id=f"shapes:c:{key}-{k}", image_id=iid, text=text,
+                split=img_split, box=None, _record_ref=f"scene {i} caption {k}")
+        for k, (q, a) in enumerate(questions(s["objects"], s["rng"])):
+            add("questions", id=f"shapes:q:{key}-{k}", image_id=iid, question=q,
+                answers=[{"answer": a, "count": 10}], split=img_split,
+                _record_ref=f"scene {i} question {k}")
+    return rows
+
+
+def inputs(ctx) -> list[Path]:
+    return []  # generated: the build is defined by (n_images, seed, code version)
+
+
+def read(ctx, emit) -> None:
+    n = ctx.n_images if ctx.n_images is not None else DEFAULT_N_IMAGES
+    folder = str(ctx.source)
+    chunks = [(ctx.seed, start, min(start + CHUNK, n), folder, ctx.split)
+              for start in range(0, n, CHUNK)]
+    source_file = f"shapes(seed={ctx.seed})"
+    if ctx.workers <= 1 or len(chunks) <= 1:
+        results = (render_chunk(*c) for c in chunks)
+        _emit_all(results, emit, source_file)
+        return
+    # fork: workers only run render_chunk (no locks, logging or imports), and unlike spawn it
+    # does not re-import the caller's __main__ (an unguarded user script would recurse)
+    with ProcessPoolExecutor(ctx.workers, mp_context=get_context("fork")) as pool:
+        window = 2 * ctx.workers  # bounded look-ahead keeps memory flat for any n
+        futures = [pool.submit(render_chunk, *c) for c in chunks[:window]]
+        next_chunk = window
+
+        def results():
+            nonlocal next_chunk
+            while futures:
+                rows = futures.pop(0).result()
+                if next_chunk < len(chunks):
+                    futures.append(pool.submit(render_chunk, *chunks[next_chunk]))
+                    next_chunk += 1
+                yield rows
+        _emit_all(results(), emit, source_file)
+
+
+def _emit_all(results, emit, source_file: str) -> None:
+    for rows in results:
+        for table, cols in rows.items():
+            if cols:
+                emit.rows(table, cols, source_file)

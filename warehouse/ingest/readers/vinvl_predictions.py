@@ -1,0 +1,93 @@
+"""VinVL detector predictions (`predictions.tsv`): rows `<image key>\\t<json>` with
+`{"image_h", "image_w", "num_boxes", "objects": [{"class", "conf", "rect": [x1, y1, x2, y2]}]}`.
+
+They add detector regions (source "detector", score = conf, label = class) to images that are
+ALREADY in the warehouse; no image rows are written, and regions whose image is not there are
+rejected at merge time ("refers to an unknown or rejected image"). The key names the image:
+- a full warehouse image id (it contains ":"), e.g. "coco:391895" or "folder:cats/1.jpg",
+  is used as is;
+- otherwise the key is taken as a COCO image id, as in VinVL's own COCO/VG releases:
+  "391895" -> "coco:391895", and COCO file stems ("COCO_val2014_000000391895") -> "coco:391895".
+Region ids are "vinvl:r:" + hash(image id, rect, class).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from warehouse.ingest.emitter import Emitter, stable_id
+from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_file
+
+DEFAULT_NAMESPACE = "coco"
+_COCO_STEM = re.compile(r"^COCO_[A-Za-z]+\d*_0*(\d+)$")
+
+
+def image_id_for(key: str) -> str:
+    if ":" in key:
+        return key
+    m = _COCO_STEM.match(key)
+    return f"{DEFAULT_NAMESPACE}:{m.group(1) if m else key}"
+
+
+def inputs(ctx: SourceContext) -> list[Path]:
+    path = ctx.source
+    if path.is_dir():
+        path = path / "predictions.tsv"
+    require_file(path)
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(1 << 16):
+            raise InputError(f"input file {path} is not a text file (it contains binary data)")
+    return [path]
+
+
+def read(ctx: SourceContext, emit: Emitter) -> None:
+    path = inputs(ctx)[0]
+    name = path.name
+    parsed = 0
+    for number, raw in iter_lines(path):
+        ref = f"line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            emit.reject(name, ref, "line is not valid UTF-8", raw, "regions")
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0].strip():
+            emit.reject(name, ref, "malformed row", raw, "regions")
+            continue
+        try:
+            rec = json.loads(fields[1])
+        except ValueError as e:
+            emit.reject(name, ref, f"malformed JSON line: {e}", raw, "regions")
+            continue
+        if not isinstance(rec, dict):
+            emit.reject(name, ref, "malformed JSON line: not an object", raw, "regions")
+            continue
+        parsed += 1
+        objects = rec.get("objects")
+        if not isinstance(objects, list):
+            emit.reject(name, ref, "missing field 'objects'", raw, "regions")
+            continue
+        iid = image_id_for(fields[0].strip())
+        for i, obj in enumerate(objects):
+            oref = f"{ref} objects[{i}]"
+            if not isinstance(obj, dict):
+                emit.reject(name, oref, "malformed object: not a JSON object", obj, "regions")
+                continue
+            rect, label, conf = obj.get("rect"), obj.get("class"), obj.get("conf")
+            if conf is not None:
+                try:
+                    conf = float(conf)
+                    if not math.isfinite(conf):
+                        raise ValueError
+                except (TypeError, ValueError):
+                    emit.reject(name, oref, f"score is not a number: {obj.get('conf')!r}", obj,
+                                "regions")
+                    continue
+            emit.region("vinvl:r:" + stable_id(iid, rect, label), iid, rect, label, "detector",
+                        name, oref, obj, score=conf)
+    if parsed == 0:
+        raise InputError(f"input file {path} has no readable row (expected "
+                         "'<image key>\\t<json>' per line)")

@@ -1,0 +1,93 @@
+"""The contract between the ingest pipeline and one reader per input format."""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from warehouse.ingest.emitter import Emitter
+
+
+class InputError(RuntimeError):
+    """A whole input file cannot be read; nothing is written. The message names the file."""
+
+
+@dataclass
+class SourceContext:
+    dataset: str                  # the format's name, also the namespace of its image ids
+    source: Path                  # file or folder the user pointed at
+    split: str | None = None      # restrict to / label with this split, where the format has one
+    image_root: Path | None = None
+    n_images: int | None = None   # generators only
+    seed: int = 0                 # generators only
+    workers: int = 2
+
+    def images_root(self) -> Path:
+        """Where relative image paths resolve: --image-root, else the source folder."""
+        if self.image_root is not None:
+            return self.image_root
+        return self.source if self.source.is_dir() else self.source.parent
+
+
+class Reader(Protocol):
+    def inputs(self, ctx: SourceContext) -> list[Path]:
+        """Annotation files whose content defines this build (hashed into its manifest)."""
+
+    def read(self, ctx: SourceContext, emit: Emitter) -> None:
+        """Emit every record of the input (accepted or rejected) through `emit`."""
+
+
+READERS: dict[str, str] = {
+    "coco": "warehouse.ingest.readers.coco",
+    "karpathy": "warehouse.ingest.readers.karpathy",
+    "vqa": "warehouse.ingest.readers.vqa",
+    "vg": "warehouse.ingest.readers.visual_genome",
+    "tsv": "warehouse.ingest.readers.caption_table",
+    "folder": "warehouse.ingest.readers.folder",
+    "vinvl-predictions": "warehouse.ingest.readers.vinvl_predictions",
+    "easy-vqa": "warehouse.ingest.readers.easy_vqa",
+    "shapes": "warehouse.ingest.readers.shapes",
+}
+
+
+def reader_for(dataset: str) -> Reader:
+    if dataset not in READERS:
+        raise InputError(f"unknown dataset format {dataset!r}; one of: {', '.join(READERS)}")
+    return importlib.import_module(READERS[dataset])
+
+
+def load_json(path: Path):
+    """A whole JSON input file, or InputError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"input file {path} is unreadable: {e}") from None
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise InputError(f"input file {path} is unreadable: {e}") from None
+    return path
+
+
+def iter_lines(path: Path) -> Callable:
+    """(line number, raw bytes) for each non-empty line, so readers can reject one bad line
+    (not UTF-8, malformed JSON) without losing the rest."""
+    require_file(path)
+
+    def lines():
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    yield number, raw.rstrip(b"\r\n")
+    return lines()
