@@ -41,7 +41,10 @@ def run_read_only(warehouse: str | Warehouse, sql: str, params=None):
     kind = statements[0].type.name
     if kind not in READ_ONLY_STATEMENTS:
         raise ReadOnlyViolation(f"read-only: {kind} statements are not allowed")
-    con = connect(warehouse)
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    con = connect(wh)
+    # files outside the warehouse's tables are off limits (no reading /etc/passwd via SQL)
+    con.execute("SET allowed_directories = ?", [[str(wh.root / "tables") + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     rel = con.execute(sql, params or [])

@@ -99,6 +99,7 @@ def plan(ctx: SourceContext, warehouse: str,
 def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
     """Run the reader; every record lands in staging as a row or a reject."""
     wh = Warehouse(p.warehouse)
+    shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)  # a retried step starts clean
     staging = StagingWriter(wh.staging_dir(ingest_id))
     emit = Emitter(p.ctx.dataset, ingest_id, staging, p.max_image_pixels,
                    image_workers=max(1, p.ctx.workers * 2))
@@ -106,7 +107,9 @@ def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
         reader_for(p.ctx.dataset).read(p.ctx, emit)
     finally:
         emit.close()
-    return staging.close(), {"read": emit.counts.read, "rejected": emit.counts.rejected}
+    staged = staging.close()
+    _fault("after-stage")
+    return staged, {"read": emit.counts.read, "rejected": emit.counts.rejected}
 
 
 def _fault(point: str) -> None:
@@ -150,26 +153,32 @@ def _report(p: Plan, ingest_id: str, version: int, read_counts: dict,
     return r
 
 
+def call(step, *args):
+    """Run a step directly; the Prefect flow passes a runner that makes each step a task."""
+    return step(*args)
+
+
 def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
            split: str | None = None, image_root: str | Path | None = None,
            n_images: int | None = None, seed: int = 0, workers: int | None = None,
-           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> IngestReport:
-    """The whole ingest without Prefect (the flow runs the same steps as tasks)."""
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, run=call) -> IngestReport:
+    """Plan, stage, merge and commit one input under the warehouse's writer lock. A build that
+    dies midway leaves the previous snapshot as it was; the next build clears its leftovers."""
     ctx = make_context(dataset, source, warehouse, split, image_root, n_images, seed, workers)
     wh = Warehouse(warehouse)
     started = time.time()
     with wh.lock():
-        p = plan(ctx, str(wh.root), max_image_pixels)
+        p = run(plan, ctx, str(wh.root), max_image_pixels)
         if p.already_in_snapshot is not None:
             return IngestReport(dataset, "", p.already_in_snapshot, skipped=True)
         wh.remove_orphans()
         ingest_id = new_ingest_id()
         try:
-            staged, read_counts = stage(p, ingest_id)
+            staged, read_counts = run(stage, p, ingest_id)
         except BaseException:
             shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)
             raise
-        return merge_and_commit(p, ingest_id, staged, read_counts, started)
+        return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
 
 
 def make_context(dataset, source, warehouse, split=None, image_root=None, n_images=None,

@@ -1,0 +1,155 @@
+"""`mvp`: the command line. Data-building commands run the same Prefect flows as the
+deployments; query commands open the warehouse through DuckDB without Prefect."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DATASETS = ["coco", "karpathy", "vqa", "vg", "tsv", "folder", "vinvl-predictions", "easy-vqa",
+            "shapes"]
+DEFAULT_WAREHOUSE = "runs/demo/warehouse"
+
+
+def _quiet_offline_defaults() -> None:
+    """Project-local Prefect state and no telemetry, unless the user chose otherwise."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def print_table(columns: list[str], rows: list[tuple], out=sys.stdout) -> None:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+
+
+def cmd_ingest(args) -> int:
+    kwargs = dict(dataset=args.dataset, warehouse=args.warehouse, source=args.source,
+                  split=args.split, image_root=args.image_root, n_images=args.n_images,
+                  seed=args.seed, workers=args.workers, max_image_pixels=args.max_image_pixels)
+    if args.no_prefect:
+        from warehouse.ingest.pipeline import ingest
+        print(ingest(**kwargs).summary())
+    else:
+        from flows.ingest import ingest_flow
+        ingest_flow(**kwargs)  # prints its summary through the Prefect logger
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from warehouse.catalog import run_read_only
+    columns, rows = run_read_only(args.warehouse, args.query)
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), default=str))
+    elif args.format == "csv":
+        import csv
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        print_table(columns, rows)
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from warehouse.catalog import table_counts
+    from warehouse.store import Warehouse
+    wh = Warehouse(args.warehouse)
+    snap = wh.current()
+    print(f"warehouse {wh.root}  snapshot {snap.version}")
+    print_table(["table", "rows", "files"],
+                [(t, n, len(snap.tables.get(t, []))) for t, n in table_counts(wh)])
+    return 0
+
+
+def cmd_history(args) -> int:
+    from warehouse.store import Warehouse
+    rows = []
+    for b in Warehouse(args.warehouse).current().builds:
+        c = b.get("counts", {})
+        rows.append((b.get("snapshot"), b.get("time"), b.get("kind"),
+                     b.get("params", {}).get("dataset"), c.get("read"), c.get("new"),
+                     c.get("rejected"), b.get("code_version")))
+    print_table(["snapshot", "time", "kind", "dataset", "read", "new", "rejected", "code"],
+                rows)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from flows.demo import demo_flow
+    demo_flow(warehouse=args.warehouse, n_images=args.n_images)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mvp", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def warehouse_arg(sp):
+        sp.add_argument("--warehouse", default=DEFAULT_WAREHOUSE,
+                        help=f"warehouse root folder (default {DEFAULT_WAREHOUSE})")
+
+    sp = sub.add_parser("ingest", help="read a data set into the warehouse (Prefect flow)")
+    sp.add_argument("--dataset", required=True, choices=DATASETS)
+    sp.add_argument("--source", help="input file or folder (shapes: where images are written)")
+    warehouse_arg(sp)
+    sp.add_argument("--split", help="split to read or to label rows with")
+    sp.add_argument("--image-root", help="folder that relative image paths resolve against")
+    sp.add_argument("--n-images", type=int, help="shapes: number of scenes")
+    sp.add_argument("--seed", type=int, default=0, help="shapes: generator seed")
+    sp.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
+    sp.add_argument("--max-image-pixels", type=int, default=89_478_485,
+                    help="images with more pixels are rejected as decompression bombs")
+    sp.add_argument("--no-prefect", action="store_true",
+                    help="run the same steps without Prefect (no flow run is recorded)")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("sql", help="run one read-only SQL query over the warehouse")
+    sp.add_argument("query")
+    warehouse_arg(sp)
+    sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sp.set_defaults(func=cmd_sql)
+
+    sp = sub.add_parser("tables", help="list tables with row counts")
+    warehouse_arg(sp)
+    sp.set_defaults(func=cmd_tables)
+
+    sp = sub.add_parser("history", help="list the builds (manifests) of the warehouse")
+    warehouse_arg(sp)
+    sp.set_defaults(func=cmd_history)
+
+    sp = sub.add_parser("demo", help="build the embedded default data and summarise it")
+    warehouse_arg(sp)
+    sp.add_argument("--n-images", type=int, default=2000, help="shapes scenes to generate")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_offline_defaults()
+    args = build_parser().parse_args(argv)
+    from warehouse.catalog import ReadOnlyViolation
+    from warehouse.ingest.sources import InputError
+    from warehouse.store import WarehouseError
+    try:
+        return args.func(args)
+    except (InputError, WarehouseError, ReadOnlyViolation) as e:
+        print(f"mvp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # DuckDB errors in user SQL: one line, not a traceback
+        if type(e).__module__.startswith("duckdb") or type(e).__name__.endswith("Exception"):
+            print(f"mvp {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
