@@ -21,7 +21,8 @@ def _quiet_offline_defaults() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def print_table(columns: list[str], rows: list[tuple], out=sys.stdout) -> None:
+def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
+    out = out or sys.stdout
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")

@@ -16,6 +16,7 @@ from warehouse.store import Warehouse
 
 BOX_TOLERANCE_PX = 1.0   # annotation tools round; boxes this close to the edge are clipped
 PART_ROWS = 1_000_000    # rows per Parquet part file
+MERGE_MEMORY_LIMIT = "256MB"  # DuckDB spills to the staging folder past this
 MERGE_ORDER = ("images", "regions", "captions", "questions", "relations")
 
 
@@ -114,7 +115,8 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
     """Decide every staged row's outcome and write accepted rows. Returns the new part files per
     table (relative to the root) and the per-table outcome counts."""
     snap = wh.current()
-    con = duckdb.connect()
+    # bounded memory whatever the build size: DuckDB spills sorts and joins past the limit
+    con = duckdb.connect(config={"memory_limit": MERGE_MEMORY_LIMIT, "threads": 2})
     con.execute(f"SET temp_directory = '{spill_dir}'")
     con.execute("SET preserve_insertion_order = false")
     new_parts: dict[str, list[str]] = {}

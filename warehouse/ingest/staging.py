@@ -23,46 +23,59 @@ def staged_schema(table: str) -> pa.Schema:
 
 
 class StagingWriter:
-    """Buffers rows per table and flushes each table to its own Parquet part files."""
+    """Buffers rows per table as compact Arrow batches (Python objects only for the last few
+    rows) and flushes each table to its own Parquet part files."""
 
-    def __init__(self, directory: Path, flush_rows: int = 50_000):
+    def __init__(self, directory: Path, flush_rows: int = 50_000, batch_rows: int = 2_000):
         self.directory = directory
         self.flush_rows = flush_rows
-        self._buffers: dict[str, dict[str, list]] = {}
+        self.batch_rows = batch_rows
+        self._rows: dict[str, dict[str, list]] = {}        # table -> columns (Python values)
+        self._batches: dict[str, list[pa.RecordBatch]] = {}
         self._parts: dict[str, int] = {}
-        self.rows_written: dict[str, int] = {t: 0 for t in TABLES}
         directory.mkdir(parents=True, exist_ok=True)
 
     def add(self, table: str, row: dict) -> None:
-        buf = self._buffers.setdefault(table, {f.name: [] for f in staged_schema(table)})
+        buf = self._rows.setdefault(table, {f.name: [] for f in staged_schema(table)})
         for name, column in buf.items():
             column.append(row.get(name))
-        if len(buf["_seq"]) >= self.flush_rows:
-            self._flush(table)
+        if len(buf["_seq"]) >= self.batch_rows:
+            self._seal(table)
 
     def extend(self, table: str, columns: dict[str, list]) -> None:
         """Append many rows given column-wise (fast path for trusted generators)."""
+        self._seal(table)
         n = len(columns["_seq"])
-        buf = self._buffers.setdefault(table, {f.name: [] for f in staged_schema(table)})
-        for name, column in buf.items():
-            column.extend(columns.get(name, [None] * n))
-        if len(buf["_seq"]) >= self.flush_rows:
+        schema = staged_schema(table)
+        arrays = [pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema]
+        self._append(table, pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+    def _seal(self, table: str) -> None:
+        buf = self._rows.pop(table, None)
+        if buf and buf["_seq"]:
+            self._append(table, pa.RecordBatch.from_pydict(buf, schema=staged_schema(table)))
+
+    def _append(self, table: str, batch: pa.RecordBatch) -> None:
+        batches = self._batches.setdefault(table, [])
+        batches.append(batch)
+        if sum(b.num_rows for b in batches) >= self.flush_rows:
             self._flush(table)
 
     def _flush(self, table: str) -> None:
-        buf = self._buffers.pop(table, None)
-        if not buf or not buf["_seq"]:
+        batches = self._batches.pop(table, None)
+        if not batches:
             return
-        batch = pa.Table.from_pydict(buf, schema=staged_schema(table))
         n = self._parts.get(table, 0)
         self._parts[table] = n + 1
         folder = self.directory / table
         folder.mkdir(exist_ok=True)
-        pq.write_table(batch, folder / f"{n:06d}.parquet", compression="zstd")
-        self.rows_written[table] += batch.num_rows
+        pq.write_table(pa.Table.from_batches(batches), folder / f"{n:06d}.parquet",
+                       compression="zstd")
 
     def close(self) -> dict[str, list[str]]:
-        for table in list(self._buffers):
+        for table in list(self._rows):
+            self._seal(table)
+        for table in list(self._batches):
             self._flush(table)
         return {t: sorted(str(p) for p in (self.directory / t).glob("*.parquet"))
                 for t in TABLES if (self.directory / t).is_dir()}
