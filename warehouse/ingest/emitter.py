@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warehouse.ingest.checks import (DEFAULT_MAX_IMAGE_PIXELS, BadRecord, check_box, clean_text,
-                                     inspect_image)
+                                     inspect_image, resolve_under)
 from warehouse.ingest.staging import StagingWriter
 
 RAW_LIMIT = 2000  # characters of a rejected record kept for a person to read
@@ -63,6 +63,7 @@ class Emitter:
         self._pool = ThreadPoolExecutor(image_workers) if image_workers > 0 else None
         self._pending: deque[tuple[Future, dict, str, str, object]] = deque()
         self._max_in_flight = max_in_flight
+        self._seen_paths: dict[str, str] = {}  # relative image path -> image id (image_at)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -106,6 +107,21 @@ class Emitter:
             while len(self._pending) > self._max_in_flight:
                 self._drain_one()
         return iid
+
+    def image_at(self, root: Path, relative: str, split: str | None, source_file: str,
+                 record_ref, raw=None) -> tuple[str, str] | None:
+        """The image a record names by a path relative to `root`, emitted the first time a
+        path is seen: (image id, normalised relative path), or None after rejecting the
+        record because the path escapes the root."""
+        try:
+            path = resolve_under(root, relative)
+        except BadRecord as e:
+            self.reject(source_file, record_ref, str(e), raw, "images")
+            return None
+        rel = path.relative_to(root.resolve()).as_posix()
+        if rel not in self._seen_paths:
+            self._seen_paths[rel] = self.image(rel, path, split, source_file, record_ref, raw)
+        return self._seen_paths[rel], rel
 
     def _inspect(self, path: Path):
         try:

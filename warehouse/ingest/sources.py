@@ -80,6 +80,41 @@ def require_file(path: Path) -> Path:
     return path
 
 
+def require_text_file(path: Path) -> Path:
+    """require_file, plus: a file with NUL bytes near its start is binary, not text."""
+    if path.is_dir():
+        raise InputError(f"input file {path} is unreadable: it is a folder")
+    require_file(path)
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(1 << 16):
+            raise InputError(f"input file {path} is not a text file (it contains binary data)")
+    return path
+
+
+def utf8_lines(path: Path, emit: Emitter, table: str):
+    """(record ref, raw bytes, text) of each line; a line that is not UTF-8 becomes a reject."""
+    for number, raw in iter_lines(path):
+        ref = f"line {number}"
+        try:
+            yield ref, raw, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            emit.reject(path.name, ref, "line is not valid UTF-8", raw, table)
+
+
+def json_object(text: str, emit: Emitter, source_file: str, ref: str, raw, table: str
+                ) -> dict | None:
+    """The JSON object in `text`, or None after rejecting it as malformed."""
+    try:
+        rec = json.loads(text)
+    except ValueError as e:
+        emit.reject(source_file, ref, f"malformed JSON line: {e}", raw, table)
+        return None
+    if not isinstance(rec, dict):
+        emit.reject(source_file, ref, "malformed JSON line: not an object", raw, table)
+        return None
+    return rec
+
+
 def iter_lines(path: Path) -> Callable:
     """(line number, raw bytes) for each non-empty line, so readers can reject one bad line
     (not UTF-8, malformed JSON) without losing the rest."""

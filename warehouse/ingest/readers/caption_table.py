@@ -16,22 +16,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from warehouse.ingest.checks import BadRecord, resolve_under
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_file
+from warehouse.ingest.sources import (InputError, SourceContext, iter_lines,
+                                      require_text_file)
 
 IMAGE_COLUMNS = ("image", "path", "file", "filepath", "file_path", "image_path", "filename",
                  "url", "image_url")
-
-
-def require_text_file(path: Path) -> Path:
-    """require_file, plus: a file with NUL bytes near its start is binary, not a table."""
-    require_file(path)
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    if b"\x00" in head:
-        raise InputError(f"input file {path} is not a text file (it contains binary data)")
-    return path
 
 
 def inputs(ctx: SourceContext) -> list[Path]:
@@ -64,7 +54,6 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
     name = path.name
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     root = ctx.images_root().resolve()
-    images: dict[str, str] = {}        # source id (relative path) -> image id
     columns, n_fields, good_rows, first = (0, 1), 2, 0, True
 
     for number, raw in iter_lines(path):
@@ -91,15 +80,10 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
         if image_path.lower().startswith(("http://", "https://")):
             emit.reject(name, ref, "remote image URL: download images first", raw, "images")
             continue
-        try:
-            file = resolve_under(root, image_path)
-        except BadRecord as e:
-            emit.reject(name, ref, str(e), raw, "images")
+        found = emit.image_at(root, image_path, ctx.split, name, ref, raw)
+        if found is None:
             continue
-        source_id = file.relative_to(root).as_posix()
-        iid = images.get(source_id)
-        if iid is None:
-            iid = images[source_id] = emit.image(source_id, file, ctx.split, name, ref, raw)
+        iid, source_id = found
         try:
             text.encode("utf-8")
             key = " ".join(text.split())

@@ -15,12 +15,11 @@ Ids: image "folder:<relative path>", caption "folder:c:" + hash(path, text), reg
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from warehouse.ingest.checks import BadRecord, resolve_under
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_file
+from warehouse.ingest.sources import (InputError, SourceContext, json_object,
+                                      require_text_file, utf8_lines)
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -30,37 +29,18 @@ def _captions_file(ctx: SourceContext) -> Path:
 
 
 def inputs(ctx: SourceContext) -> list[Path]:
-    path = _captions_file(ctx)
-    if path.is_dir():
-        raise InputError(f"input file {path} is unreadable: it is a folder")
-    require_file(path)
-    with open(path, "rb") as f:
-        if b"\x00" in f.read(1 << 16):
-            raise InputError(f"input file {path} is not a text file (it contains binary data)")
-    return [path]
+    return [require_text_file(_captions_file(ctx))]
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
     path = _captions_file(ctx)
     name = path.name
     root = ctx.images_root().resolve()
-    images: dict[str, str] = {}     # relative path -> image id
     parsed = 0
 
-    for number, raw in iter_lines(path):
-        ref = f"line {number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            emit.reject(name, ref, "line is not valid UTF-8", raw, "images")
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            emit.reject(name, ref, f"malformed JSON line: {e}", raw, "images")
-            continue
-        if not isinstance(rec, dict):
-            emit.reject(name, ref, "malformed JSON line: not an object", raw, "images")
+    for ref, raw, line in utf8_lines(path, emit, "images"):
+        rec = json_object(line, emit, name, ref, raw, "images")
+        if rec is None:
             continue
         parsed += 1
         split = rec.get("split")
@@ -75,15 +55,10 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
         if not isinstance(regions, list):
             emit.reject(name, ref, "malformed field 'regions': not a list", raw, "images")
             continue
-        try:
-            file = resolve_under(root, rec["image"])
-        except BadRecord as e:
-            emit.reject(name, ref, str(e), raw, "images")
+        found = emit.image_at(root, rec["image"], split, name, ref, raw)
+        if found is None:
             continue
-        rel = file.relative_to(root).as_posix()
-        iid = images.get(rel)
-        if iid is None:
-            iid = images[rel] = emit.image(rel, file, split, name, ref, raw)
+        iid, rel = found
 
         captions = rec["caption"]
         captions = captions if isinstance(captions, list) else [captions]

@@ -12,13 +12,13 @@ Region ids are "vinvl:r:" + hash(image id, rect, class).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_file
+from warehouse.ingest.sources import (InputError, SourceContext, json_object,
+                                      require_text_file, utf8_lines)
 
 DEFAULT_NAMESPACE = "coco"
 _COCO_STEM = re.compile(r"^COCO_[A-Za-z]+\d*_0*(\d+)$")
@@ -35,35 +35,20 @@ def inputs(ctx: SourceContext) -> list[Path]:
     path = ctx.source
     if path.is_dir():
         path = path / "predictions.tsv"
-    require_file(path)
-    with open(path, "rb") as f:
-        if b"\x00" in f.read(1 << 16):
-            raise InputError(f"input file {path} is not a text file (it contains binary data)")
-    return [path]
+    return [require_text_file(path)]
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
     path = inputs(ctx)[0]
     name = path.name
     parsed = 0
-    for number, raw in iter_lines(path):
-        ref = f"line {number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            emit.reject(name, ref, "line is not valid UTF-8", raw, "regions")
-            continue
+    for ref, raw, line in utf8_lines(path, emit, "regions"):
         fields = line.split("\t")
         if len(fields) != 2 or not fields[0].strip():
             emit.reject(name, ref, "malformed row", raw, "regions")
             continue
-        try:
-            rec = json.loads(fields[1])
-        except ValueError as e:
-            emit.reject(name, ref, f"malformed JSON line: {e}", raw, "regions")
-            continue
-        if not isinstance(rec, dict):
-            emit.reject(name, ref, "malformed JSON line: not an object", raw, "regions")
+        rec = json_object(fields[1], emit, name, ref, raw, "regions")
+        if rec is None:
             continue
         parsed += 1
         objects = rec.get("objects")
