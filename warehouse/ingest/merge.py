@@ -16,7 +16,7 @@ from warehouse.store import Warehouse
 
 BOX_TOLERANCE_PX = 1.0   # annotation tools round; boxes this close to the edge are clipped
 PART_ROWS = 1_000_000    # rows per Parquet part file
-MERGE_MEMORY_LIMIT = "256MB"  # DuckDB spills to the staging folder past this
+MERGE_MEMORY_LIMIT = "128MB"  # DuckDB spills to the staging folder past this
 MERGE_ORDER = ("images", "regions", "captions", "questions", "relations")
 
 

@@ -141,15 +141,16 @@ def _report(p: Plan, ingest_id: str, version: int, read_counts: dict,
             outcomes: dict[str, TableOutcome]) -> IngestReport:
     r = IngestReport(p.ctx.dataset, ingest_id, version, skipped=False)
     r.read = sum(read_counts["read"].values())
-    r.rejected_by_reason = dict(read_counts["rejected"])
-    r.rejected = sum(r.rejected_by_reason.values())
+    reasons = list(read_counts["rejected"].items())
     for table, o in outcomes.items():
         r.new += o.new
         r.existing += o.existing
-        for reason, n in o.rejected.items():
-            r.rejected += n
-            r.rejected_by_reason[reason] = r.rejected_by_reason.get(reason, 0) + n
+        reasons += o.rejected.items()
         r.tables[table] = asdict(o)
+    for reason, n in reasons:
+        kind = reason.split(":")[0]  # "box has zero area: [5, 5, 5, 10]" counts as its kind
+        r.rejected += n
+        r.rejected_by_reason[kind] = r.rejected_by_reason.get(kind, 0) + n
     return r
 
 
