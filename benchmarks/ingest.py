@@ -23,15 +23,15 @@ import time
 CHILD = r"""
 import json, resource, sys, time
 mode, n, workers, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import pyarrow as pa, pyarrow.parquet as pq  # imports outside the timed part, for both modes
+from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.readers.shapes import CHUNK, render_chunk
 t = time.perf_counter()
 if mode == "streaming":
-    from warehouse.ingest.pipeline import ingest
     r = ingest("shapes", root + "/img", root + "/wh", n_images=n, seed=0, workers=workers)
     assert r.balanced and r.tables["images"]["new"] == n, r.summary()
     rows = r.read
 else:
-    import pyarrow as pa, pyarrow.parquet as pq
-    from warehouse.ingest.readers.shapes import CHUNK, render_chunk
     tables = {}
     for start in range(0, n, CHUNK):
         for table, cols in render_chunk(0, start, min(start + CHUNK, n), root + "/img", None).items():

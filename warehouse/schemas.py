@@ -74,6 +74,72 @@ REJECTS = pa.schema([
     ("ingest_id", pa.string()),
 ])
 
+# ---- feature store (issue: feature store) ------------------------------------------------------
+# Vectors are raw little-endian bytes (float16 or float32, as the feature set says) so a reader
+# turns a column into an array with one np.frombuffer, no per-value Parquet list decoding.
+FEATURE_SETS = pa.schema([
+    ("id", pa.string()),            # hash of every field below but `created`
+    ("kind", pa.string()),          # extracted | imported
+    ("backbone", pa.string()),      # OpenCLIP model name, or "vinvl" for imported features
+    ("pretrained", pa.string()),    # tag, checkpoint file name, or "none" (random init)
+    ("weights_sha256", pa.string()),
+    ("box_source", pa.string()),    # policy: regions table, else grid
+    ("image_size", pa.int32()),
+    ("dim", pa.int32()),            # vector length
+    ("dtype", pa.string()),         # float16 | float32
+    ("max_regions", pa.int32()),
+    ("grid", pa.int32()),           # grid cells per side for images without boxes
+    ("code_version", pa.string()),  # extraction code version (bumped when vectors would change)
+    ("created", pa.string()),
+])
+
+REGION_FEATURES = pa.schema([
+    ("feature_set", pa.string()),
+    ("image_id", pa.string()),
+    ("region_id", pa.string()),     # regions.region_id, or "<image id>#grid<k>" for grid cells
+    ("box_source", pa.string()),    # annotation | detector | grid | imported
+    ("label", pa.string()),
+    ("score", pa.float32()),
+    ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+    ("geometry", pa.list_(pa.float32(), 6)),  # [x1/W, y1/H, x2/W, y2/H, w/W, h/H]
+    ("vector", pa.binary()),
+    ("build_id", pa.string()),
+])
+
+IMAGE_FEATURES = pa.schema([        # the global image vector of each image in a feature set
+    ("feature_set", pa.string()),
+    ("image_id", pa.string()),
+    ("vector", pa.binary()),
+    ("build_id", pa.string()),
+])
+
+CONCEPTS = pa.schema([
+    ("vocab", pa.string()),         # vocabulary version id
+    ("id", pa.int32()),             # stable within a vocabulary; offset by the word vocabulary
+    ("kind", pa.string()),          # object | attribute | relation
+    ("tuple", pa.list_(pa.string())),  # (object) | (object, attribute) | (subject, rel, object)
+    ("text", pa.string()),          # "circle", "circle red", "circle left of square"
+    ("side", pa.string()),          # text | visual | both
+    ("caption_count", pa.int64()),
+    ("image_count", pa.int64()),
+])
+
+CAPTION_CONCEPTS = pa.schema([
+    ("vocab", pa.string()),
+    ("caption_id", pa.string()),
+    ("concept_id", pa.int32()),
+    ("token_start", pa.int32()),    # word-token span [start, end) in the caption's tokens
+    ("token_end", pa.int32()),
+])
+
+IMAGE_CONCEPTS = pa.schema([
+    ("vocab", pa.string()),
+    ("image_id", pa.string()),
+    ("concept_id", pa.int32()),
+    ("source", pa.string()),        # annotation | detector | zero-shot
+    ("score", pa.float32()),        # null for ground truth
+])
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "captions": CAPTIONS,
@@ -81,8 +147,16 @@ TABLES: dict[str, pa.Schema] = {
     "questions": QUESTIONS,
     "relations": RELATIONS,
     "rejects": REJECTS,
+    "feature_sets": FEATURE_SETS,
+    "region_features": REGION_FEATURES,
+    "image_features": IMAGE_FEATURES,
+    "concepts": CONCEPTS,
+    "caption_concepts": CAPTION_CONCEPTS,
+    "image_concepts": IMAGE_CONCEPTS,
 }
 
+# Primary keys of the ingested tables (feature-store tables are keyed by their build: a feature
+# set or vocabulary id plus the row's subject).
 KEYS = {"images": "id", "captions": "id", "regions": "region_id", "questions": "id",
         "relations": "id", "rejects": "id"}
 
@@ -91,9 +165,3 @@ KEYS = {"images": "id", "captions": "id", "regions": "region_id", "questions": "
 IMAGE_CHILDREN = ("captions", "regions", "questions", "relations")
 
 REGION_SOURCES = ("annotation", "detector", "grid")
-
-
-def register_table(name: str, schema: pa.Schema, key: str) -> None:
-    """Feature tables (region vectors, concepts) declare themselves here; nothing else changes."""
-    TABLES[name] = schema
-    KEYS[name] = key

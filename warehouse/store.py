@@ -124,12 +124,57 @@ class Warehouse:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    @contextmanager
+    def staging(self, build_id: str):
+        """A private folder for one build's work in progress, marked live by a lock held for as
+        long as the build runs; removed afterwards. A dead build's folder loses its lock, so
+        `remove_orphans` can tell it from a running one."""
+        folder = self.staging_dir(build_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".live", "w") as marker:
+            fcntl.flock(marker, fcntl.LOCK_EX)
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def publish(self, staged: dict[str, list[Path]], build: dict) -> Snapshot:
+        """Move finished part files from a staging folder into their tables and commit them as
+        the next snapshot, under the writer lock (brief: for builds that commit shard by shard,
+        such as feature extraction, while other shards keep running)."""
+        with self.lock():
+            moved: dict[str, list[str]] = {}
+            for table, paths in staged.items():
+                folder = self.table_dir(table)
+                folder.mkdir(parents=True, exist_ok=True)
+                for path in paths:
+                    target = folder / Path(path).name
+                    os.replace(path, target)
+                    moved.setdefault(table, []).append(self.relative(target))
+            return self.commit(self.current(), moved, build)
+
+    @staticmethod
+    def _is_live(folder: Path) -> bool:
+        try:
+            with open(folder / ".live", "r") as marker:
+                try:
+                    fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(marker, fcntl.LOCK_UN)
+                return False
+        except FileNotFoundError:
+            return False
+
     def remove_orphans(self) -> int:
-        """Delete staging folders and part files no snapshot references: the leftovers of builds
-        killed midway. Call only under `lock()`."""
+        """Delete staging folders of dead builds and part files no snapshot references: the
+        leftovers of builds killed midway. Call only under `lock()`."""
         live = {p for parts in self.current().tables.values() for p in parts}
         removed = 0
-        shutil.rmtree(self.root / "_staging", ignore_errors=True)
+        staging_root = self.root / "_staging"
+        for folder in staging_root.iterdir() if staging_root.is_dir() else []:
+            if not self._is_live(folder):
+                shutil.rmtree(folder, ignore_errors=True)
         tables_root = self.root / "tables"
         if tables_root.is_dir():
             for part in tables_root.glob("*/*.parquet"):

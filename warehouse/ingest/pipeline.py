@@ -99,7 +99,8 @@ def plan(ctx: SourceContext, warehouse: str,
 def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
     """Run the reader; every record lands in staging as a row or a reject."""
     wh = Warehouse(p.warehouse)
-    shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)  # a retried step starts clean
+    for old in wh.staging_dir(ingest_id).glob("*/"):  # a retried step starts clean
+        shutil.rmtree(old, ignore_errors=True)
     staging = StagingWriter(wh.staging_dir(ingest_id))
     emit = Emitter(p.ctx.dataset, ingest_id, staging, p.max_image_pixels,
                    image_workers=max(1, p.ctx.workers * 2))
@@ -133,7 +134,6 @@ def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read
                                                                    time.gmtime()),
              "counts": asdict(report)}
     wh.commit(parent, new_parts, build)
-    shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)
     return report
 
 
@@ -174,12 +174,9 @@ def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
             return IngestReport(dataset, "", p.already_in_snapshot, skipped=True)
         wh.remove_orphans()
         ingest_id = new_ingest_id()
-        try:
+        with wh.staging(ingest_id):
             staged, read_counts = run(stage, p, ingest_id)
-        except BaseException:
-            shutil.rmtree(wh.staging_dir(ingest_id), ignore_errors=True)
-            raise
-        return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
+            return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
 
 
 def make_context(dataset, source, warehouse, split=None, image_root=None, n_images=None,
