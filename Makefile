@@ -12,15 +12,17 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_HOME := $(CURDIR)/.prefect
 export MVP_PROJECT_DIR := $(CURDIR)
+export NLTK_DATA := $(CURDIR)/.nltk_data
 
 .PHONY: install demo test bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml scripts/install_nltk_data.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	bash scripts/install_nltk_data.sh $(NLTK_DATA)
 	touch $(STAMP)
 
 demo: install

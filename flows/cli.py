@@ -19,6 +19,8 @@ def _quiet_offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if (Path.cwd() / ".nltk_data").is_dir():  # where `make install` puts WordNet
+        os.environ.setdefault("NLTK_DATA", str(Path.cwd() / ".nltk_data"))
 
 
 def print_table(columns: list[str], rows: list[tuple], out=None) -> None:

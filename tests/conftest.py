@@ -5,6 +5,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# WordNet for the concept pipeline, installed by `make install` (scripts/install_nltk_data.sh)
+os.environ.setdefault("NLTK_DATA", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".nltk_data"))
 
 import json
 from pathlib import Path
