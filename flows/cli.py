@@ -86,6 +86,22 @@ def cmd_history(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    from flows.features import run_features
+    run_features(dask_address=args.dask_address, warehouse=args.warehouse,
+                 backbone=args.backbone, pretrained=args.pretrained,
+                 max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
+                 shard_size=args.shard_size, batch_size=args.batch_size)
+    return 0
+
+
+def cmd_concepts(args) -> int:
+    from flows.concepts import concepts_flow
+    concepts_flow(warehouse=args.warehouse, min_count=args.min_count, max_size=args.max_size,
+                  dataset=args.dataset)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from flows.demo import demo_flow
     demo_flow(warehouse=args.warehouse, n_images=args.n_images)
@@ -128,6 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("history", help="list the builds (manifests) of the warehouse")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_history)
+
+    sp = sub.add_parser("features", help="extract region features into a feature set "
+                                         "(Prefect flow)")
+    warehouse_arg(sp)
+    sp.add_argument("--backbone", default="ViT-B-32",
+                    help="OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests)")
+    sp.add_argument("--pretrained", help="OpenCLIP tag or local checkpoint file (default: "
+                                         "random init, offline)")
+    sp.add_argument("--max-regions", type=int, default=50, help="regions kept per image")
+    sp.add_argument("--grid", type=int, default=4,
+                    help="grid cells per side for images without boxes")
+    sp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    sp.add_argument("--shard-size", type=int, default=256, help="images per task")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--dask-address", help="run shards on this Dask cluster "
+                                           "(e.g. tcp://127.0.0.1:8786)")
+    sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("concepts", help="build the concept vocabulary (Prefect flow)")
+    warehouse_arg(sp)
+    sp.add_argument("--min-count", type=int, default=50,
+                    help="captions a tuple must appear in (paper: 50)")
+    sp.add_argument("--max-size", type=int, default=100_000, help="vocabulary size cap")
+    sp.add_argument("--dataset", help="only this dataset's captions and regions")
+    sp.set_defaults(func=cmd_concepts)
 
     sp = sub.add_parser("demo", help="build the embedded default data and summarise it")
     warehouse_arg(sp)

@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from features import extract
+from features.feature_sets import register_feature_set
 
 
 @task(name="plan-feature-set", cache_policy=NONE)
@@ -15,7 +16,7 @@ def plan_task(warehouse: str, backbone: str, pretrained: str | None, max_regions
               grid: int, dtype: str):
     spec = extract.plan_feature_set(warehouse, backbone=backbone, pretrained=pretrained,
                                     max_regions=max_regions, grid=grid, dtype=dtype)
-    extract.register_feature_set(warehouse, spec)
+    register_feature_set(warehouse, spec)
     return spec, extract.pending_images(warehouse, spec)
 
 
@@ -23,8 +24,7 @@ def plan_task(warehouse: str, backbone: str, pretrained: str | None, max_regions
 # No result cache: the warehouse itself knows which images are done (by feature-set id).
 @task(name="extract-shard", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def shard_task(warehouse: str, spec, image_ids: list[str], batch_size: int) -> dict:
-    done = set(extract.pending_images(warehouse, spec, image_ids))
-    todo = [i for i in image_ids if i in done]
+    todo = extract.pending_images(warehouse, spec, image_ids)  # a retry skips published images
     return extract.extract_shard(warehouse, spec, todo, batch_size=batch_size)
 
 

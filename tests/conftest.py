@@ -64,3 +64,16 @@ def rejects():
         finally:
             con.close()
     return run
+
+
+@pytest.fixture(scope="session")
+def nltk_data():
+    """The NLTK data folder, with WordNet installed by the project's script if it is missing
+    (idempotent; needs apt-get once)."""
+    import subprocess
+    folder = os.environ["NLTK_DATA"].split(os.pathsep)[0]
+    if not os.path.isfile(os.path.join(folder, "corpora", "wordnet", "lexnames")):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run(["bash", os.path.join(root, "scripts", "install_nltk_data.sh"), folder],
+                       check=True)
+    return folder

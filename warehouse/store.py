@@ -138,11 +138,15 @@ class Warehouse:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def publish(self, staged: dict[str, list[Path]], build: dict) -> Snapshot:
+    def publish(self, staged: dict[str, list[Path]], build: dict, check=None) -> Snapshot:
         """Move finished part files from a staging folder into their tables and commit them as
         the next snapshot, under the writer lock (brief: for builds that commit shard by shard,
-        such as feature extraction, while other shards keep running)."""
+        such as feature extraction, while other shards keep running). `check(snapshot)`, when
+        given, runs under the lock before anything moves and raises to refuse the publish
+        (e.g. rows that another writer committed meanwhile); the files then stay staged."""
         with self.lock():
+            if check is not None:
+                check(self.current())
             moved: dict[str, list[str]] = {}
             for table, paths in staged.items():
                 folder = self.table_dir(table)

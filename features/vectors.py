@@ -1,0 +1,44 @@
+"""Vectors as stored in the feature store: one raw little-endian float16/float32 byte string per
+row in a Parquet binary column. Decoding a whole column is one np.frombuffer over Arrow's
+contiguous value buffer, with no per-value list decoding (the reason for this encoding: see
+benchmarks/features.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def encode(vectors: np.ndarray, dtype: str = "float16") -> pa.BinaryArray:
+    """[n, dim] floats -> n binary values of dim * itemsize bytes each."""
+    arr = np.ascontiguousarray(np.asarray(vectors, dtype=DTYPES[dtype]))
+    if arr.ndim != 2:
+        raise ValueError(f"expected a [n, dim] array, got shape {arr.shape}")
+    n, dim = arr.shape
+    width = dim * arr.itemsize
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                        pa.py_buffer(arr.tobytes())])
+
+
+def decode(column: pa.Array | pa.ChunkedArray, dim: int, dtype: str = "float16") -> np.ndarray:
+    """n stored vectors -> [n, dim] array (float16 stays float16: cast where you compute)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    itemsize = DTYPES[dtype].itemsize
+    parts = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count:
+            raise ValueError("vector column has nulls")
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:
+                                                                   chunk.offset + len(chunk) + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        if stop - start != len(chunk) * dim * itemsize:
+            raise ValueError(f"vectors are not all {dim}-d {dtype}")
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[start:stop]
+        parts.append(data.view(DTYPES[dtype]).reshape(len(chunk), dim))
+    if not parts:
+        return np.zeros((0, dim), dtype=DTYPES[dtype])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
