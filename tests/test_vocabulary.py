@@ -236,3 +236,28 @@ def test_shapes_end_to_end(tmp_path):
         SELECT k.tuple, cc.token_start, cc.token_end FROM caption_concepts cc
         JOIN concepts k ON k.id = cc.concept_id WHERE cc.caption_id = ? ORDER BY ALL""", [cid])
     assert stored == sorted((list(m.tuple), m.start, m.end) for m in extract(text))
+
+
+def test_concept_queries_are_sql_macros_usable_from_mvp_sql(built, capsys):
+    """`mvp sql` users call the same macros the Python functions run."""
+    from flows.cli import main
+    from warehouse.catalog import run_read_only
+    wh, _, _ = built
+    con = connect(wh)
+    try:
+        expected = {
+            "SELECT * FROM top_concepts(NULL, 'object', 5)": q.top_concepts(con, "object",
+                                                                              limit=5),
+            "SELECT * FROM captions_with_concept(NULL, 'kite')":
+                q.captions_with_concept(con, "kite"),
+            "SELECT * FROM images_with_concept(NULL, 'kite')": q.images_with_concept(con, "kite"),
+            "SELECT * FROM concept_cooccurrence(NULL, 10)": q.concept_cooccurrence(con, limit=10),
+        }
+    finally:
+        con.close()
+    assert all(expected.values())  # each query has rows to compare
+    for sql, rows_from_function in expected.items():
+        assert run_read_only(wh, sql)[1] == rows_from_function
+    assert main(["sql", "SELECT text FROM top_concepts(NULL, 'object', 1)",
+                 "--warehouse", str(wh)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].strip() == "kite"

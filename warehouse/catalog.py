@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import duckdb
 
+from warehouse.macros import define_macros
 from warehouse.schemas import TABLES
 from warehouse.store import Snapshot, Warehouse
 
@@ -29,6 +30,7 @@ def connect(warehouse: str | Warehouse, snapshot: Snapshot | None = None
         else:
             con.register(f"_empty_{table}", schema.empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
+    define_macros(con)
     return con
 
 
