@@ -91,7 +91,8 @@ def cmd_features(args) -> int:
     run_features(dask_address=args.dask_address, warehouse=args.warehouse,
                  backbone=args.backbone, pretrained=args.pretrained,
                  max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
-                 shard_size=args.shard_size, batch_size=args.batch_size)
+                 shard_size=args.shard_size, batch_size=args.batch_size,
+                 dataset=args.dataset)
     return 0
 
 
@@ -104,7 +105,7 @@ def cmd_concepts(args) -> int:
 
 def cmd_demo(args) -> int:
     from flows.demo import demo_flow
-    demo_flow(warehouse=args.warehouse, n_images=args.n_images)
+    demo_flow(warehouse=args.warehouse, n_images=args.n_images, backbone=args.backbone)
     return 0
 
 
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--dask-address", help="run shards on this Dask cluster "
                                            "(e.g. tcp://127.0.0.1:8786)")
+    sp.add_argument("--dataset", help="only this dataset's images")
     sp.set_defaults(func=cmd_features)
 
     sp = sub.add_parser("concepts", help="build the concept vocabulary (Prefect flow)")
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="build the embedded default data and summarise it")
     warehouse_arg(sp)
     sp.add_argument("--n-images", type=int, default=2000, help="shapes scenes to generate")
+    sp.add_argument("--backbone", default="ViT-B-32",
+                    help="OpenCLIP image tower for the region features of the shapes scenes")
     sp.set_defaults(func=cmd_demo)
     return p
 

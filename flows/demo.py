@@ -1,12 +1,14 @@
-"""Prefect flow `mvp-demo`: the main job on the embedded default data (shapes + easy-vqa), ending
-with a summary queried through DuckDB. Later stages (features, training) join this flow as they
-land."""
+"""Prefect flow `mvp-demo`: the main job on the embedded default data (shapes + easy-vqa):
+ingest, concept vocabulary, region features, ending with a summary queried through DuckDB.
+Training joins this flow when it lands."""
 from __future__ import annotations
 
 from prefect import flow
 
+from flows.concepts import concepts_flow
+from flows.features import features_flow
 from flows.ingest import ingest_flow
-from warehouse import queries
+from warehouse import concept_queries, queries
 from warehouse.catalog import connect, table_counts
 
 
@@ -21,6 +23,16 @@ def summary_text(warehouse: str) -> str:
             f"{label} ({n})" for label, n in queries.top_labels(con, 6)))
         example = queries.captions_mentioning(con, "left of", 3)
         lines.append("captions with 'left of': " + " | ".join(t for _, _, t in example))
+        lines.append("top object concepts: " + ", ".join(
+            f"{text} ({side}, {images} images)"
+            for _, _, text, side, _, images in concept_queries.top_concepts(con, "object",
+                                                                            limit=6)))
+        lines.append("top relation concepts: " + ", ".join(
+            text for _, _, text, *_ in concept_queries.top_concepts(con, "relation", limit=4)))
+        lines.append("feature sets: " + ", ".join(
+            f"{fs} ({backbone}, {dim}-d): {n} regions" for fs, backbone, dim, n in con.execute(
+                "SELECT f.id, f.backbone, f.dim, count(r.region_id) FROM feature_sets f "
+                "LEFT JOIN region_features r ON r.feature_set = f.id GROUP BY ALL").fetchall()))
         rejected = queries.rejects_by_reason(con)
         lines.append("rejects: " + (", ".join(f"{d}/{r}: {n}" for d, r, n in rejected)
                                     or "none"))
@@ -30,9 +42,13 @@ def summary_text(warehouse: str) -> str:
 
 
 @flow(name="mvp-demo", log_prints=True)
-def demo_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000) -> str:
+def demo_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
+              backbone: str = "ViT-B-32") -> str:
     ingest_flow(dataset="shapes", warehouse=warehouse, n_images=n_images, seed=0)
     ingest_flow(dataset="easy-vqa", warehouse=warehouse)
+    concepts_flow(warehouse=warehouse, min_count=20)
+    # random-init weights (offline); the shapes scenes only, to keep the CPU demo short
+    features_flow(warehouse=warehouse, backbone=backbone, dataset="shapes")
     text = summary_text(warehouse)
     print("\n" + text)
     print(f"\nQuery it yourself: mvp sql \"SELECT * FROM captions LIMIT 5\" --warehouse {warehouse}")

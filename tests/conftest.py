@@ -5,6 +5,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# flows run in-process use a temporary Prefect server whose state stays out of the project
+import tempfile  # noqa: E402
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mvp-test-prefect-"))
 # WordNet for the concept pipeline, installed by `make install` (scripts/install_nltk_data.sh)
 os.environ.setdefault("NLTK_DATA", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), ".nltk_data"))
