@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from features import vectors
+from warehouse import vectors
 from features.backbone import Backbone, load_backbone, resolve_pretrained
 from features.boxes import ImageRegions, grid_regions, regions_for_images
 from features.feature_sets import (FeatureSetMismatch, FeatureSetSpec, register_feature_set,

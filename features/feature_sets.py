@@ -73,7 +73,7 @@ class FeatureSetSpec:
 def write_part(table: pa.Table, path: str | Path) -> None:
     """One Parquet part file of a feature-store table. The vector column is stored plain and
     uncompressed: float bytes neither repeat nor compress much, and leaving both off keeps
-    reading it a memcpy (features/vectors.py); other columns get dictionaries and zstd."""
+    reading it a memcpy (warehouse/vectors.py); other columns get dictionaries and zstd."""
     names = table.schema.names
     pq.write_table(table, path, compression={n: ("none" if n == "vector" else "zstd")
                                              for n in names},

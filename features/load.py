@@ -1,7 +1,7 @@
 """Reading a feature set back for training: whole columns at a time, no per-row Python.
 
 Parquet parts are scanned with pyarrow (filters on the feature set and image ids are pushed
-down to row groups), vectors become one array via features.vectors.decode, and regions come
+down to row groups), vectors become one array via warehouse.vectors.decode, and regions come
 grouped by image with CSR offsets, so image k's regions are rows offsets[k]:offsets[k+1]."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
-from features import vectors
+from warehouse import vectors
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from warehouse.schemas import TABLES
 from warehouse.store import Warehouse

@@ -55,6 +55,22 @@ MACROS = {
 }
 
 
+MACROS["nearest_regions"] = ("fs, query_region, k", """
+    WITH q AS (SELECT vector FROM region_features
+               WHERE feature_set = fs AND region_id = query_region LIMIT 1),
+         d AS (SELECT dtype FROM feature_sets WHERE id = fs LIMIT 1)
+    SELECT r.region_id, r.image_id, r.label,
+           vector_cosine(r.vector, (SELECT vector FROM q), (SELECT dtype FROM d)) AS cosine
+    FROM region_features r
+    WHERE r.feature_set = fs AND r.region_id <> query_region AND EXISTS (SELECT 1 FROM q)
+    ORDER BY cosine DESC, r.region_id LIMIT k""")
+
+
 def define_macros(con) -> None:
+    from duckdb.sqltypes import BLOB, FLOAT, VARCHAR
+
+    from warehouse.vectors import cosine_arrow
+    con.create_function("vector_cosine", cosine_arrow, [BLOB, BLOB, VARCHAR], FLOAT,
+                        type="arrow", side_effects=False)
     for name, (params, body) in MACROS.items():
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({params}) AS TABLE {body}")

@@ -42,3 +42,18 @@ def decode(column: pa.Array | pa.ChunkedArray, dim: int, dtype: str = "float16")
     if not parts:
         return np.zeros((0, dim), dtype=DTYPES[dtype])
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def cosine_arrow(a: pa.Array, b: pa.Array, dtype: pa.Array) -> pa.Array:
+    """Row-wise cosine similarity of two stored-vector columns (DuckDB vectorised UDF
+    `vector_cosine(a, b, dtype)`; dtype is the feature set's, constant within a query)."""
+    if len(a) == 0:
+        return pa.array([], type=pa.float32())
+    kind = dtype[0].as_py()
+    first = np.frombuffer(a[0].as_py(), dtype=DTYPES[kind])
+    dim = len(first)
+    x = decode(a, dim, kind).astype(np.float32)
+    y = decode(b, dim, kind).astype(np.float32)
+    num = (x * y).sum(1)
+    den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    return pa.array(np.where(den > 0, num / np.maximum(den, 1e-12), 0.0), type=pa.float32())
