@@ -33,6 +33,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/features.py
 
 clean:
 	rm -rf runs .prefect
