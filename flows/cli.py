@@ -96,6 +96,13 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_import_vinvl(args) -> int:
+    from flows.features import vinvl_import_flow
+    vinvl_import_flow(warehouse=args.warehouse, features_tsv=args.features_tsv,
+                      lineidx=args.lineidx, predictions_tsv=args.predictions, dtype=args.dtype)
+    return 0
+
+
 def cmd_concepts(args) -> int:
     from flows.concepts import concepts_flow
     concepts_flow(warehouse=args.warehouse, min_count=args.min_count, max_size=args.max_size,
@@ -163,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(e.g. tcp://127.0.0.1:8786)")
     sp.add_argument("--dataset", help="only this dataset's images")
     sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("import-vinvl", help="import VinVL's precomputed features.tsv as a "
+                                             "feature set (Prefect flow)")
+    warehouse_arg(sp)
+    sp.add_argument("--features-tsv", required=True)
+    sp.add_argument("--lineidx", help="default: <features>.lineidx next to it")
+    sp.add_argument("--predictions", help="VinVL predictions.tsv (region ids join `regions`)")
+    sp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    sp.set_defaults(func=cmd_import_vinvl)
 
     sp = sub.add_parser("concepts", help="build the concept vocabulary (Prefect flow)")
     warehouse_arg(sp)

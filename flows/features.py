@@ -65,3 +65,14 @@ def run_features(dask_address: str | None = None, **params) -> dict:
     runner = _task_runner(dask_address)
     f = features_flow.with_options(task_runner=runner) if runner else features_flow
     return f(**params)
+
+
+@flow(name="mvp-import-vinvl", log_prints=True)
+def vinvl_import_flow(warehouse: str, features_tsv: str, lineidx: str | None = None,
+                      predictions_tsv: str | None = None, dtype: str = "float16") -> dict:
+    """VinVL's precomputed features.tsv (+ .lineidx) into region_features, shard by shard."""
+    from features.vinvl_import import import_vinvl_features
+    report = task(import_vinvl_features, name="import-vinvl-features", cache_policy=NONE)(
+        warehouse, features_tsv, lineidx=lineidx, dtype=dtype, predictions_tsv=predictions_tsv)
+    print(", ".join(f"{k} {v}" for k, v in report.items()))
+    return report

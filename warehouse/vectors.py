@@ -17,6 +17,8 @@ def encode(vectors: np.ndarray, dtype: str = "float16") -> pa.BinaryArray:
         raise ValueError(f"expected a [n, dim] array, got shape {arr.shape}")
     n, dim = arr.shape
     width = dim * arr.itemsize
+    if n * width >= 2**31:  # Arrow binary offsets are int32: encode in smaller batches
+        raise ValueError(f"{n} vectors of {width} bytes exceed 2 GiB in one column chunk")
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
                                                         pa.py_buffer(arr.tobytes())])
