@@ -61,6 +61,9 @@ def run(mode: str, n: int, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--streaming-sizes", type=int, nargs="*", default=[],
+                    help="extra sizes for the streaming path alone (e.g. 300000: shows where "
+                         "its memory levels off; the in-memory baseline would need GBs)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
@@ -86,6 +89,13 @@ def main() -> None:
           f"throughput x{get('streaming', hi, 1)['images_per_s'] / get('in-memory', hi, 1)['images_per_s']:.2f}"
           f" (1 worker), x{get('streaming', hi, cores)['images_per_s'] / get('in-memory', hi, 1)['images_per_s']:.2f}"
           f" ({cores} workers)")
+    for n in args.streaming_sizes:
+        r = run("streaming", n, cores)
+        results.append(r)
+        base = get("streaming", hi, cores)
+        print(f"streaming  n={n:>7} workers={cores}  {r['images_per_s']:8.0f} images/s  "
+              f"peak {r['peak_mib']:7.0f} MiB: x{r['peak_mib'] / base['peak_mib']:.2f} the peak "
+              f"at {hi} images")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
