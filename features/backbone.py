@@ -86,6 +86,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _autocast(device: torch.device):
+    # bf16 on GPU (2x throughput, no loss scaling needed for inference); fp32 on CPU,
+    # where bf16 matmuls are slower than fp32 on most machines.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @dataclass(eq=False)
 class Backbone:
     name: str
@@ -102,10 +108,7 @@ class Backbone:
 
     @property
     def autocast(self):
-        # bf16 on GPU (2x throughput, no loss scaling needed for inference); fp32 on CPU,
-        # where bf16 matmuls are slower than fp32 on most machines.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.device.type == "cuda")
+        return _autocast(self.device)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +145,9 @@ def load_backbone(name: str, pretrained: str | None = None, image_size: int | No
         return _cache[key]
 
 
-def _build(name: str, source: str | None, recorded: str, image_size: int | None,
-           device: torch.device) -> Backbone:
+def _create_model(name: str, source: str | None, image_size: int | None):
+    """(OpenCLIP model, eval preprocess) with these weights; random init is seeded."""
     import open_clip
-    from open_clip.modified_resnet import ModifiedResNet
-    from open_clip.transformer import VisionTransformer
 
     register_configs()
     if open_clip.get_model_config(name) is None and not name.startswith(("hf-hub:",
@@ -165,6 +166,21 @@ def _build(name: str, source: str | None, recorded: str, image_size: int | None,
                 raise
             raise RuntimeError(f"cannot load weights {source!r} for {name}: {e} (offline? pass a "
                                "local checkpoint path, or pretrained=None)") from e
+    return model, preprocess
+
+
+def _weights_sha256(source: str | None, visual: torch.nn.Module) -> str:
+    """The checkpoint file's hash, else the image tower's weights' (random init, tags)."""
+    return file_sha256(source) if source and Path(source).is_file() else \
+        state_dict_sha256(visual)
+
+
+def _build(name: str, source: str | None, recorded: str, image_size: int | None,
+           device: torch.device) -> Backbone:
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
+    model, preprocess = _create_model(name, source, image_size)
     visual = model.visual
     del model  # the text tower is not needed here
     if isinstance(visual, VisionTransformer) and visual.attn_pool is None:
@@ -181,9 +197,45 @@ def _build(name: str, source: str | None, recorded: str, image_size: int | None,
         raise UnsupportedBackbone(f"{name}: image size {size} is not a multiple of the backbone "
                                   f"stride {stride}; the feature map would not cover the input")
     visual.eval().requires_grad_(False)
-    weights = file_sha256(source) if source and Path(source).is_file() else \
-        state_dict_sha256(visual)
+    weights = _weights_sha256(source, visual)
     return Backbone(name=name, pretrained=recorded, weights_sha256=weights,
                     visual=visual.to(device), kind=kind, image_size=size, stride=stride,
                     map_channels=channels, dim=visual.output_dim, preprocess=preprocess,
                     device=device)
+
+
+@dataclass(eq=False)
+class TextTower:
+    """The text tower of the same OpenCLIP weights as an image tower, for zero-shot tagging of
+    region vectors (which live in the joint space, see the module docstring)."""
+    name: str
+    pretrained: str              # as recorded, like Backbone.pretrained
+    weights_sha256: str          # computed as Backbone.weights_sha256 is: equal iff same weights
+    model: torch.nn.Module       # the OpenCLIP model, image tower dropped, eval mode
+    tokenizer: Callable          # list[str] -> token ids [n, context_length]
+    device: torch.device
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """texts -> L2-normalised embeddings [n, dim], float32."""
+        tokens = self.tokenizer(texts).to(self.device)
+        with _autocast(self.device):
+            return self.model.encode_text(tokens, normalize=True).float()
+
+
+def load_text_tower(name: str, pretrained: str | None = None, image_size: int | None = None,
+                    device: str | torch.device | None = None) -> TextTower:
+    """The text tower of OpenCLIP model `name` with these weights. `image_size` only matters
+    for the weights hash of random init or a tag, which covers the image tower as loaded for
+    a feature set (so it must be the feature set's size)."""
+    import open_clip
+
+    source, recorded = resolve_pretrained(pretrained)
+    device = torch.device(device) if device is not None else default_device()
+    model, _ = _create_model(name, source, image_size)
+    weights = _weights_sha256(source, model.visual)
+    model.visual = torch.nn.Identity()  # only encode_text is used
+    model.eval().requires_grad_(False)
+    return TextTower(name=name, pretrained=recorded, weights_sha256=weights,
+                     model=model.to(device), tokenizer=open_clip.get_tokenizer(name),
+                     device=device)

@@ -54,7 +54,7 @@ def cmd_sql(args) -> int:
             print(json.dumps(dict(zip(columns, row)), default=str))
     elif args.format == "csv":
         import csv
-        w = csv.writer(sys.stdout)
+        w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(columns)
         w.writerows(rows)
     else:
@@ -100,6 +100,13 @@ def cmd_import_vinvl(args) -> int:
     from flows.features import vinvl_import_flow
     vinvl_import_flow(warehouse=args.warehouse, features_tsv=args.features_tsv,
                       lineidx=args.lineidx, predictions_tsv=args.predictions, dtype=args.dtype)
+    return 0
+
+
+def cmd_tag_regions(args) -> int:
+    from flows.features import zero_shot_flow
+    zero_shot_flow(warehouse=args.warehouse, feature_set=args.feature_set, vocab=args.vocab,
+                   top_k=args.top_k, threshold=args.threshold, pretrained_path=args.pretrained)
     return 0
 
 
@@ -180,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     sp.set_defaults(func=cmd_import_vinvl)
 
+    sp = sub.add_parser("tag-regions", help="zero-shot tag regions with vocabulary concepts "
+                                            "(needs pretrained weights; Prefect flow)")
+    warehouse_arg(sp)
+    sp.add_argument("--feature-set", required=True)
+    sp.add_argument("--vocab", help="vocabulary id (default: the latest)")
+    sp.add_argument("--top-k", type=int, default=3)
+    sp.add_argument("--threshold", type=float, default=0.25, help="minimum cosine")
+    sp.add_argument("--pretrained", help="the feature set's local checkpoint file, if it used one")
+    sp.set_defaults(func=cmd_tag_regions)
+
     sp = sub.add_parser("concepts", help="build the concept vocabulary (Prefect flow)")
     warehouse_arg(sp)
     sp.add_argument("--min-count", type=int, default=50,
@@ -205,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from warehouse.store import WarehouseError
     try:
         return args.func(args)
-    except (InputError, WarehouseError, ReadOnlyViolation) as e:
-        print(f"mvp {args.command}: error: {e}", file=sys.stderr)
+    except (InputError, WarehouseError, ReadOnlyViolation, LookupError, ValueError) as e:
+        if os.environ.get("MVP_DEBUG"):
+            raise
+        print(f"mvp {args.command}: error: {e}  (MVP_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 2
     except Exception as e:  # DuckDB errors in user SQL: one line, not a traceback
         if type(e).__module__.startswith("duckdb") or type(e).__name__.endswith("Exception"):

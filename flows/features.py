@@ -76,3 +76,16 @@ def vinvl_import_flow(warehouse: str, features_tsv: str, lineidx: str | None = N
         warehouse, features_tsv, lineidx=lineidx, dtype=dtype, predictions_tsv=predictions_tsv)
     print(", ".join(f"{k} {v}" for k, v in report.items()))
     return report
+
+
+@flow(name="mvp-zero-shot-tags", log_prints=True)
+def zero_shot_flow(warehouse: str, feature_set: str, vocab: str | None = None, top_k: int = 3,
+                   threshold: float = 0.25, pretrained_path: str | None = None) -> dict:
+    """Tag regions with vocabulary concepts by the OpenCLIP text tower of the feature set's own
+    (pretrained) weights; rows are marked source "zero-shot", apart from ground truth."""
+    from features.zero_shot import tag_regions
+    report = task(tag_regions, name="tag-regions", cache_policy=NONE)(
+        warehouse, feature_set, vocab=vocab, top_k=top_k, threshold=threshold,
+        pretrained_path=pretrained_path)
+    print(", ".join(f"{k} {v}" for k, v in report.items()))
+    return report

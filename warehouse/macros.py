@@ -43,8 +43,8 @@ MACROS = {
         t AS (SELECT DISTINCT c.image_id, cc.concept_id
               FROM caption_concepts cc JOIN captions c ON c.id = cc.caption_id
               WHERE cc.vocab = (SELECT id FROM voc)),
-        v AS (SELECT DISTINCT image_id, concept_id FROM image_concepts
-              WHERE vocab = (SELECT id FROM voc)),
+        v AS (SELECT DISTINCT image_id, concept_id FROM image_concepts  -- ground truth only
+              WHERE vocab = (SELECT id FROM voc) AND source <> 'zero-shot'),
         pairs AS (SELECT t.concept_id AS text_id, v.concept_id AS visual_id,
                          count(*) AS images
                   FROM t JOIN v USING (image_id) GROUP BY ALL)

@@ -140,6 +140,19 @@ IMAGE_CONCEPTS = pa.schema([
     ("score", pa.float32()),        # null for ground truth
 ])
 
+# Zero-shot tags of regions (features/zero_shot.py): predictions, never ground truth. Their
+# per-image summary is in image_concepts with source "zero-shot".
+REGION_TAGS = pa.schema([
+    ("tagging", pa.string()),       # id of the tagging parameters (see features/zero_shot.py)
+    ("vocab", pa.string()),
+    ("feature_set", pa.string()),
+    ("image_id", pa.string()),
+    ("region_id", pa.string()),     # region_features.region_id
+    ("concept_id", pa.int32()),
+    ("score", pa.float32()),        # cosine of the region vector and the concept's prompt
+    ("rank", pa.int32()),           # 1 = the region's best concept of this kind
+])
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "captions": CAPTIONS,
@@ -153,6 +166,7 @@ TABLES: dict[str, pa.Schema] = {
     "concepts": CONCEPTS,
     "caption_concepts": CAPTION_CONCEPTS,
     "image_concepts": IMAGE_CONCEPTS,
+    "region_tags": REGION_TAGS,
 }
 
 # Primary keys of the ingested tables (feature-store tables are keyed by their build: a feature
