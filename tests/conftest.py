@@ -80,3 +80,10 @@ def nltk_data():
         subprocess.run(["bash", os.path.join(root, "scripts", "install_nltk_data.sh"), folder],
                        check=True)
     return folder
+
+
+def pytest_unconfigure(config):
+    # Prefect stops its temporary server at interpreter exit and logs that to a stream pytest
+    # has already closed; without this, a "--- Logging error ---" trace follows the summary.
+    import logging
+    logging.raiseExceptions = False
