@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from warehouse.hashing import file_sha256
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # "mvp-tiny": a seconds-fast test tower
 RANDOM_INIT_SEED = 0
 
@@ -61,14 +63,6 @@ def resolve_pretrained(pretrained: str | None) -> tuple[str | None, str]:
     if path.is_file():
         return str(path.resolve()), path.name
     return str(pretrained), str(pretrained)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import time
 import uuid
@@ -44,6 +43,7 @@ import pyarrow as pa
 from warehouse import vectors
 from features.feature_sets import FeatureSetSpec, register_feature_set, write_part
 from warehouse.catalog import connect
+from warehouse.hashing import file_sha256
 from warehouse.ingest.emitter import stable_id
 from warehouse.ingest.readers.vinvl_predictions import image_id_for
 from warehouse.ingest.sources import InputError, require_file
@@ -62,14 +62,6 @@ RAW_BYTES = 200              # of a rejected line kept for a person to read (lin
 
 
 # ---- the files -------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 23):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_lineidx(path: Path, tsv: Path) -> np.ndarray:
     """The line offsets a lineidx file lists, checked against its TSV: starts at 0, strictly
     increasing, inside the file (that each one starts a line is checked by `read_heads`)."""
@@ -412,12 +404,12 @@ def import_vinvl_features(warehouse: str | Warehouse, features_tsv: str | Path,
     heads = read_heads(tsv, offsets, index if index.is_file() else None)
     predictions = Predictions(Path(predictions_tsv)) if predictions_tsv is not None else None
 
-    tsv_sha = sha256_file(tsv)
+    tsv_sha = file_sha256(tsv)
     inputs = {"features_tsv": {"path": str(tsv.resolve()), "sha256": tsv_sha},
               "lineidx": str(index.resolve()) if index.is_file() else "computed"}
     box_source = "imported"
     if predictions is not None:
-        pred_sha = sha256_file(predictions.path)
+        pred_sha = file_sha256(predictions.path)
         inputs["predictions_tsv"] = {"path": str(predictions.path.resolve()), "sha256": pred_sha}
         box_source = f"imported+predictions:{pred_sha[:16]}"
     # the most boxes of a line, counting no more than its bytes can hold (a corrupt num_boxes

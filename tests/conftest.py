@@ -15,11 +15,9 @@ os.environ.setdefault("NLTK_DATA", os.path.join(os.path.dirname(os.path.dirname(
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 from PIL import Image
 
-from warehouse.store import Warehouse
 
 
 @pytest.fixture

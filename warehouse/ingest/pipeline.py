@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from warehouse.hashing import file_sha256
 from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
 from warehouse.ingest.emitter import Emitter
 from warehouse.ingest.merge import TableOutcome, merge, new_ingest_id
@@ -65,14 +66,6 @@ class Plan:
     max_image_pixels: int
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def plan(ctx: SourceContext, warehouse: str,
          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Plan:
     """Hash the inputs and decide whether this build was already done."""
@@ -80,7 +73,7 @@ def plan(ctx: SourceContext, warehouse: str,
     inputs = []
     for path in reader.inputs(ctx):
         try:
-            inputs.append({"path": str(path), "sha256": _sha256(path),
+            inputs.append({"path": str(path), "sha256": file_sha256(path),
                            "bytes": path.stat().st_size})
         except OSError as e:
             raise InputError(f"input file {path} is unreadable: {e}") from None
