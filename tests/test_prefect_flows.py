@@ -63,6 +63,8 @@ def _flow_runs(api_url: str, flow_name: str) -> list[dict]:
 
 def test_flow_against_a_running_server_and_deployment_via_worker(server, tmp_path):
     env = _env(tmp_path / "client", server.url)
+    with urllib.request.urlopen(server.url.removesuffix("/api") + "/", timeout=10) as ui:
+        assert ui.status == 200 and b"<html" in ui.read(2000).lower()  # the UI answers
     # 1. the CLI against the running server: the flow run is recorded there
     wh = tmp_path / "wh"
     _run([str(BIN / "mvp"), "ingest", "--dataset", "shapes", "--n-images", "15",
