@@ -1,0 +1,66 @@
+"""A pre-LayerNorm transformer encoder with padding masks, shared by the text, visual and
+cross-modal encoders of MVP.
+
+Pre-LN (LayerNorm before attention/MLP, one final LayerNorm) rather than BERT's post-LN: MVP here
+trains from scratch instead of starting from BERT weights, and pre-LN trains stably without a
+long warmup. Attention goes through `F.scaled_dot_product_attention`, which picks a fused kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_bias(mask: torch.Tensor) -> torch.Tensor:
+    """Key-padding mask [B, L] (True = real token) -> SDPA boolean mask [B, 1, 1, L] (True = may
+    attend). Padded *queries* still attend to the real keys, so their outputs stay finite; callers
+    ignore them. Every row needs at least one real key ([CLS] always is)."""
+    return mask[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        # [B, L, 3H] -> three [B, heads, L, H/heads]
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, H)))
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(hidden)
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
+                                 nn.Linear(mlp_ratio * hidden, hidden), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), bias)
+        return x + self.mlp(self.ln2(x))
+
+
+class Encoder(nn.Module):
+    """`layers` blocks and a final LayerNorm: [B, L, H] inputs, [B, L] bool mask -> [B, L, H]."""
+
+    def __init__(self, layers: int, hidden: int, heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bias = attention_bias(mask)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.ln_f(x)

@@ -1,0 +1,178 @@
+"""The five pre-training losses of MVP (METHOD.md §3), one function each, named after the task.
+
+Pure functions over tensors: the model produces logits and vectors, these turn them into scalars.
+Conventions: similarity matrices are [B_text, B_image] with the matching pairs on the diagonal;
+labels of positions that are not targets are -100. Every random choice comes from `generator`.
+
+    stage 1 (uni-modal):  vsc, mcr
+    stage 2 (cross-modal): itm (with itm_negatives), mlm, wpg
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions whose label is not -100; 0 (still on the graph, so
+    backward and DDP see every parameter) when there are none."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    if not (labels != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
+def vsc(sim_logits: torch.Tensor) -> torch.Tensor:
+    """Visual-semantic contrastive loss: symmetric InfoNCE.
+
+    sim_logits: [B, B] = g_t @ g_v.T / temperature, text rows, image columns, positives on the
+    diagonal. Returns the mean of CE(text -> images) and CE(image -> texts), a scalar.
+    """
+    targets = torch.arange(sim_logits.shape[0], device=sim_logits.device)
+    return (F.cross_entropy(sim_logits, targets) + F.cross_entropy(sim_logits.t(), targets)) / 2
+
+
+def mcr(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:
+    """Masked concept recovering: predict the masked tags from the visual encoder.
+
+    tag_logits: [B, T, V] scores over the vocabulary at each tag position.
+    tag_labels: [B, T] original id at masked positions, -100 elsewhere (masking.mask_tags).
+    Returns the mean CE over masked positions; 0 with a grad path when nothing is masked.
+    The text-side concept recovery uses the same function on concept positions.
+    """
+    return _masked_ce(tag_logits, tag_labels)
+
+
+def mlm(token_logits: torch.Tensor, token_labels: torch.Tensor,
+        positive: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked language modelling from the fused (cross-modal) output, on matched pairs only.
+
+    token_logits: [N, L, V]; token_labels: [N, L] (-100 where not masked, masking.mask_tokens).
+    positive: [N] bool, True where row n is a matched text-image pair; the ITM batch also holds
+    mismatched pairs, whose image cannot help recover the caption, so they are ignored.
+    Returns the mean CE over masked tokens of positive rows (0 with a grad path if none).
+    """
+    if positive is not None:
+        token_labels = token_labels.masked_fill(~positive[:, None], IGNORE)
+    return _masked_ce(token_logits, token_labels)
+
+
+def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
+                  image_ids: torch.Tensor | None = None):
+    """Build the ITM batch: B positives plus B hardest in-batch negatives.
+
+    sim: [B, B] text-image similarity (the VSC matrix; read without gradient).
+    image_ids: optional [B] ids of each pair's image: texts of the same image (COCO has 5 per
+    image) are not negatives of each other, so such pairs are excluded like the diagonal.
+
+    Direction split: the rows are ordered by a random permutation drawn from `generator` (with no
+    generator: the identity, i.e. rows in batch order); the first B // 2 of that order are TEXT rows
+    paired with their hardest image (argmax over the row), the remaining B - B // 2 are IMAGE
+    columns paired with their hardest text (argmax over the column).
+
+    Returns (text_index [2B], image_index [2B], label [2B]) long: entries 0..B-1 are the positives
+    (i, i, 1) in batch order, entries B..2B-1 the negatives (label 0) in permutation order.
+    """
+    b = sim.shape[0]
+    device = sim.device
+    with torch.no_grad():
+        excluded = torch.eye(b, dtype=torch.bool, device=device)
+        if image_ids is not None:
+            excluded = excluded | (image_ids[:, None] == image_ids[None, :])
+        if excluded.all(1).any():
+            raise ValueError("itm_negatives: some pair has no non-matching partner in the batch")
+        scores = sim.detach().float().masked_fill(excluded, float("-inf"))
+        hardest_image = scores.argmax(1)  # for each text
+        hardest_text = scores.argmax(0)   # for each image
+    if generator is None:
+        order = torch.arange(b, device=device)
+    else:
+        order = torch.randperm(b, generator=generator, device=generator.device).to(device)
+    text_rows, image_cols = order[: b // 2], order[b // 2:]
+    arange = torch.arange(b, device=device)
+    text_index = torch.cat([arange, text_rows, hardest_text[image_cols]])
+    image_index = torch.cat([arange, hardest_image[text_rows], image_cols])
+    label = torch.cat([torch.ones(b, dtype=torch.long, device=device),
+                       torch.zeros(b, dtype=torch.long, device=device)])
+    return text_index, image_index, label
+
+
+def itm(itm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Image-text matching: 2-way CE on the pooled fused [CLS].
+
+    itm_logits: [N, 2] (column 1 = "matched"); labels: [N] long in {0, 1} (itm_negatives).
+    """
+    return F.cross_entropy(itm_logits, labels)
+
+
+@dataclass
+class WPGOutput:
+    """Result of `wpg`. B = number of texts (= images) in the batch."""
+    loss: torch.Tensor            # scalar
+    positive_score: torch.Tensor  # [B] score(T_b, I_b)
+    negative_score: torch.Tensor  # [B] score(T_b, I_neg[b])
+    negative_image: torch.Tensor  # [B] long, index of the negative image of each text
+    counted: torch.Tensor         # [B] bool, texts that enter the mean
+
+
+def _grounding_score(phrases, phrase_mask, regions, region_mask, generator, top_k):
+    """score(T_n, I_n) for aligned rows: mean over T_n's phrases of cos(phrase, region), the region
+    drawn uniformly among the top-k valid regions of I_n by cosine (fewer when I_n has fewer).
+
+    phrases [N, P, D], phrase_mask [N, P], regions [N, R, D], region_mask [N, R] -> [N].
+    Rows with no phrase or no region score 0 (callers leave them out).
+    """
+    cos = torch.einsum("npd,nrd->npr", F.normalize(phrases, dim=-1), F.normalize(regions, dim=-1))
+    cos = cos.masked_fill(~region_mask[:, None, :], float("-inf"))  # padding never in the top-k
+    k = min(top_k, cos.shape[-1])
+    top = cos.topk(k, dim=-1).values                                  # [N, P, k], best first
+    n_candidates = region_mask.sum(-1).clamp(max=k).clamp(min=1)      # [N]
+    u = torch.rand(top.shape[:2], generator=generator,
+                   device=generator.device if generator is not None else top.device).to(top.device)
+    pick = (u * n_candidates[:, None]).long()                        # [N, P] in [0, n_candidates)
+    chosen = top.gather(-1, pick[..., None]).squeeze(-1)              # [N, P]
+    keep = phrase_mask & region_mask.any(-1, keepdim=True)
+    chosen = torch.where(keep, chosen, torch.zeros_like(chosen))     # also clears -inf rows
+    return chosen.sum(-1) / phrase_mask.sum(-1).clamp(min=1)
+
+
+def wpg(phrase_vecs: torch.Tensor, phrase_mask: torch.Tensor, region_vecs: torch.Tensor,
+        region_mask: torch.Tensor, generator: torch.Generator | None = None,
+        margin: float = 0.2, top_k: int = 3) -> WPGOutput:
+    """Weakly-supervised phrase grounding (METHOD.md §3).
+
+    score(T, I) = mean over T's phrase concepts of cos(phrase, best region of I), "best" drawn
+    uniformly among I's top-`top_k` regions by cosine (the random pick keeps the loss from locking
+    onto one region early). Loss = mean over texts of max(0, margin + score(T, I_neg) - score(T, I)).
+
+    phrase_vecs [B, P, D] and phrase_mask [B, P] (True at real phrase concepts): from the
+    cross-modal encoder's concept positions of text b. region_vecs [B, R, D] and region_mask
+    [B, R] (True at real regions): its region positions. Here the negative image's regions are
+    those of its own (positive) fused pass, an approximation that avoids a second fused pass.
+
+    Negative image: for text b, I_neg = (b + s) mod B with s uniform in {1..B-1} — uniform over the
+    other images. Draw order: s [B], then the top-k picks for positives [B, P], then negatives.
+    Texts without phrases, or whose positive or negative image has no region, are left out of the
+    mean; if none remain (or B < 2) the loss is 0 with a grad path.
+    """
+    b = phrase_vecs.shape[0]
+    device = phrase_vecs.device
+    zero = phrase_vecs.sum() * 0.0 + region_vecs.sum() * 0.0
+    if b < 2:
+        empty = torch.zeros(b, device=device)
+        return WPGOutput(zero, empty, empty, torch.zeros(b, dtype=torch.long, device=device),
+                         torch.zeros(b, dtype=torch.bool, device=device))
+    gen_device = generator.device if generator is not None else device
+    shift = torch.randint(1, b, (b,), generator=generator, device=gen_device).to(device)
+    negative = (torch.arange(b, device=device) + shift) % b
+    pos = _grounding_score(phrase_vecs, phrase_mask, region_vecs, region_mask, generator, top_k)
+    neg = _grounding_score(phrase_vecs, phrase_mask, region_vecs[negative], region_mask[negative],
+                           generator, top_k)
+    has_region = region_mask.any(-1)
+    counted = phrase_mask.any(-1) & has_region & has_region[negative]
+    hinge = (margin + neg - pos).clamp(min=0)
+    loss = hinge[counted].mean() if counted.any() else zero
+    return WPGOutput(loss, pos, neg, negative, counted)

@@ -1,0 +1,216 @@
+"""The MVP model with the tiny config: shapes, padding masks, tied MLM weights, stage separation,
+parameter count of the paper's size, config loading."""
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import ConfigError, ModelConfig, load_config
+from model.mvp import MVP, param_groups
+
+B, LT, LG, R = 3, 12, 7, 5
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    torch.manual_seed(0)
+    return MVP(cfg).eval()
+
+
+def make_batch(cfg, b=B, lt=LT, lg=LG, r=R, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 49000, (b, lt), generator=g)
+    ids[:, 0] = cfg.cls_id
+    ids[:, -3:-1] = cfg.concept_offset + torch.randint(0, cfg.n_concepts, (b, 2), generator=g)
+    ids[:, -1] = cfg.sep_id
+    mask = torch.ones(b, lt, dtype=torch.bool)
+    tag_ids = torch.randint(0, 49000, (b, lg), generator=g)
+    tag_ids[:, 0], tag_ids[:, -1] = cfg.cls_id, cfg.sep_id
+    tag_mask = torch.ones(b, lg, dtype=torch.bool)
+    regions = torch.randn(b, r, cfg.feat_dim, generator=g)
+    geometry = torch.rand(b, r, 6, generator=g)
+    region_mask = torch.ones(b, r, dtype=torch.bool)
+    # row 1 is padded on every stream: the last 4 text, 2 tag and 2 region positions
+    ids[1, -4:], mask[1, -4:] = cfg.pad_id, False
+    tag_ids[1, -2:], tag_mask[1, -2:] = cfg.pad_id, False
+    region_mask[1, -2:] = False
+    return dict(ids=ids, mask=mask, tag_ids=tag_ids, tag_mask=tag_mask, regions=regions,
+                geometry=geometry, region_mask=region_mask)
+
+
+def run(model, b):
+    t = model.encode_text(b["ids"], b["mask"])
+    v = model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"], b["geometry"],
+                            b["region_mask"])
+    return t, v, model.fuse(t, v)
+
+
+def test_vocabulary_layout(cfg):
+    assert (cfg.mask_id, cfg.pad_id, cfg.concept_offset) == (49408, 49409, 49410)
+    assert cfg.vocab_size == 49410 + 64
+
+
+def test_output_shapes(model, cfg):
+    t, v, f = run(model, make_batch(cfg))
+    H, E = cfg.hidden, cfg.embed_dim
+    assert t.hidden.shape == (B, LT, H) and t.g.shape == (B, E)
+    assert v.hidden.shape == (B, LG + R, H) and v.g.shape == (B, E)
+    assert v.tag_hidden.shape == (B, LG, H) and v.region_hidden.shape == (B, R, H)
+    # tags and the visual [CLS] are dropped before fusion
+    assert f.hidden.shape == (B, LT + R, H) and f.mask.shape == (B, LT + R)
+    assert f.text_hidden.shape == (B, LT, H) and f.region_hidden.shape == (B, R, H)
+    assert torch.allclose(t.g.norm(dim=-1), torch.ones(B))
+    assert torch.allclose(v.g.norm(dim=-1), torch.ones(B))
+    assert model.mlm_logits(f.text_hidden).shape == (B, LT, cfg.word_vocab)
+    n_tags = int(v.tag_mask.sum())
+    assert model.mlm_logits(v.tag_hidden[v.tag_mask]).shape == (n_tags, cfg.word_vocab)
+    assert model.itm_logits(f).shape == (B, 2)
+    sim = model.similarity(t.g, v.take(torch.tensor([0, 1])).g)
+    assert sim.shape == (B, 2)
+    # initial scale 1/0.07: the diagonal of g_t @ g_t.T is exactly 1/0.07
+    assert torch.allclose(model.similarity(t.g, t.g).diagonal(), torch.full((B,), 1 / 0.07))
+    assert model.temperature == pytest.approx(0.07)
+
+
+def test_padding_masks_really_mask(model, cfg):
+    b = make_batch(cfg)
+    t0, v0, f0 = run(model, b)
+    c = {k: x.clone() for k, x in b.items()}
+    c["ids"][1, -4:] = 123                       # change padded inputs only
+    c["tag_ids"][1, -2:] = 456
+    c["regions"][1, -2:] += 10.0
+    c["geometry"][1, -2:] = 0.5
+    t1, v1, f1 = run(model, c)
+    real_t, real_v = b["mask"], torch.cat([b["tag_mask"], b["region_mask"]], 1)
+    real_f = torch.cat([b["mask"], b["region_mask"]], 1)
+    assert torch.allclose(t0.hidden[real_t], t1.hidden[real_t], atol=1e-6)
+    assert torch.allclose(v0.hidden[real_v], v1.hidden[real_v], atol=1e-6)
+    assert torch.allclose(f0.hidden[real_f], f1.hidden[real_f], atol=1e-6)
+    assert torch.allclose(f0.pooled, f1.pooled, atol=1e-6)
+    # and the same edits on real positions do change the outputs (the test can fail)
+    c["mask"][1, -4:] = True
+    c["region_mask"][1, -2:] = True
+    t2, v2, f2 = run(model, c)
+    assert not torch.allclose(t0.g[1], t2.g[1], atol=1e-4)
+    assert not torch.allclose(f0.pooled[1], f2.pooled[1], atol=1e-4)
+    # rows without padding are untouched by another row's edits
+    assert torch.allclose(f0.pooled[[0, 2]], f2.pooled[[0, 2]], atol=1e-6)
+
+
+def test_mlm_head_is_tied_to_word_rows(model, cfg):
+    w = model.word_embeddings
+    assert w.data_ptr() == model.embed.weight.data_ptr() and w.shape == (cfg.word_vocab, cfg.hidden)
+    assert not any(p.shape == (cfg.word_vocab, cfg.hidden) for n, p in model.named_parameters()
+                   if n != "embed.weight")
+    model.zero_grad()
+    model.mlm_logits(torch.randn(4, cfg.hidden)).sum().backward()
+    grad = model.embed.weight.grad
+    assert grad[: cfg.word_vocab].abs().sum() > 0
+    assert grad[cfg.word_vocab:].abs().sum() == 0  # specials and concepts are never predicted
+    model.zero_grad()
+
+
+def test_stage1_does_not_touch_cross_encoder(cfg):
+    model = MVP(cfg)
+    b = make_batch(cfg)
+    t = model.encode_text(b["ids"], b["mask"])
+    v = model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"], b["geometry"],
+                            b["region_mask"])
+    loss = model.similarity(t.g, v.g).logsumexp(1).mean() + model.mlm_logits(v.tag_hidden).mean()
+    loss.backward()
+    stage2_only = ("cross_encoder.", "pooler.", "itm_head.")
+    for name, p in model.named_parameters():
+        if name.startswith(stage2_only):
+            assert p.grad is None, name
+    assert model.text_encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert model.region_embed.weight.grad is not None and model.logit_scale.grad is not None
+
+
+def test_base_is_the_papers_size():
+    cfg = load_config("base")
+    with torch.device("meta"):  # no memory: shapes only
+        m = MVP(cfg)
+    n = sum(p.numel() for p in m.parameters())
+    table = cfg.vocab_size * cfg.hidden
+    assert cfg.vocab_size == 86000 and table == 66_048_000
+    assert 190e6 < n < 200e6, n  # paper: ~197M incl. the 86k x 768 table
+
+
+def test_param_groups(model):
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731
+    assert ids(decay).isdisjoint(ids(no_decay))
+    assert len(ids(decay)) + len(ids(no_decay)) == len(list(model.parameters()))
+    for p in (model.embed.weight, model.text_pos.weight, model.logit_scale, model.mlm_bias,
+              model.text_ln.weight, model.itm_head.bias):
+        assert id(p) in ids(no_decay)
+    for p in (model.text_encoder.blocks[0].attn.qkv.weight, model.region_embed.weight,
+              model.itm_head.weight, model.text_proj.weight):
+        assert id(p) in ids(decay)
+
+
+def test_batch_of_8_under_a_second(cfg):
+    torch.manual_seed(0)
+    model = MVP(cfg)
+    b = make_batch(cfg, b=8, lt=cfg.max_text_len, lg=cfg.max_tags, r=cfg.max_regions)
+    run(model, b)  # warm-up
+    start = time.perf_counter()
+    t, v, f = run(model, b)
+    loss = (model.similarity(t.g, v.g).mean() + model.itm_logits(f).mean()
+            + model.mlm_logits(f.text_hidden[:, 1:7]).mean())
+    loss.backward()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_input_checks(model, cfg):
+    b = make_batch(cfg)
+    with pytest.raises(ValueError, match="max_text_len"):
+        model.encode_text(torch.zeros(1, cfg.max_text_len + 1, dtype=torch.long),
+                          torch.ones(1, cfg.max_text_len + 1))
+    with pytest.raises(ValueError, match="regions"):
+        model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"][..., :-1], b["geometry"],
+                            b["region_mask"])
+
+
+def test_load_config_presets_and_overrides(tmp_path: Path):
+    assert load_config("small").hidden == 256
+    base = load_config("base")
+    layers = (base.text_layers, base.visual_layers, base.cross_layers)
+    assert (base.hidden, base.heads, layers) == (768, 12, (6, 6, 6))
+    c = load_config("tiny", n_concepts=5, feature_set="fs1")
+    assert c.n_concepts == 5 and c.feature_set == "fs1" and c.vocab_size == 49415
+    # a whole-experiment file: other sections are someone else's
+    p = tmp_path / "exp.yaml"
+    p.write_text("model:\n  hidden: 64\n  heads: 4\ntrain:\n  lr: 5.0e-5\n")
+    assert load_config(p).hidden == 64 and load_config(str(p)).heads == 4
+
+
+@pytest.mark.parametrize("text, match", [
+    ("model:\n  hidden: 30\n  heads: 4\n", "divisible"),
+    ("model:\n  hiden: 64\n", "unknown model keys.*hiden"),
+    ("model:\n  dropout: 1.5\n", "dropout"),
+    ("model:\n  max_text_len: 2\n", "max_text_len"),
+    ("model:\n  heads: 0\n", "heads"),
+    ("- a list\n", "mapping"),
+])
+def test_config_errors(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+
+
+def test_config_errors_missing():
+    with pytest.raises(ConfigError, match="unknown config preset 'huge'.*tiny"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("nowhere/x.yaml")
+    with pytest.raises(ConfigError, match="temperature_init"):
+        ModelConfig(temperature_init=0.0)
