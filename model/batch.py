@@ -1,0 +1,50 @@
+"""The pre-training batch: the contract between the data path (model/data.py) and the training
+task (model/train.py). All tensors are on one device; masks are bool with True on real entries.
+
+Text is kept in two parts so masking can hide a concept whenever a word inside it is masked
+(model/masking.py) before the model input is assembled as `[CLS] words... concepts... [SEP]`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class PretrainBatch:
+    token_ids: torch.Tensor       # [B, Lw] long: [CLS] caption BPE tokens, then pad_id
+    token_mask: torch.Tensor      # [B, Lw] bool
+    concept_ids: torch.Tensor     # [B, C] long, already offset by cfg.concept_offset; pad_id pads
+    concept_mask: torch.Tensor    # [B, C] bool
+    concept_spans: torch.Tensor   # [B, C, 2] long: [start, end) positions in token_ids (may be
+    #                               empty, start == end, when a concept's words were truncated)
+    tag_ids: torch.Tensor         # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
+    tag_mask: torch.Tensor        # [B, Lg] bool
+    regions: torch.Tensor         # [B, R, feat_dim] float
+    geometry: torch.Tensor        # [B, R, 6] float
+    region_mask: torch.Tensor     # [B, R] bool
+    image_index: torch.Tensor     # [B] long: equal values = same image (no ITM negative there)
+    caption_ids: list[str]
+    image_ids: list[str]
+
+    def to(self, device) -> "PretrainBatch":
+        return PretrainBatch(**{f.name: (v.to(device, non_blocking=True)
+                                         if isinstance(v, torch.Tensor) else v)
+                                for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def __len__(self) -> int:
+        return self.token_ids.shape[0]
+
+
+def assemble_text(token_ids: torch.Tensor, token_mask: torch.Tensor, concept_ids: torch.Tensor,
+                  concept_mask: torch.Tensor, sep_id: int, pad_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Model input `[CLS] words... concepts... [SEP]` (padding between parts is masked out) and
+    the position where concepts start (Lw): concept c of a row sits at Lw + c."""
+    B = token_ids.shape[0]
+    sep = torch.full((B, 1), sep_id, dtype=token_ids.dtype, device=token_ids.device)
+    ids = torch.cat([token_ids, concept_ids, sep], dim=1)
+    ones = torch.ones((B, 1), dtype=torch.bool, device=token_ids.device)
+    mask = torch.cat([token_mask.bool(), concept_mask.bool(), ones], dim=1)
+    ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
+    return ids, mask, token_ids.shape[1]
