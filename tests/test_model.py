@@ -1,6 +1,5 @@
 """The MVP model with the tiny config: shapes, padding masks, tied MLM weights, stage separation,
 parameter count of the paper's size, config loading."""
-import time
 from pathlib import Path
 
 import pytest
@@ -156,17 +155,19 @@ def test_param_groups(model):
         assert id(p) in ids(decay)
 
 
-def test_batch_of_8_under_a_second(cfg):
+def test_full_size_batch_backpropagates_everywhere(cfg):
+    # (speed targets live in benchmarks/, not in timed tests)
     torch.manual_seed(0)
     model = MVP(cfg)
     b = make_batch(cfg, b=8, lt=cfg.max_text_len, lg=cfg.max_tags, r=cfg.max_regions)
-    run(model, b)  # warm-up
-    start = time.perf_counter()
     t, v, f = run(model, b)
     loss = (model.similarity(t.g, v.g).mean() + model.itm_logits(f).mean()
             + model.mlm_logits(f.text_hidden[:, 1:7]).mean())
     loss.backward()
-    assert time.perf_counter() - start < 1.0
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.text_encoder.parameters())
+    assert all(p.grad is not None for p in model.cross_encoder.parameters())
 
 
 def test_input_checks(model, cfg):

@@ -1,0 +1,240 @@
+"""The pre-training data path: captions joined to their image's region features, tags and concepts.
+
+    data = PretrainData(warehouse, feature_set_id, vocab_id, cfg, split="train")
+    sampler = DeterministicSampler(len(data), seed=0, epoch=3, start=samples_done_this_epoch)
+    loader = DataLoader(data, batch_sampler=sampler.batches(64), collate_fn=data.collate,
+                        num_workers=2)
+
+Everything is read once at construction: captions and caption_concepts through DuckDB (Arrow),
+region vectors through features.load as ONE tensor with per-image CSR offsets (no per-row
+decoding). Captions are short, so their BPE tokenisation is done here once in Python and kept in
+flat arrays with offsets; an item is then a few slices, cheap to build in DataLoader workers.
+
+Text of one caption (METHOD.md §2): `[CLS] words... concepts... [SEP]` of at most max_text_len.
+Concepts come from caption_concepts, whose spans index the words of features.text_concepts.
+tokenize(caption); each word is BPE-encoded on its own, so a word span maps to the BPE positions
+its words cover ([CLS] is position 0). Up to MAX_CONCEPTS distinct concepts are kept (the first
+mentions in caption order), and whole words are kept while [CLS] + words + concepts + [SEP] fit.
+Tags are `[CLS] label BPE tokens... [SEP]` of the image's distinct region labels (first-seen
+order of its feature rows), cut to max_tags.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import BatchSampler, Dataset, Sampler
+
+from features.feature_sets import check_compatible, require_feature_set
+from features.load import load_region_features
+from features.text_concepts import tokenize
+from model.batch import PretrainBatch
+from model.config import ModelConfig
+from warehouse.catalog import connect
+from warehouse.store import Warehouse
+
+MAX_CONCEPTS = 5  # paper: 35 caption tokens + 5 concepts
+
+
+@lru_cache(maxsize=1)
+def bpe_tokenizer():
+    """OpenCLIP's CLIP BPE tokenizer (ships with open_clip, no download)."""
+    import open_clip
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+@lru_cache(maxsize=200_000)
+def bpe(word: str) -> tuple[int, ...]:
+    """BPE ids of one word or label, without sot/eot."""
+    return tuple(bpe_tokenizer().encode(word))
+
+
+def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged int rows as (values, offsets): row k is values[offsets[k]:offsets[k+1]]."""
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    values = np.fromiter((v for r in rows for v in r), np.int64, count=int(offsets[-1]))
+    return values, offsets
+
+
+def caption_tokens(text: str, spans: list[tuple[int, int]], budget: int
+                   ) -> tuple[list[int], list[tuple[int, int]]]:
+    """BPE ids of the caption's whole words that fit in `budget` tokens, and the word spans
+    mapped to [start, end) positions in `[CLS] + ids` (clipped to the kept words; empty,
+    start == end, when the span's first word was cut)."""
+    ids: list[int] = []
+    starts: list[int] = []   # BPE position (with [CLS] at 0) of each kept word's first piece
+    for word in tokenize(text):
+        pieces = bpe(word)
+        if len(ids) + len(pieces) > budget:
+            break
+        starts.append(1 + len(ids))
+        ids.extend(pieces)
+    starts.append(1 + len(ids))  # one past the last kept word
+    kept = len(starts) - 1
+    mapped = [(starts[min(s, kept)], starts[min(max(e, s), kept)]) for s, e in spans]
+    return ids, mapped
+
+
+class PretrainData(Dataset):
+    """One item per caption of an image that has region features in `feature_set_id`."""
+
+    def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
+                 split: str | None = "train", dataset: str | None = None):
+        wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+        spec = require_feature_set(wh, feature_set_id)
+        # a model built for other vectors, or another width, must not silently train on these
+        check_compatible(spec, feature_set=cfg.feature_set, dim=cfg.feat_dim)
+        if cfg.vocab_version is not None and cfg.vocab_version != vocab_id:
+            raise ValueError(f"concept vocabulary {vocab_id!r} is not the one the model was "
+                             f"built for ({cfg.vocab_version!r})")
+        self.cfg = cfg
+
+        con = connect(wh)
+        try:
+            n_vocab = con.execute("SELECT count(*), max(id) FROM concepts WHERE vocab = ?",
+                                  [vocab_id]).fetchall()[0]
+            if not n_vocab[0]:
+                raise LookupError(f"no concept vocabulary {vocab_id!r} in warehouse {wh.root}")
+            self.n_concepts = int(n_vocab[1]) + 1
+            if cfg.n_concepts < self.n_concepts:
+                raise ValueError(f"config n_concepts={cfg.n_concepts} is smaller than vocabulary "
+                                 f"{vocab_id} ({self.n_concepts} concepts)")
+            captions = con.sql(
+                "SELECT id, image_id, text FROM captions WHERE (? IS NULL OR split = ?) "
+                "AND (? IS NULL OR dataset = ?) ORDER BY id",
+                params=[split, split, dataset, dataset]).to_arrow_table()
+            self.regions = load_region_features(
+                wh, feature_set_id, pc.unique(captions["image_id"]).to_pylist())
+            # captions whose image has no features in this set are dropped
+            con.register("_kept", pa.table({"image_id": self.regions.image_ids.astype(object)}))
+            con.register("_captions", captions)
+            captions = con.sql(
+                "SELECT c.* FROM _captions c SEMI JOIN _kept USING (image_id) ORDER BY c.id"
+            ).to_arrow_table()
+            con.register("_captions", captions)
+            mentions = con.sql(
+                "SELECT caption_id, concept_id, token_start, token_end FROM caption_concepts "
+                "SEMI JOIN _captions c ON caption_id = c.id WHERE vocab = ? "
+                "ORDER BY caption_id, token_start, token_end, concept_id", params=[vocab_id]
+            ).to_arrow_table()
+        finally:
+            con.close()
+
+        self.caption_ids = captions["id"].to_numpy(zero_copy_only=False)
+        image_row = {img: k for k, img in enumerate(self.regions.image_ids)}
+        self.image_of = np.array([image_row[i] for i in captions["image_id"].to_pylist()],
+                                 np.int64)
+        self._build_text(captions["text"].to_pylist(), mentions)
+        self._build_tags()
+        self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
+
+    def _build_text(self, texts: list[str], mentions: pa.Table) -> None:
+        by_caption: dict[str, list[tuple[int, int, int]]] = {}
+        for cid, concept, s, e in zip(*(mentions[c].to_pylist() for c in mentions.column_names)):
+            chosen = by_caption.setdefault(cid, [])
+            # one entry per concept (its first mention), at most MAX_CONCEPTS
+            if len(chosen) < MAX_CONCEPTS and all(c != concept for c, _, _ in chosen):
+                chosen.append((concept, s, e))
+        L = self.cfg.max_text_len
+        tokens, concepts, spans = [], [], []
+        for cid, text in zip(self.caption_ids, texts):
+            chosen = by_caption.get(cid, [])[:max(0, L - 3)]  # leave room for one word
+            ids, mapped = caption_tokens(text, [(s, e) for _, s, e in chosen],
+                                         budget=L - 2 - len(chosen))
+            tokens.append([self.cfg.cls_id, *ids])
+            concepts.append([self.cfg.concept_offset + c for c, _, _ in chosen])
+            spans.append([p for span in mapped for p in span])
+        self.tokens, self.token_offsets = _flat(tokens)
+        self.concepts, self.concept_offsets = _flat(concepts)
+        self.spans, _ = _flat(spans)  # two entries per concept: offsets are 2 * concept_offsets
+
+    def _build_tags(self) -> None:
+        rf, cfg = self.regions, self.cfg
+        rows = []
+        for k in range(len(rf.image_ids)):
+            labels = [x for x in rf.label[rf.offsets[k]:rf.offsets[k + 1]] if x]
+            ids = [t for label in dict.fromkeys(labels) for t in bpe(label)]
+            rows.append([cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id])
+        self.tags, self.tag_offsets = _flat(rows)
+
+    def __len__(self) -> int:
+        return len(self.caption_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        img = int(self.image_of[i])
+        t0, t1 = self.token_offsets[i:i + 2]
+        c0, c1 = self.concept_offsets[i:i + 2]
+        g0, g1 = self.tag_offsets[img:img + 2]
+        r0, r1 = self.regions.offsets[img:img + 2]
+        r1 = min(r1, r0 + self.cfg.max_regions)
+        return {
+            "token_ids": torch.from_numpy(self.tokens[t0:t1]),
+            "concept_ids": torch.from_numpy(self.concepts[c0:c1]),
+            "concept_spans": torch.from_numpy(self.spans[2 * c0:2 * c1]).view(-1, 2),
+            "tag_ids": torch.from_numpy(self.tags[g0:g1]),
+            "regions": self.regions.vectors[r0:r1],
+            "geometry": self.geometry[r0:r1],
+            "image_index": img,
+            "caption_id": str(self.caption_ids[i]),
+            "image_id": str(self.regions.image_ids[img]),
+        }
+
+    def collate(self, items: list[dict]) -> PretrainBatch:
+        pad = self.cfg.pad_id
+        token_ids, token_mask = _pad([x["token_ids"] for x in items], pad)
+        concept_ids, concept_mask = _pad([x["concept_ids"] for x in items], pad)
+        concept_spans, _ = _pad([x["concept_spans"] for x in items], 0)
+        tag_ids, tag_mask = _pad([x["tag_ids"] for x in items], pad)
+        regions, region_mask = _pad([x["regions"].float() for x in items], 0.0)
+        geometry, _ = _pad([x["geometry"] for x in items], 0.0)
+        return PretrainBatch(
+            token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
+            concept_mask=concept_mask, concept_spans=concept_spans.view(len(items), -1, 2),
+            tag_ids=tag_ids, tag_mask=tag_mask, regions=regions, geometry=geometry,
+            region_mask=region_mask,
+            image_index=torch.tensor([x["image_index"] for x in items], dtype=torch.long),
+            caption_ids=[x["caption_id"] for x in items],
+            image_ids=[x["image_id"] for x in items])
+
+
+def _pad(rows: list[torch.Tensor], value) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows of different lengths (first dim) padded with `value`, and the real-entry mask.
+    Zero-length rows keep the trailing shape, so a batch without concepts is [B, 0, ...]."""
+    n = max(r.shape[0] for r in rows)
+    out = torch.full((len(rows), n, *rows[0].shape[1:]), value, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), n), dtype=torch.bool)
+    for k, r in enumerate(rows):
+        out[k, :len(r)] = r
+        mask[k, :len(r)] = True
+    return out, mask
+
+
+class DeterministicSampler(Sampler[int]):
+    """The epoch's permutation of range(n), a function of (seed, epoch) only, from position
+    `start` on: a run resumed after `start` samples of an epoch sees exactly the rest of it."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
+        if not 0 <= start <= n:
+            raise ValueError(f"start must be in [0, {n}], got {start}")
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def permutation(self) -> torch.Tensor:
+        # hash (seed, epoch) so that neighbouring pairs give unrelated generator seeds
+        key = hashlib.sha256(f"{self.seed}:{self.epoch}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        return iter(self.permutation()[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+    def batches(self, batch_size: int, drop_last: bool = False) -> BatchSampler:
+        """For DataLoader(batch_sampler=...)."""
+        return BatchSampler(self, batch_size, drop_last)
