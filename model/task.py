@@ -1,0 +1,122 @@
+"""The pre-training task (METHOD.md §3): one PretrainBatch in, the stage's losses out.
+
+    stage1          VSC + MCR (+ text-side MCR when `text_mcr`); only the uni-modal encoders run,
+                    so the cross encoder, pooler and ITM head get no gradient
+    stage2, joint   VSC + MCR + ITM + MLM + WPG (stage2 differs only in starting from a stage-1
+                    checkpoint, see model/train.py `load_weights`)
+
+Two passes per batch:
+- clean (unmasked text and tags): VSC on g_t, g_v; its similarity matrix picks ITM's hardest
+  negatives; the cross encoder runs on the ITM batch (B positives first, then B negatives) and WPG
+  reads the positive half, so grounding needs no extra fused pass.
+- masked (caption words and concepts by `mask_with_concepts`, so a concept never gives away a
+  masked word; tags by `mask_tags`): MCR from the visual encoder's tag positions; MLM from the
+  fused output of the masked text with its own image (positives only, as METHOD.md says).
+Keeping VSC/ITM on clean inputs means the hard negatives are chosen by the real similarity.
+
+WPG phrases: the fused hidden state at EVERY real concept position of the caption. The batch does
+not say which concepts are objects, and all concepts are phrases parsed from the caption, so this
+is the simplest reading of "the caption's phrase concepts".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import losses
+from model.batch import PretrainBatch, assemble_text
+from model.masking import IGNORE, mask_tags, mask_with_concepts
+from model.mvp import MVP
+from model.train_config import TrainConfig
+
+
+class PretrainTask(nn.Module):
+    """Wraps the model with its losses so that one module (and one DDP wrapper) holds every
+    trainable parameter. forward returns the unweighted losses of the stage and `loss`, their
+    weighted sum (what backward runs on)."""
+
+    def __init__(self, model: MVP, tcfg: TrainConfig):
+        super().__init__()
+        cfg = model.cfg
+        if cfg.n_concepts < 1:
+            raise ValueError("the pre-training task needs a concept vocabulary (n_concepts >= 1)")
+        self.model, self.tcfg = model, tcfg
+        # CLIP's BPE puts sot/eot at the end of its vocabulary: random replacements stay below them
+        self.word_range = (0, min(cfg.cls_id, cfg.sep_id))
+        self.concept_range = (cfg.concept_offset, cfg.vocab_size)
+
+    @property
+    def stage_losses(self) -> tuple[str, ...]:
+        first = ("vsc", "mcr") + (("text_mcr",) if self.tcfg.text_mcr else ())
+        return first if self.tcfg.stage == "stage1" else first + ("itm", "mlm", "wpg")
+
+    def forward(self, batch: PretrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        m, cfg, p = self.model, self.model.cfg, self.tcfg.mask_prob
+        out: dict[str, torch.Tensor] = {}
+
+        # ---- masking (draw order fixed: text, then tags) ----
+        word_special = (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
+                        | (batch.token_ids == cfg.sep_id))
+        m_tokens, token_labels, m_concepts, concept_labels = mask_with_concepts(
+            batch.token_ids, word_special, batch.concept_ids, batch.concept_spans, cfg.mask_id,
+            self.word_range, self.concept_range, generator, p, concept_mask=batch.concept_mask)
+        real_tags = (batch.tag_mask.bool() & (batch.tag_ids != cfg.cls_id)
+                     & (batch.tag_ids != cfg.sep_id))
+        m_tags, tag_labels = mask_tags(batch.tag_ids, real_tags, self.word_range, generator, p,
+                                       mask_id=cfg.mask_id)
+
+        # ---- clean pass: VSC ----
+        text_ids, text_mask, concept_start = self._text(batch, batch.token_ids, batch.concept_ids)
+        text = m.encode_text(text_ids, text_mask)
+        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
+                                 batch.region_mask)
+        sim = m.similarity(text.g, visual.g)
+        out["vsc"] = losses.vsc(sim)
+
+        # ---- masked pass: MCR (visual tags, optionally text concepts) ----
+        m_visual = m.encode_visual(m_tags, batch.tag_mask, batch.regions, batch.geometry,
+                                   batch.region_mask)
+        sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
+        out["mcr"] = losses.mcr(m.mlm_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
+        stage1 = self.tcfg.stage == "stage1"
+        if self.tcfg.text_mcr or not stage1:   # stage 1 without text MCR needs no masked text
+            m_text = m.encode_text(*self._text(batch, m_tokens, m_concepts)[:2])
+        if self.tcfg.text_mcr:
+            C = batch.concept_ids.shape[1]
+            h = m_text.hidden[:, concept_start:concept_start + C]
+            sel = concept_labels != IGNORE
+            out["text_mcr"] = losses.mcr(self._concept_logits(h[sel]),
+                                         concept_labels[sel] - cfg.concept_offset)
+
+        if not stage1:
+            # ---- ITM on clean pairs, hardest negatives; WPG on the positive half ----
+            ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index)
+            fused = m.fuse(text.take(ti), visual.take(vi))
+            out["itm"] = losses.itm(m.itm_logits(fused), y)
+            B, C = len(batch), batch.concept_ids.shape[1]
+            pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)
+            out["wpg"] = losses.wpg(pos.text_hidden[:, concept_start:concept_start + C],
+                                    batch.concept_mask.bool(), pos.region_hidden,
+                                    batch.region_mask.bool(), generator).loss
+            # ---- MLM: masked text fused with its own (masked-tag) image ----
+            m_fused = m.fuse(m_text, m_visual)
+            words = m_fused.text_hidden[:, :concept_start]
+            sel = token_labels != IGNORE
+            out["mlm"] = losses.mlm(m.mlm_logits(words[sel]), token_labels[sel])
+
+        weight = {k: self.tcfg.weight("mcr" if k == "text_mcr" else k) for k in out}
+        out["loss"] = sum(weight[k] * v for k, v in out.items())
+        return out
+
+    def _text(self, batch: PretrainBatch, token_ids, concept_ids):
+        cfg = self.model.cfg
+        return assemble_text(token_ids, batch.token_mask, concept_ids, batch.concept_mask,
+                             cfg.sep_id, cfg.pad_id)
+
+    def _concept_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., hidden] -> [..., n_concepts]: the MLM transform scored against the CONCEPT rows of
+        the shared table (the model's MLM head covers words only; concepts are targets only in
+        text-side MCR)."""
+        m = self.model
+        return F.linear(m.mlm_transform(hidden), m.embed.weight[m.cfg.concept_offset:])

@@ -1,0 +1,159 @@
+"""The training loop: AdamW with weight-decay groups, linear warmup + cosine decay, gradient
+accumulation, global-norm clipping, bf16 autocast on CUDA (fp32 on CPU), and checkpoints from which
+a run resumes EXACTLY (same losses after step k as an uninterrupted run).
+
+    trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg)
+    for step_batches in ...:                        # grad_accum micro-batches per step
+        log = trainer.train_step(step_batches)      # {"loss": ..., "vsc": ..., "lr": ...}
+    trainer.save("ckpt.pt", data_position={"epoch": 0, "index": 37})
+    position = trainer.load("ckpt.pt")              # a new Trainer continues where it stopped
+
+The trainer knows nothing about the data: the caller says where its data stands (`data_position`)
+when saving and gets it back when loading. Any module whose forward(batch, generator) returns a
+dict with a scalar "loss" can be trained (the pre-training task, or a DDP wrapper around it).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.mvp import param_groups
+from model.train_config import TrainConfig
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based): (step+1)/warmup during warmup
+    (no step is wasted at lr 0), then cosine from 1 down to 0 at `total_steps`, 0 after."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, task: nn.Module, tcfg: TrainConfig, device: str | torch.device = "cpu"):
+        self.task, self.tcfg = task.to(device), tcfg
+        self.device = torch.device(device)
+        self.optimizer = torch.optim.AdamW(param_groups(task, tcfg.weight_decay), lr=tcfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tcfg.warmup_steps, tcfg.total_steps))
+        # Every random choice of the task (masks, ITM direction split, WPG draws) comes from this
+        # generator, so checkpointing its state makes the masks of a resumed run the same.
+        self.generator = torch.Generator().manual_seed(tcfg.seed)
+        self.step = 0            # optimizer steps taken
+        self.samples_seen = 0
+
+    # ---- one optimizer step ----
+
+    def backward(self, micro_batches: list) -> dict[str, float]:
+        """Forward + backward over the micro-batches, gradients summed into .grad. Each loss is
+        divided by their number, so with equal sizes and per-sample-mean losses the gradient
+        equals that of one batch of their concatenation. Returns the mean of each loss."""
+        n = len(micro_batches)
+        totals: dict[str, float] = {}
+        self.task.train()
+        for batch in micro_batches:
+            batch = batch.to(self.device) if hasattr(batch, "to") else batch
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out = self.task(batch, self.generator)
+            (out["loss"] / n).backward()
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float().item() / n
+            self.samples_seen += len(batch)
+        return totals
+
+    def train_step(self, micro_batches: list) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches (any number is accepted). Returns
+        the losses, the lr the step used and the gradient norm before clipping."""
+        log = self.backward(micro_batches)
+        log["lr"] = self.scheduler.get_last_lr()[0]
+        params = [p for p in self.task.parameters() if p.grad is not None]
+        if self.tcfg.clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.tcfg.clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        log["grad_norm"] = norm.item()
+        self.optimizer.step()
+        self.scheduler.step()
+        # set_to_none: parameters the stage does not use keep grad None, so AdamW skips them
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return log
+
+    def fit(self, batches: Iterable, max_steps: int | None = None) -> list[dict[str, float]]:
+        """Train on `batches` (micro-batches, grouped by grad_accum) until they run out or the
+        step count reaches max_steps (default total_steps). Returns the per-step logs."""
+        stop = self.tcfg.total_steps if max_steps is None else max_steps
+        logs, group = [], []
+        for batch in batches:
+            if self.step >= stop:
+                break
+            group.append(batch)
+            if len(group) == self.tcfg.grad_accum:
+                logs.append(self.train_step(group))
+                group = []
+        return logs
+
+    # ---- checkpoints ----
+
+    def save(self, path: str | Path, data_position: dict | None = None) -> None:
+        """Write everything a resumed run needs; atomic (a kill mid-write leaves the old file)."""
+        model = getattr(self.task, "model", self.task)
+        state = {
+            "model": model.state_dict(),
+            "model_config": model.cfg.to_dict() if hasattr(model, "cfg") else None,
+            "train_config": self.tcfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "data_position": data_position,
+            "rng": {
+                "task_generator": self.generator.get_state(),
+                "torch": torch.get_rng_state(),   # dropout on CPU
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> dict | None:
+        """Restore the full training state saved by `save`; returns its data_position."""
+        state = _read(path)
+        load_weights(self.task, state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.samples_seen = state["step"], state["samples_seen"]
+        rng = state["rng"]
+        self.generator.set_state(rng["task_generator"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        return state["data_position"]
+
+
+def _read(path) -> dict:
+    # weights_only=False: the checkpoint holds Python/NumPy RNG states; we only read our own files
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_weights(task_or_model: nn.Module, checkpoint: str | Path | dict) -> None:
+    """Load only the model weights of a checkpoint (stage2 starts from stage1 this way, with a
+    fresh optimizer and schedule). Strict: a checkpoint of another architecture is an error."""
+    state = checkpoint if isinstance(checkpoint, dict) else _read(checkpoint)
+    model = getattr(task_or_model, "model", task_or_model)
+    model.load_state_dict(state["model"])

@@ -1,0 +1,97 @@
+"""The training task's typed config, read from the `train:` section of the same YAML presets that
+hold the model (`model/config.py`), so one file describes a whole experiment.
+
+    tcfg = load_train_config("tiny")                       # configs/tiny.yaml, section `train:`
+    tcfg = load_train_config("configs/small.yaml", stage="stage2", total_steps=2000)
+
+Stages (METHOD.md §3): `stage1` trains the uni-modal encoders with VSC + MCR; `stage2` trains
+everything with all five losses, starting from a stage-1 checkpoint; `joint` trains all five from
+the start (the authors' released code). The loss weights multiply each task's loss in the sum.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from model.config import ConfigError, _resolve
+
+STAGES = ("stage1", "stage2", "joint")
+LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "joint"
+    # loss weights, one per task (METHOD.md: all 1 in the authors' code)
+    vsc: float = 1.0
+    mcr: float = 1.0
+    itm: float = 1.0
+    mlm: float = 1.0
+    wpg: float = 1.0
+    text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
+    #                            weight); off by default until measured to help (issue 4 §4)
+    mask_prob: float = 0.15
+    lr: float = 5e-5           # the paper's AdamW learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 0      # linear warmup to lr, then cosine decay to 0 at total_steps
+    total_steps: int = 1000    # optimizer steps
+    grad_accum: int = 1        # micro-batches per optimizer step
+    clip_norm: float = 1.0     # global gradient-norm clip; 0 disables
+    batch_size: int = 1024     # micro-batch size (global batch = batch_size * grad_accum)
+    seed: int = 0
+
+    def __post_init__(self):
+        _validate(self)
+
+    def weight(self, loss: str) -> float:
+        return getattr(self, loss)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _validate(c: TrainConfig) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(c.stage in STAGES, f"stage must be one of {STAGES}, got {c.stage!r}")
+    for name in LOSSES + ("lr", "weight_decay", "clip_norm"):
+        v = getattr(c, name)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+             f"{name} must be a non-negative number, got {v!r}")
+    need(c.lr > 0, f"lr must be positive, got {c.lr!r}")
+    for name, low in (("warmup_steps", 0), ("total_steps", 1), ("grad_accum", 1),
+                      ("batch_size", 1), ("seed", 0)):
+        v = getattr(c, name)
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= low,
+             f"{name} must be an integer >= {low}, got {v!r}")
+    need(c.warmup_steps <= c.total_steps,
+         f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
+    need(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
+         f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
+    need(isinstance(c.text_mcr, bool), f"text_mcr must be true/false, got {c.text_mcr!r}")
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_train_config(path_or_name: str | Path, **overrides) -> TrainConfig:
+    """TrainConfig from a preset name or YAML path, its `train:` section updated by `overrides`.
+    Unknown keys are errors, as for the model section."""
+    path = _resolve(path_or_name)
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("train", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping whose `train:` section is a mapping")
+    values = dict(doc.get("train") or {})
+    values.update(overrides)
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown train keys {unknown}; known: {sorted(_FIELDS)}")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,209 @@
+"""The training task and loop: which losses each stage computes and trains, the lr schedule,
+gradient accumulation, exact resume from a checkpoint, and stage2 starting from stage1."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model.batch import PretrainBatch
+from model.config import load_config
+from model.mvp import MVP
+from model.task import PretrainTask
+from model.train import Trainer, load_weights, lr_factor
+from model.train_config import ConfigError, TrainConfig, load_train_config
+
+
+def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> PretrainBatch:
+    """A batch determined by its data position (epoch, index), like a seeded, shuffled loader."""
+    g = torch.Generator().manual_seed(1000 * epoch + index)
+    token_ids = torch.randint(1000, 2000, (B, Lw), generator=g)
+    token_ids[:, 0] = cfg.cls_id
+    lengths = torch.tensor([Lw, Lw - 2, Lw - 3, Lw])[:B]
+    token_mask = torch.arange(Lw)[None] < lengths[:, None]
+    token_ids[~token_mask] = cfg.pad_id
+    concept_ids = cfg.concept_offset + torch.randint(0, cfg.n_concepts, (B, C), generator=g)
+    concept_mask = torch.ones(B, C, dtype=torch.bool)
+    concept_mask[1, -1] = False
+    concept_ids[~concept_mask] = cfg.pad_id
+    starts = torch.randint(1, 6, (B, C), generator=g)
+    spans = torch.stack([starts, starts + 2], dim=-1)
+    tag_ids = torch.randint(2000, 3000, (B, Lg), generator=g)
+    tag_ids[:, 0], tag_ids[:, -1] = cfg.cls_id, cfg.sep_id
+    region_mask = torch.ones(B, R, dtype=torch.bool)
+    region_mask[2, -2:] = False
+    return PretrainBatch(
+        token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
+        concept_mask=concept_mask, concept_spans=spans, tag_ids=tag_ids,
+        tag_mask=torch.ones(B, Lg, dtype=torch.bool),
+        regions=torch.randn(B, R, cfg.feat_dim, generator=g), geometry=torch.rand(B, R, 6,
+                                                                                 generator=g),
+        region_mask=region_mask,
+        image_index=torch.tensor([0, 0, 1, 2])[:B],   # two captions of one image
+        caption_ids=[f"c{i}" for i in range(B)], image_ids=[f"i{i}" for i in range(B)])
+
+
+def make_trainer(stage="joint", seed=0, dropout=0.0, **train):
+    cfg = load_config("tiny", dropout=dropout)
+    tcfg = load_train_config("tiny", stage=stage, **train)
+    torch.manual_seed(seed)
+    return Trainer(PretrainTask(MVP(cfg), tcfg), tcfg), cfg
+
+
+FUSION = ("model.cross_encoder.", "model.pooler.", "model.itm_head.")
+
+
+def test_train_presets_load_and_bad_keys_fail():
+    assert load_train_config("tiny").lr == 1e-3
+    assert load_train_config("base").lr == 5e-5 and load_train_config("base").batch_size == 1024
+    assert load_train_config("small").stage == "stage1"
+    with pytest.raises(ConfigError, match="unknown train keys"):
+        load_train_config("tiny", lr_rate=1.0)
+    with pytest.raises(ConfigError, match="stage"):
+        TrainConfig(stage="stage3")
+
+
+def test_stage1_trains_only_the_unimodal_encoders():
+    trainer, cfg = make_trainer("stage1")
+    task = trainer.task
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    out = task(synthetic_batch(cfg, 0, 0), trainer.generator)
+    assert set(out) == {"vsc", "mcr", "loss"}
+    assert torch.allclose(out["loss"], out["vsc"] + out["mcr"])
+    out["loss"].backward()
+    for n, p in task.named_parameters():
+        if n.startswith(FUSION):
+            assert p.grad is None, n
+    assert task.model.text_encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert task.model.visual_encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert task.model.region_embed.weight.grad.abs().sum() > 0
+    assert task.model.text_proj.weight.grad.abs().sum() > 0
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.train_step([synthetic_batch(cfg, 0, 1)])
+    for n, p in task.named_parameters():
+        # AdamW skips grad-None parameters (no weight decay either): fusion stays as it was
+        assert torch.equal(p, before[n]) == n.startswith(FUSION), n
+
+
+def test_text_side_mcr_flag_adds_a_concept_loss():
+    trainer, cfg = make_trainer("stage1", text_mcr=True, mask_prob=0.5)
+    out = trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+    assert set(out) == {"vsc", "mcr", "text_mcr", "loss"}
+    # a fresh model scores the 64 concepts about uniformly
+    assert abs(out["text_mcr"].item() - math.log(cfg.n_concepts)) < 1.0
+    assert torch.allclose(out["loss"], out["vsc"] + out["mcr"] + out["text_mcr"])
+
+
+@pytest.mark.parametrize("stage", ["stage2", "joint"])
+def test_stage2_and_joint_give_all_five_losses_and_train_fusion(stage):
+    trainer, cfg = make_trainer(stage, mcr=0.5, wpg=2.0)
+    out = trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+    assert set(out) == {"vsc", "mcr", "itm", "mlm", "wpg", "loss"}
+    assert all(torch.isfinite(v) for v in out.values())
+    # fresh model: ITM ~ ln 2, MLM/MCR ~ ln(word vocab), WPG near its 0.2 margin
+    assert abs(out["itm"].item() - math.log(2)) < 0.2
+    assert abs(out["mlm"].item() - math.log(cfg.word_vocab)) < 1.0
+    assert abs(out["wpg"].item() - 0.2) < 0.2
+    expect = out["vsc"] + 0.5 * out["mcr"] + out["itm"] + out["mlm"] + 2.0 * out["wpg"]
+    assert torch.allclose(out["loss"], expect)
+    out["loss"].backward()
+    for prefix in FUSION:
+        grads = [p.grad for n, p in trainer.task.named_parameters() if n.startswith(prefix)]
+        assert grads and all(g is not None for g in grads), prefix
+        assert sum(g.abs().sum() for g in grads) > 0, prefix
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 4, 14) == 0.25 and lr_factor(3, 4, 14) == 1.0
+    assert lr_factor(4, 4, 14) == 1.0
+    assert lr_factor(9, 4, 14) == pytest.approx(0.5)       # half way through the decay
+    assert lr_factor(14, 4, 14) == pytest.approx(0.0) and lr_factor(20, 4, 14) == 0.0
+    trainer, cfg = make_trainer(warmup_steps=2, total_steps=6, lr=1e-3)
+    lrs = [trainer.train_step([synthetic_batch(cfg, 0, i)])["lr"] for i in range(4)]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi / 4))])
+
+
+class _Regression(nn.Module):
+    """A task with a per-sample-mean loss: accumulation must reproduce the big batch exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, batch, generator):
+        x, y = batch
+        return {"loss": ((self.lin(x).squeeze(-1) - y) ** 2).mean()}
+
+
+class _Pair(tuple):
+    def __len__(self):
+        return self[0].shape[0]
+
+
+def test_grad_accumulation_equals_the_concatenated_batch():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, generator=g)
+    torch.manual_seed(0)
+    task = _Regression()
+    tcfg = TrainConfig(lr=1e-3, grad_accum=2)
+    trainer = Trainer(task, tcfg)
+    trainer.backward([_Pair((x[:4], y[:4])), _Pair((x[4:], y[4:]))])
+    accumulated = [p.grad.clone() for p in task.parameters()]
+    task.zero_grad()
+    trainer.backward([_Pair((x, y))])
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(accumulated, task.parameters()))
+    assert accumulated[0].abs().sum() > 0 and trainer.samples_seen == 16
+
+
+def test_resume_is_exact(tmp_path):
+    """6 steps uninterrupted == 3 steps, checkpoint, a new trainer from it, 3 more steps. Dropout
+    is on, so the torch RNG state must be restored; masks use the task generator's state."""
+    def run(trainer, cfg, start, stop):
+        return [trainer.train_step([synthetic_batch(cfg, 0, i)]) for i in range(start, stop)]
+
+    trainer, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6)
+    full = run(trainer, cfg, 0, 6)
+
+    first, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6)
+    part = run(first, cfg, 0, 3)
+    first.save(tmp_path / "ckpt.pt", data_position={"epoch": 0, "index": 3})
+    torch.manual_seed(123)   # disturb every RNG the resumed run must not depend on
+    torch.rand(10)
+    second, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6, seed=99)
+    position = second.load(tmp_path / "ckpt.pt")
+    assert position == {"epoch": 0, "index": 3} and second.step == 3 and second.samples_seen == 12
+    part += run(second, cfg, position["index"], 6)
+
+    assert [log["loss"] for log in part] == [log["loss"] for log in full]
+    assert part == full   # every loss, lr and grad norm
+    assert len({log["loss"] for log in full}) == 6   # the steps really differ
+    for a, b in zip(trainer.task.parameters(), second.task.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_dropout_makes_resume_depend_on_the_torch_rng(tmp_path):
+    """Guard for the test above: without restoring the torch RNG, the losses would differ."""
+    trainer, cfg = make_trainer(dropout=0.1)
+    trainer.save(tmp_path / "ckpt.pt")
+    a = trainer.train_step([synthetic_batch(cfg, 0, 0)])["loss"]
+    trainer.load(tmp_path / "ckpt.pt")
+    torch.manual_seed(5)
+    b = trainer.train_step([synthetic_batch(cfg, 0, 0)])["loss"]
+    assert a != b
+
+
+def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(tmp_path):
+    stage1, cfg = make_trainer("stage1")
+    stage1.fit(synthetic_batch(cfg, 0, i) for i in range(3))
+    assert stage1.step == 3
+    stage1.save(tmp_path / "stage1.pt", data_position={"epoch": 0, "index": 3})
+    assert not (tmp_path / "stage1.pt.tmp").exists()
+
+    stage2, cfg = make_trainer("stage2", seed=7)
+    load_weights(stage2.task, tmp_path / "stage1.pt")
+    for a, b in zip(stage1.task.parameters(), stage2.task.parameters()):
+        assert torch.equal(a, b)
+    assert stage2.step == 0 and not stage2.optimizer.state
+    log = stage2.train_step([synthetic_batch(cfg, 1, 0)])
+    assert {"vsc", "mcr", "itm", "mlm", "wpg"} <= set(log) and math.isfinite(log["loss"])
+    assert log["lr"] == pytest.approx(1e-3 / 10)   # tiny preset: warmup 10, first step
