@@ -1,0 +1,28 @@
+"""Prefect flow `mvp-pretrain`: one pre-training stage (model/pretrain.py), tracked in MLflow."""
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+
+# No retries: a failed run resumes explicitly (resume=True) from its last checkpoint, which
+# keeps the MLflow run and the data position; a blind retry would restart from step 0.
+@task(name="pretrain-stage", retries=0, cache_policy=NONE)
+def pretrain_task(**params) -> dict:
+    from model.pretrain import pretrain
+    return pretrain(**params)
+
+
+@flow(name="mvp-pretrain", log_prints=True)
+def pretrain_flow(warehouse: str = "runs/demo/warehouse", stage: str = "stage1",
+                  config: str = "small", feature_set: str | None = None,
+                  vocab: str | None = None, steps: int | None = None,
+                  out_dir: str = "runs/pretrain", resume: bool = False,
+                  init_from: str | None = None, tracking_uri: str | None = None) -> dict:
+    result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
+                           feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
+                           resume=resume, init_from=init_from, tracking_uri=tracking_uri)
+    print(f"{stage}: {result['steps']} steps, checkpoint {result['checkpoint']}, MLflow run "
+          f"{result['run_id']}, final " + ", ".join(f"{k} {v:.4g}"
+                                                     for k, v in result["final"].items()))
+    return result

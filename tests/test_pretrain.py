@@ -1,0 +1,100 @@
+"""The pre-training job end to end on a tiny warehouse: stage1 then stage2 from its checkpoint,
+what MLflow records, and a stopped-and-resumed run logging the same losses as one that never
+stopped."""
+import mlflow
+import pytest
+import torch
+
+from features.extract import extract_features
+from features.vocabulary import build_vocabulary
+from model.pretrain import pretrain
+from warehouse.ingest.pipeline import ingest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pretrain")
+    wh = tmp / "wh"
+    ingest("shapes", tmp / "img", wh, n_images=12, workers=1)
+    fs = extract_features(wh, backbone="mvp-tiny", max_regions=9, grid=3, progress=False)
+    vocab = build_vocabulary(wh, min_count=2)
+    return wh, fs["feature_set"], vocab["vocab"], tmp
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),
+                                              key=lambda m: m.step)]
+
+
+def test_stage1_then_stage2_are_tracked(built, tmp_path):
+    wh, fs, vocab, _ = built
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "runs"
+    s1 = pretrain(wh, "stage1", config="tiny", steps=4, out_dir=out, tracking_uri=uri)
+    assert s1["steps"] == 4 and s1["checkpoint"] == str(out / "stage1" / "last.pt")
+    assert set(s1["final"]) >= {"vsc", "mcr", "loss", "lr", "grad_norm"}
+    s2 = pretrain(wh, "stage2", config="tiny", steps=3, out_dir=out, tracking_uri=uri,
+                  init_from=s1["checkpoint"])
+    assert s2["steps"] == 3 and "itm" in s2["final"]
+
+    client = mlflow.MlflowClient(uri)
+    r1, r2 = client.get_run(s1["run_id"]), client.get_run(s2["run_id"])
+    assert r1.info.run_name == "stage1" and r2.info.run_name == "stage2"
+    for r in (r1, r2):
+        assert r.data.tags["feature_set"] == fs and r.data.tags["vocab"] == vocab
+        assert r.data.tags["git_commit"]
+        assert r.data.params["model.feature_set"] == fs
+        assert r.data.params["model.hidden"] == "32" and r.data.params["train.lr"] == "0.001"
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "config.yaml" in files
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == [
+            "checkpoints/last.pt"]
+    assert r1.data.params["train.stage"] == "stage1" and r2.data.params["train.stage"] == "stage2"
+    vsc = _history(client, s1["run_id"], "vsc")
+    assert [s for s, _ in vsc] == [1, 2, 3, 4] and vsc[-1][1] == pytest.approx(s1["final"]["vsc"])
+    assert "itm" not in r1.data.metrics
+    assert [s for s, _ in _history(client, s2["run_id"], "itm")] == [1, 2, 3]
+    for key in ("lr", "grad_norm", "samples_per_s", "data_wait_s", "mlm", "wpg"):
+        assert len(_history(client, s2["run_id"], key)) == 3, key
+
+    # stage2 started from stage1's weights, not from a fresh init
+    a = torch.load(s1["checkpoint"], weights_only=False)["model"]
+    s2_fresh = pretrain(wh, "stage2", config="tiny", steps=0, out_dir=tmp_path / "w",
+                        tracking_uri=uri, init_from=s1["checkpoint"])
+    b = torch.load(s2_fresh["checkpoint"], weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_logs_the_same_losses_as_an_uninterrupted_run(built, tmp_path):
+    wh = built[0]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # tiny batches (8) over ~30 captions: 4 steps stay in epoch 0; 6 steps cross into epoch 1
+    full = pretrain(wh, "joint", config="tiny", steps=6, out_dir=tmp_path / "full",
+                    tracking_uri=uri)
+    part = pretrain(wh, "joint", config="tiny", steps=3, out_dir=tmp_path / "part",
+                    tracking_uri=uri)
+    rest = pretrain(wh, "joint", config="tiny", steps=6, out_dir=tmp_path / "part",
+                    tracking_uri=uri, resume=True)
+    assert rest["run_id"] == part["run_id"] and rest["steps"] == 6
+    client = mlflow.MlflowClient(uri)
+    for key in ("loss", "vsc", "mcr", "itm", "mlm", "wpg", "lr"):
+        resumed = _history(client, rest["run_id"], key)
+        assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6], key
+        assert resumed[3:] == _history(client, full["run_id"], key)[3:], key
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp_path / "none",
+                 tracking_uri=uri, resume=True)
+
+
+def test_mvp_pretrain_command_runs_the_flow(built, tmp_path, monkeypatch):
+    from flows.cli import main
+    wh = built[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    assert main(["pretrain", "--warehouse", str(wh), "--stage", "stage1", "--config", "tiny",
+                 "--steps", "2", "--out-dir", str(tmp_path / "runs")]) == 0
+    ckpt = torch.load(tmp_path / "runs" / "stage1" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["data_position"]["index"] == 16  # 2 batches of 8
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mvp-pretrain").experiment_id])
+    assert [r.info.run_name for r in runs] == ["stage1"]
