@@ -108,7 +108,6 @@ def _validate(c: ModelConfig) -> None:
          f"below word_vocab ({c.word_vocab})")
 
 
-_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def _resolve(path_or_name: str | Path) -> Path:
@@ -124,19 +123,25 @@ def _resolve(path_or_name: str | Path) -> Path:
     return preset
 
 
-def load_config(path_or_name: str | Path, **overrides) -> ModelConfig:
-    """ModelConfig from a preset name ("tiny") or a YAML path, its `model:` section updated by
+def load_section(path_or_name: str | Path, section: str, cls, overrides: dict):
+    """`cls` built from one section of a preset name ("tiny") or YAML path, updated by
     `overrides`. Unknown keys are errors: a typo must not silently fall back to a default."""
     path = _resolve(path_or_name)
     doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("model", {}), dict):
-        raise ConfigError(f"{path}: expected a mapping with a `model:` section")
-    values = dict(doc.get("model") or {})
+    if not isinstance(doc, dict) or not isinstance(doc.get(section, {}), dict):
+        raise ConfigError(f"{path}: expected a mapping whose `{section}:` section is a mapping")
+    values = dict(doc.get(section) or {})
     values.update(overrides)
-    unknown = sorted(set(values) - _FIELDS)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown model keys {unknown}; known: {sorted(_FIELDS)}")
+        raise ConfigError(f"{path}: unknown {section} keys {unknown}; known: {sorted(known)}")
     try:
-        return ModelConfig(**values)
+        return cls(**values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def load_config(path_or_name: str | Path, **overrides) -> ModelConfig:
+    """ModelConfig from the `model:` section of a preset or YAML file, updated by `overrides`."""
+    return load_section(path_or_name, "model", ModelConfig, overrides)

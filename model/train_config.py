@@ -14,9 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from model.config import ConfigError, _resolve
+from model.config import ConfigError, load_section
 
 STAGES = ("stage1", "stage2", "joint")
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
@@ -76,22 +75,8 @@ def _validate(c: TrainConfig) -> None:
     need(isinstance(c.text_mcr, bool), f"text_mcr must be true/false, got {c.text_mcr!r}")
 
 
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def load_train_config(path_or_name: str | Path, **overrides) -> TrainConfig:
-    """TrainConfig from a preset name or YAML path, its `train:` section updated by `overrides`.
-    Unknown keys are errors, as for the model section."""
-    path = _resolve(path_or_name)
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("train", {}), dict):
-        raise ConfigError(f"{path}: expected a mapping whose `train:` section is a mapping")
-    values = dict(doc.get("train") or {})
-    values.update(overrides)
-    unknown = sorted(set(values) - _FIELDS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown train keys {unknown}; known: {sorted(_FIELDS)}")
-    try:
-        return TrainConfig(**values)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    """TrainConfig from the `train:` section of a preset or YAML file, updated by `overrides`."""
+    return load_section(path_or_name, "train", TrainConfig, overrides)

@@ -85,3 +85,21 @@ def pytest_unconfigure(config):
     # has already closed; without this, a "--- Logging error ---" trace follows the summary.
     import logging
     logging.raiseExceptions = False
+
+
+@pytest.fixture(scope="session")
+def tiny_feature_store():
+    return _build_tiny_feature_store
+
+
+def _build_tiny_feature_store(root):
+    """12 shapes scenes with mvp-tiny region features and a min_count=2 vocabulary: the smallest
+    warehouse the model's data path and pre-training run on. Returns (warehouse, feature set
+    report, vocabulary report)."""
+    from features.extract import extract_features
+    from features.vocabulary import build_vocabulary
+    from warehouse.ingest.pipeline import ingest
+    wh = root / "wh"
+    ingest("shapes", root / "img", wh, n_images=12, workers=1)
+    fs = extract_features(wh, backbone="mvp-tiny", max_regions=9, grid=3, progress=False)
+    return wh, fs, build_vocabulary(wh, min_count=2)

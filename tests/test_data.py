@@ -6,25 +6,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from features.extract import extract_features
 from features.feature_sets import FeatureSetMismatch
 from features.load import load_region_features
 from features.text_concepts import tokenize
-from features.vocabulary import build_vocabulary
 from model.batch import PretrainBatch
 from model.config import load_config
 from model.data import MAX_CONCEPTS, DeterministicSampler, PretrainData, bpe, bpe_tokenizer
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    wh = tmp / "wh"
-    ingest("shapes", tmp / "img", wh, n_images=12, workers=1)
-    fs = extract_features(wh, backbone="mvp-tiny", max_regions=9, grid=3, progress=False)
-    vocab = build_vocabulary(wh, min_count=2)
+def built(tmp_path_factory, tiny_feature_store):
+    wh, fs, vocab = tiny_feature_store(tmp_path_factory.mktemp("data"))
     cfg = load_config("tiny", feat_dim=fs["dim"], n_concepts=vocab["concepts"])
     return wh, fs["feature_set"], vocab["vocab"], cfg
 

@@ -5,19 +5,13 @@ import mlflow
 import pytest
 import torch
 
-from features.extract import extract_features
-from features.vocabulary import build_vocabulary
 from model.pretrain import pretrain
-from warehouse.ingest.pipeline import ingest
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, tiny_feature_store):
     tmp = tmp_path_factory.mktemp("pretrain")
-    wh = tmp / "wh"
-    ingest("shapes", tmp / "img", wh, n_images=12, workers=1)
-    fs = extract_features(wh, backbone="mvp-tiny", max_regions=9, grid=3, progress=False)
-    vocab = build_vocabulary(wh, min_count=2)
+    wh, fs, vocab = tiny_feature_store(tmp)
     return wh, fs["feature_set"], vocab["vocab"], tmp
 
 
