@@ -1,0 +1,114 @@
+"""Image-text retrieval metrics and ITM re-ranking (METHOD.md §4), as pure functions of score
+matrices: rows are captions, columns are gallery images (each image once).
+
+    sim = g_t @ g_v.T                                   # [n_text, n_image], dual encoder
+    recall_at_k(sim, text_image)                        # {"t2i_r1": ..., "i2t_r1": ..., "rsum"}
+    t2i, i2t = rerank(sim, itm_score_fn, k_text=128, k_image=64)
+    recall_at_k(t2i, text_image, i2t_sim=i2t)           # the re-ranked metrics
+
+text -> image (t2i): a caption scores a hit at k when its gold image is among its top k images.
+image -> text (i2t): an image scores a hit at k when ANY of its captions is among its top k.
+
+Ties count against the gold item: its rank is the number of OTHER candidates scoring >= it, so a
+model that gives every candidate the same score gets no credit (R@k = 0 for k < n), and the
+result does not depend on how a sort happens to order equal values. With fewer candidates than
+k, every query is a hit (R@k = 1).
+
+Re-ranking (the paper's protocol): for each caption the top `k_image` images by dual-encoder
+similarity, and for each image its top `k_text` captions, are scored by the cross encoder's ITM
+match score and put, in that order, ahead of every other candidate; the others keep their
+dual-encoder order behind them. The two directions rank different candidate sets, so re-ranking
+gives two matrices: t2i (read along rows) and i2t (read along columns).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
+                i2t_sim: torch.Tensor | None = None) -> dict[str, float]:
+    """sim [n_text, n_image] scores, text_image [n_text] gold image column of each caption.
+    `i2t_sim` (default `sim`) is what the image -> text direction ranks by. Returns t2i_r{k} and
+    i2t_r{k} for each k in `ks` (fractions in [0, 1]) and rsum, their sum. Images without a
+    caption are left out of i2t (they have nothing to retrieve)."""
+    sim = sim.float()
+    i2t_sim = sim if i2t_sim is None else i2t_sim.float()
+    n_text, n_image = sim.shape
+    text_image = torch.as_tensor(text_image, dtype=torch.long, device=sim.device)
+    if text_image.shape != (n_text,):
+        raise ValueError(f"text_image has shape {tuple(text_image.shape)}, expected ({n_text},)")
+    if i2t_sim.shape != sim.shape:
+        raise ValueError(f"i2t_sim {tuple(i2t_sim.shape)} != sim {tuple(sim.shape)}")
+    rows = torch.arange(n_text, device=sim.device)
+
+    # t2i: images other than the gold one scoring >= the gold score
+    gold = sim[rows, text_image]
+    t2i_rank = (sim >= gold[:, None]).sum(1) - 1
+
+    # i2t: the image's best-scoring caption against every caption of another image
+    is_gold = torch.zeros(n_text, n_image, dtype=torch.bool, device=sim.device)
+    is_gold[rows, text_image] = True
+    best_gold = i2t_sim.masked_fill(~is_gold, float("-inf")).max(0).values      # [n_image]
+    i2t_rank = ((i2t_sim >= best_gold[None, :]) & ~is_gold).sum(0)
+    i2t_rank = i2t_rank[is_gold.any(0)]
+
+    out = {}
+    for direction, rank in (("t2i", t2i_rank), ("i2t", i2t_rank)):
+        for k in ks:
+            out[f"{direction}_r{k}"] = (rank < k).float().mean().item()
+    out["rsum"] = sum(out.values())
+    return out
+
+
+def chance_recall_at_1(text_image: torch.Tensor, n_image: int) -> dict[str, float]:
+    """R@1 of a random ranking: 1/n_image for t2i; for i2t, an image with c of the n_text
+    captions gets one of them on top with probability c / n_text (averaged over the images that
+    have captions)."""
+    counts = torch.bincount(torch.as_tensor(text_image), minlength=n_image).double()
+    counts = counts[counts > 0]
+    return {"t2i": 1.0 / n_image, "i2t": (counts / len(text_image)).mean().item()}
+
+
+def rerank(sim: torch.Tensor, itm_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           k_text: int = 128, k_image: int = 64, batch_size: int = 256
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank the dual encoder's top candidates by ITM. Returns (t2i, i2t), each [n_text,
+    n_image]: in row i of t2i, caption i's top `k_image` images hold their ITM score and every
+    other image a score below all of those, in dual-encoder order; i2t likewise per column with
+    each image's top `k_text` captions.
+
+    itm_score_fn(text_rows [P], image_rows [P]) -> [P] match scores (higher = better match) of
+    the pairs (caption text_rows[p], image image_rows[p]); it is called with at most `batch_size`
+    pairs at a time, and each pair chosen by both directions is scored once."""
+    n_text, n_image = sim.shape
+    sim = sim.float()
+    cand_t2i = _top_mask(sim, min(k_image, n_image), dim=1)
+    cand_i2t = _top_mask(sim, min(k_text, n_text), dim=0)
+    pairs = (cand_t2i | cand_i2t).nonzero()                      # [P, 2] (text, image)
+    scores = torch.cat([torch.as_tensor(itm_score_fn(p[:, 0], p[:, 1])).float().reshape(-1)
+                        for p in pairs.split(batch_size)]) if len(pairs) else torch.zeros(0)
+    itm = torch.full_like(sim, float("nan"))
+    itm[pairs[:, 0], pairs[:, 1]] = scores.to(sim.device)
+    return _put_ahead(sim, itm, cand_t2i), _put_ahead(sim, itm, cand_i2t)
+
+
+def _top_mask(sim: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """True at the k highest entries along `dim`."""
+    mask = torch.zeros_like(sim, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(dim, sim.topk(k, dim=dim).indices, True)
+    return mask
+
+
+def _put_ahead(sim: torch.Tensor, itm: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """ITM scores where `chosen`, elsewhere the dual-encoder scores shifted to lie 1 below the
+    lowest chosen ITM score (so the order among the rest is kept)."""
+    if not chosen.any():
+        return sim.clone()
+    floor = itm[chosen].min()
+    rest = sim - sim.max() + floor - 1.0
+    return torch.where(chosen, itm, rest)
