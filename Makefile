@@ -14,7 +14,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export MVP_PROJECT_DIR := $(CURDIR)
 export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench serve deploy pipeline clean
 
 install: $(STAMP)
 
@@ -30,6 +30,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Prefect server + worker and MLflow server on loopback (Ctrl-C stops them); then, in another
+# terminal, `make deploy` and `make pipeline` run the pipeline through the worker.
+serve: install
+	$(BIN)/mvp serve
+
+deploy: install
+	$(BIN)/prefect --no-prompt deploy --all
+
+pipeline: install
+	$(BIN)/prefect deployment run 'mvp-pipeline/demo'
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

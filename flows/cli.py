@@ -131,6 +131,12 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+    serve(Path.cwd(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -235,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feature-set", help="feature-set id (default: the latest)")
     sp.add_argument("--vocab", help="concept vocabulary id (default: the latest)")
     sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("serve", help="Prefect server + worker and MLflow server on loopback, "
+                                      "until Ctrl-C")
+    sp.add_argument("--prefect-port", type=int, default=4200)
+    sp.add_argument("--mlflow-port", type=int, default=5000)
+    sp.set_defaults(func=cmd_serve)
     return p
 
 
