@@ -1,0 +1,296 @@
+"""Evaluate a pre-trained MVP on a held-out split: image-text retrieval (dual encoder, then ITM
+re-ranking, METHOD.md §4) and masked-word accuracy (MLM) against a majority-token baseline.
+
+    metrics = evaluate("runs/pretrain/stage2/last.pt", "runs/demo/warehouse", split="test")
+    for name, value in results_rows(metrics):
+        print(f"{name:24s} {value}")
+
+    python -m model.evaluate runs/pretrain/stage2/last.pt --warehouse runs/demo/warehouse
+
+A stage-1 checkpoint has an untrained cross encoder: it is evaluated as a dual encoder only (no
+re-ranking, no MLM). The gallery holds every image of the split once; each caption's gold image
+is its own. Ties and chance levels: see model/retrieval.py.
+
+MLM accuracy masks the split's captions with the training rule (model/masking.py
+`mask_with_concepts`: 15% of words, 80/10/10, concepts covering a masked word masked too) drawn
+with a generator seeded by (`seed`, caption id), so two models (and any batch size) are scored
+on the same positions; each caption is fused with its own (unmasked) image. The baseline always
+predicts the most frequent word token of the TRAIN captions.
+
+Issue-4 acceptance run (demo warehouse, `small`, CPU):
+
+    python -c "from model.pretrain import pretrain as p; \
+      p('/tmp/demo/warehouse', 'stage1', steps=300, out_dir='/tmp/h2/runs', \
+        tracking_uri='sqlite:////tmp/h2/mlflow.db'); \
+      p('/tmp/demo/warehouse', 'stage2', steps=300, out_dir='/tmp/h2/runs', \
+        tracking_uri='sqlite:////tmp/h2/mlflow.db')"
+    python -m model.evaluate /tmp/h2/runs/stage2/last.pt --warehouse /tmp/demo/warehouse
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.vocabulary import latest_vocab
+from model.batch import PretrainBatch, assemble_text
+from model.config import ModelConfig
+from model.data import PretrainData
+from model.masking import IGNORE, mask_with_concepts
+from model.mvp import MVP, TextOutput, VisualOutput
+from model.pretrain import _pick_feature_set
+from model.retrieval import chance_recall_at_1, recall_at_k, rerank
+from model.task import PretrainTask
+from model.train import _read, load_weights
+from model.train_config import TrainConfig
+from warehouse.store import Warehouse
+
+
+@dataclass
+class SplitEmbeddings:
+    """Encoder outputs of a split, kept whole so the cross encoder can pair any caption with any
+    image without encoding either again."""
+    text: TextOutput        # one row per caption (hidden padded to the longest caption)
+    images: VisualOutput    # one row per gallery image; hidden holds the REGION positions only
+    text_image: torch.Tensor  # [n_text] gallery row of each caption's image
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        """[n_text, n_image] cosine similarity of the global vectors."""
+        return self.text.g @ self.images.g.t()
+
+
+def _batches(data: PretrainData, indices, batch_size: int, device):
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        yield data.collate([data[int(i)] for i in chunk]).to(device)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _text_input(model: MVP, batch: PretrainBatch):
+    cfg = model.cfg
+    return assemble_text(batch.token_ids, batch.token_mask, batch.concept_ids,
+                         batch.concept_mask, cfg.sep_id, cfg.pad_id)
+
+
+def _cat_padded(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (hidden [B, L, H], mask [B, L]) batches of different L along B, padding L."""
+    L = max(h.shape[1] for h, _ in parts)
+    hidden = torch.cat([F.pad(h, (0, 0, 0, L - h.shape[1])) for h, _ in parts])
+    mask = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])
+    return hidden, mask
+
+
+@torch.no_grad()
+def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEmbeddings:
+    """Encode every caption of `data` and every image of its gallery once (eval mode)."""
+    was_training, device = model.training, _device(model)
+    model.eval()
+    try:
+        texts, text_g = [], []
+        for batch in _batches(data, np.arange(len(data)), batch_size, device):
+            out = model.encode_text(*_text_input(model, batch)[:2])
+            texts.append((out.hidden, out.mask))
+            text_g.append(out.g)
+        # one caption of each image brings its visual input; rows follow data.regions
+        rows, first = np.unique(data.image_of, return_index=True)
+        assert (rows == np.arange(len(rows))).all(), "every gallery image has a caption"
+        regions, region_g = [], []
+        for batch in _batches(data, first, batch_size, device):
+            out = model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
+                                      batch.geometry, batch.region_mask)
+            regions.append((out.region_hidden, out.region_mask))
+            region_g.append(out.g)
+    finally:
+        model.train(was_training)
+    hidden, mask = _cat_padded(texts)
+    text = TextOutput(hidden=hidden, mask=mask, g=torch.cat(text_g))
+    # tags are dropped before fusion (METHOD.md §2): keep regions only, with an empty tag part
+    hidden, mask = _cat_padded(regions)
+    images = VisualOutput(hidden=hidden, tag_mask=mask[:, :0], region_mask=mask,
+                          g=torch.cat(region_g))
+    return SplitEmbeddings(text, images, torch.from_numpy(data.image_of).to(device))
+
+
+def itm_scorer(model: MVP, emb: SplitEmbeddings):
+    """itm_score_fn for `rerank`: p(match) of (caption, image) pairs by the cross encoder."""
+    @torch.no_grad()
+    def score(text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            fused = model.fuse(emb.text.take(text_rows.to(emb.text_image.device)),
+                               emb.images.take(image_rows.to(emb.text_image.device)))
+            return model.itm_logits(fused).float().softmax(-1)[:, 1].cpu()
+        finally:
+            model.train(was_training)
+    return score
+
+
+def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = 128, k_image: int = 64,
+                       batch_size: int = 64, rerank_itm: bool = True) -> dict:
+    """Dual-encoder R@1/5/10 both ways, and (`rerank_itm`) the same after ITM re-ranking of the
+    top `k_text` captions per image and `k_image` images per caption, as rerank_* keys."""
+    emb = embed_split(model, data, batch_size)
+    sim = emb.similarity.cpu()
+    text_image = emb.text_image.cpu()
+    n_text, n_image = sim.shape
+    chance = chance_recall_at_1(text_image, n_image)
+    out = {"n_images": n_image, "n_captions": n_text, "chance_t2i_r1": chance["t2i"],
+           "chance_i2t_r1": chance["i2t"], **recall_at_k(sim, text_image)}
+    if rerank_itm:
+        t2i, i2t = rerank(sim, itm_scorer(model, emb), k_text=k_text, k_image=k_image,
+                          batch_size=batch_size)
+        out.update({f"rerank_{k}": v
+                    for k, v in recall_at_k(t2i, text_image, i2t_sim=i2t).items()})
+        out.update(rerank_k_text=min(k_text, n_text), rerank_k_image=min(k_image, n_image))
+    return out
+
+
+def majority_word(data: PretrainData) -> int:
+    """The most frequent caption word token of `data` ([CLS] excluded)."""
+    tokens = data.tokens[data.tokens != data.cfg.cls_id]
+    return int(np.bincount(tokens).argmax())
+
+
+def _masked_item(item: dict, task: PretrainTask, seed: int) -> tuple[dict, torch.Tensor]:
+    """One caption masked by the training rule with a generator of (seed, caption id) alone:
+    the positions do not depend on batching or on the order of the split."""
+    cfg = task.model.cfg
+    key = hashlib.sha256(f"{seed}:{item['caption_id']}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    ids = item["token_ids"][None]
+    special = (ids == cfg.cls_id) | (ids == cfg.sep_id)   # an item has no padding
+    tokens, labels, concepts, _ = mask_with_concepts(
+        ids, special, item["concept_ids"][None], item["concept_spans"][None], cfg.mask_id,
+        task.word_range, task.concept_range, generator, task.tcfg.mask_prob)
+    return {**item, "token_ids": tokens[0], "concept_ids": concepts[0]}, labels[0]
+
+
+@torch.no_grad()
+def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float = 0.15,
+                 majority_token: int | None = None, batch_size: int = 64) -> dict:
+    """Accuracy of the masked-word predictions on `data`'s captions, and the accuracy of always
+    predicting `majority_token` (default: the most frequent word of `data` itself; pass the
+    training split's) on the same positions."""
+    device = _device(model)
+    if majority_token is None:
+        majority_token = majority_word(data)
+    # the task's random-replacement ranges, so the masks follow the training rule exactly
+    task = PretrainTask(model, TrainConfig(mask_prob=mask_prob))
+    correct = baseline = total = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(data), batch_size):
+            masked = [_masked_item(data[i], task, seed)
+                      for i in range(start, min(start + batch_size, len(data)))]
+            batch = data.collate([item for item, _ in masked]).to(device)
+            labels = torch.full_like(batch.token_ids, IGNORE)
+            for row, (_, label) in enumerate(masked):
+                labels[row, :len(label)] = label
+            ids, mask, concept_start = _text_input(model, batch)
+            visual = model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
+                                         batch.geometry, batch.region_mask)
+            fused = model.fuse(model.encode_text(ids, mask), visual)
+            sel = labels != IGNORE
+            target = labels[sel]
+            pred = model.mlm_logits(fused.text_hidden[:, :concept_start][sel]).argmax(-1)
+            correct += (pred == target).sum().item()
+            baseline += (target == majority_token).sum().item()
+            total += target.numel()
+    finally:
+        model.train(was_training)
+    return {"mlm_accuracy": correct / max(total, 1),
+            "mlm_majority_baseline": baseline / max(total, 1),
+            "mlm_majority_token": majority_token, "mlm_masked_tokens": total}
+
+
+def load_model(checkpoint) -> tuple[MVP, str | None]:
+    """An MVP built from a checkpoint's own model_config, and the stage it was trained in."""
+    state = checkpoint if isinstance(checkpoint, dict) else _read(checkpoint)
+    model = MVP(ModelConfig(**state["model_config"]))
+    load_weights(model, state)
+    return model, (state.get("train_config") or {}).get("stage")
+
+
+def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: str | None = None,
+             vocab: str | None = None, *, k_text: int = 128, k_image: int = 64,
+             batch_size: int = 64, mlm_seed: int = 0, mask_prob: float = 0.15,
+             device: str | None = None) -> dict:
+    """Retrieval and MLM metrics of a checkpoint (path or loaded dict) or model on `split`.
+    The feature set and vocabulary default to the ones the model was built for. A stage-1
+    checkpoint gets the dual-encoder metrics only."""
+    if isinstance(checkpoint_or_model, nn.Module):
+        model, stage = getattr(checkpoint_or_model, "model", checkpoint_or_model), None
+    else:
+        model, stage = load_model(checkpoint_or_model)
+    if device is not None:
+        model.to(device)
+    cross_encoder_trained = stage != "stage1"
+    cfg = model.cfg
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    spec = _pick_feature_set(wh, feature_set or cfg.feature_set)
+    vocab = vocab or cfg.vocab_version or latest_vocab(wh)
+    data = PretrainData(wh, spec.id, vocab, cfg, split=split)
+    if len(data) == 0:
+        raise LookupError(f"no {split!r} captions with features in {spec.id}")
+
+    out = {"split": split, "stage": stage or "model", "feature_set": spec.id, "vocab": vocab}
+    out.update(evaluate_retrieval(model, data, k_text, k_image, batch_size,
+                                  rerank_itm=cross_encoder_trained))
+    if cross_encoder_trained:
+        train = PretrainData(wh, spec.id, vocab, cfg, split="train")
+        majority = majority_word(train if len(train) else data)
+        out.update(mlm_accuracy(model, data, mlm_seed, mask_prob, majority, batch_size))
+    return out
+
+
+def results_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(metric, value) rows for a printed table: fractions as percentages with one decimal."""
+    rows = []
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            # rsum: the sum of the six recalls in percent, as papers report it
+            text = f"{100 * value:.1f}" if name.endswith("rsum") else f"{100 * value:.1f}%"
+        else:
+            text = str(value)
+        rows.append((name, text))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--feature-set")
+    ap.add_argument("--vocab")
+    ap.add_argument("--k-text", type=int, default=128)
+    ap.add_argument("--k-image", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device")
+    ap.add_argument("--json", help="also write the metrics to this JSON file")
+    args = ap.parse_args(argv)
+    metrics = evaluate(args.checkpoint, args.warehouse, args.split, args.feature_set, args.vocab,
+                       k_text=args.k_text, k_image=args.k_image, batch_size=args.batch_size,
+                       device=args.device)
+    width = max(len(k) for k in metrics)
+    for name, value in results_rows(metrics):
+        print(f"{name:<{width}}  {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
