@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -28,7 +29,7 @@ from features.backbone import Backbone, load_backbone, resolve_pretrained
 from features.boxes import ImageRegions, grid_regions, regions_for_images
 from features.feature_sets import (FeatureSetMismatch, FeatureSetSpec, register_feature_set,
                                    write_part)
-from features.geometry import clip_boxes, normalized_geometry, to_input_pixels
+from features.geometry import clip_boxes, grid_boxes, normalized_geometry, to_input_pixels
 from features.roi import pool_regions
 from warehouse.catalog import connect
 from warehouse.ingest.emitter import stable_id
@@ -38,7 +39,8 @@ from warehouse.store import Snapshot, Warehouse
 from warehouse.version import code_version
 
 __all__ = ["EXTRACT_CODE_VERSION", "plan_feature_set", "register_feature_set", "pending_images",
-           "extract_shard", "extract_features", "encode_regions"]
+           "extract_shard", "extract_features", "encode_regions", "backbone_for_feature_set",
+           "EncodedImage", "encode_image"]
 
 # Bump whenever the vectors this code writes for the same inputs would change (preprocessing,
 # map choice, RoIAlign settings, projection, box policy): it is part of the feature-set id.
@@ -118,6 +120,50 @@ def encode_regions(backbone: Backbone, pixels: torch.Tensor, boxes: list[torch.T
     pooled = pool_regions(feature_map, boxes, backbone.image_size)
     regions = backbone.project(pooled)
     return regions.float().cpu(), global_vectors.float().cpu()
+
+
+@dataclass
+class EncodedImage:
+    """One image as a feature set sees it (what serving feeds the model)."""
+    boxes: np.ndarray          # [k, 4] float32, image pixels, after clipping (or the grid)
+    box_source: str            # "given" | "grid"
+    geometry: np.ndarray       # [k, 6] float32, METHOD.md's normalised geometry
+    vectors: torch.Tensor      # [k, dim] float32 region vectors
+    global_vector: torch.Tensor  # [dim] float32
+
+
+def encode_image(backbone: Backbone, image: Image.Image, boxes: np.ndarray | None, grid: int,
+                 max_regions: int) -> EncodedImage:
+    """Region vectors of one decoded image by the extraction recipe: the same preprocessing,
+    box -> input-pixel mapping, RoIAlign and projection as `extract_shard`. `boxes` [k, 4] are
+    image pixels (x1, y1, x2, y2), best first: clipped to the image, boxes with no area dropped,
+    the first `max_regions` kept; None (or none usable) gives the feature set's grid, as images
+    without regions get at extraction time."""
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    usable = np.zeros(0, bool)
+    if boxes is not None and len(boxes):
+        clipped, usable = clip_boxes(np.asarray(boxes, np.float32), w, h)
+    if usable.any():
+        chosen, source = clipped[usable][:max_regions], "given"
+    else:
+        chosen, source = grid_boxes(w, h, grid), "grid"
+    pixel_boxes = torch.from_numpy(to_input_pixels(chosen, w, h, backbone.image_size))
+    vectors, global_vectors = encode_regions(backbone, backbone.preprocess(rgb)[None],
+                                             [pixel_boxes])
+    return EncodedImage(boxes=chosen, box_source=source,
+                        geometry=normalized_geometry(chosen, w, h), vectors=vectors,
+                        global_vector=global_vectors[0])
+
+
+def backbone_for_feature_set(spec: FeatureSetSpec, weights_path: str | None = None) -> Backbone:
+    """The backbone that made `spec`'s vectors, checked against its recorded weights hash, width
+    and image size (FeatureSetMismatch otherwise). `weights_path`: where the checkpoint file is
+    in this process, for feature sets extracted from a local file (e.g. one packaged with a
+    served model); random init needs none (it is seeded)."""
+    if weights_path is not None:
+        spec = replace(spec, pretrained_source=str(weights_path))
+    return _backbone_for(spec)
 
 
 # ---- one shard ---------------------------------------------------------------------------------

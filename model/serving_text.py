@@ -1,0 +1,126 @@
+"""Request text and tags -> model ids, the way the pre-training data path builds them
+(model/data.py): `[CLS] caption BPE words... concepts... [SEP]` and `[CLS] label BPE... [SEP]`.
+
+    vocab = ConceptVocabulary.from_warehouse(wh, vocab_id).write(folder / "vocabulary.json")
+    text = ConceptVocabulary.read(path).encode("a red circle left of a blue square", cfg)
+    ids, mask = text_batch(cfg, [text])
+
+Concepts: the caption's NLTK mentions (features.text_concepts.extract) that are in the packaged
+vocabulary, first mention of each in caption order (token start, end, id: caption_concepts'
+order), at most MAX_CONCEPTS, words kept while everything fits in max_text_len.
+
+Fallback without NLTK data: WordNet lemmatises mention heads ("circles" -> "circle"), without it
+no tuple can be matched to the vocabulary's, so the caption is served with its words only and
+`concepts` is None. Training captions none of whose tuples are in the vocabulary look the same
+to the model, so this is a known input form, just one with less information. The POS tagger the
+vocabulary was built with is recorded; a server with another tagger gets a warning (tuples may
+differ).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from features.nltk_setup import NltkDataMissing, nlp_record
+from features.text_concepts import extract
+from model.batch import assemble_text
+from model.config import ModelConfig
+from model.data import MAX_CONCEPTS, bpe, caption_tokens
+from warehouse.catalog import connect
+
+
+@dataclass
+class EncodedText:
+    token_ids: list[int]          # [CLS] + caption BPE ids
+    concept_ids: list[int]        # offset by cfg.concept_offset
+    concepts: list[str] | None    # their text; None when NLTK data is missing
+
+
+class ConceptVocabulary:
+    def __init__(self, vocab: str, ids: dict[tuple[str, ...], int], texts: dict[int, str],
+                 nlp: dict | None):
+        self.vocab, self.ids, self.texts, self.nlp = vocab, ids, texts, nlp
+
+    @classmethod
+    def from_warehouse(cls, wh, vocab: str) -> "ConceptVocabulary":
+        con = connect(wh)
+        try:
+            rows = con.execute("SELECT id, tuple, text FROM concepts WHERE vocab = ? ORDER BY id",
+                               [vocab]).fetchall()
+        finally:
+            con.close()
+        if not rows:
+            raise LookupError(f"no concept vocabulary {vocab!r} in warehouse {wh.root}")
+        builds = [b for b in wh.current().builds
+                  if b.get("kind") == "concepts" and b.get("vocab") == vocab]
+        return cls(vocab, {tuple(t): i for i, t, _ in rows}, {i: x for i, _, x in rows},
+                   builds[-1].get("nlp") if builds else None)
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps({"vocab": self.vocab, "nlp": self.nlp, "concepts": [
+            [i, list(t), self.texts[i]] for t, i in sorted(self.ids.items(), key=lambda x: x[1])
+        ]}))
+        return path
+
+    @classmethod
+    def read(cls, path) -> "ConceptVocabulary":
+        d = json.loads(Path(path).read_text())
+        vocab = cls(d["vocab"], {tuple(t): i for i, t, _ in d["concepts"]},
+                    {i: x for i, _, x in d["concepts"]}, d["nlp"])
+        try:
+            here = nlp_record()
+        except NltkDataMissing:
+            here = None
+            warnings.warn("NLTK WordNet data is missing: captions are served without concepts "
+                          "(see model/serving_text.py)")
+        if here and vocab.nlp and here.get("tagger") != vocab.nlp.get("tagger"):
+            warnings.warn(f"concepts were built with tagger {vocab.nlp.get('tagger')}, this "
+                          f"server has {here.get('tagger')}: caption tuples may differ")
+        return vocab
+
+    def encode(self, text: str, cfg: ModelConfig) -> EncodedText:
+        try:
+            mentions = extract(text)
+        except NltkDataMissing:
+            mentions = None
+        chosen: list[tuple[int, int, int]] = []   # (concept id, start, end)
+        found = sorted((m.start, m.end, self.ids[m.tuple]) for m in mentions or ()
+                       if m.tuple in self.ids)
+        for s, e, c in found:
+            if len(chosen) < MAX_CONCEPTS and all(c != x for x, _, _ in chosen):
+                chosen.append((c, s, e))
+        L = cfg.max_text_len
+        chosen = chosen[:max(0, L - 3)]  # leave room for one word, as the data path does
+        ids, _ = caption_tokens(text, [(s, e) for _, s, e in chosen], budget=L - 2 - len(chosen))
+        return EncodedText([cfg.cls_id, *ids], [cfg.concept_offset + c for c, _, _ in chosen],
+                           None if mentions is None else [self.texts[c] for c, _, _ in chosen])
+
+
+def tag_ids(labels: list[str], cfg: ModelConfig) -> list[int]:
+    """`[CLS] BPE of each distinct label (first-seen order)... [SEP]`, cut to max_tags."""
+    ids = [t for label in dict.fromkeys(x for x in labels if x) for t in bpe(label)]
+    return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
+
+
+def pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id rows -> (ids [B, n] padded with `value`, mask [B, n])."""
+    n = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), n), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.bool)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[k, :len(r)] = True
+    return ids, mask
+
+
+def text_batch(cfg: ModelConfig, texts: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode_text's (ids, mask) for the texts."""
+    tokens, token_mask = pad([t.token_ids for t in texts], cfg.pad_id)
+    concepts, concept_mask = pad([t.concept_ids for t in texts], cfg.pad_id)
+    ids, mask, _ = assemble_text(tokens, token_mask, concepts, concept_mask, cfg.sep_id,
+                                 cfg.pad_id)
+    return ids, mask

@@ -1,0 +1,137 @@
+"""The served pyfunc: the vectors it computes from an image file and a caption are the ones the
+pre-training data path feeds the model, it loads through mlflow.pyfunc and through the
+`mlflow models predict` CLI offline, and a package without a VQA head answers nothing."""
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from model import vqa_hook
+from model.batch import assemble_text
+from model.config import ModelConfig
+from model.data import PretrainData
+from model.mvp import MVP
+from model.pretrain import pretrain
+from model.serving import log_pyfunc
+from warehouse.catalog import connect
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_feature_store):
+    tmp = tmp_path_factory.mktemp("serving")
+    wh, fs, vocab = tiny_feature_store(tmp)
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    run = pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp / "runs", tracking_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run["run_id"]):
+        info = log_pyfunc(run["checkpoint"], wh)
+    state = torch.load(run["checkpoint"], weights_only=False)
+    model = MVP(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
+            "info": info, "model": model.eval(), "tmp": tmp,
+            "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
+
+
+def _training_view(s, caption_index=0):
+    """A caption as PretrainData gives it, its image's boxes/labels, and the image file."""
+    data = PretrainData(s["wh"], s["fs"], s["vocab"], s["model"].cfg, split=None)
+    item = data[caption_index]
+    k = item["image_index"]
+    r0, r1 = data.regions.offsets[k:k + 2]
+    con = connect(s["wh"])
+    try:
+        boxes = dict((rid, b) for rid, *b in con.execute(
+            "SELECT region_id, x1, y1, x2, y2 FROM region_features WHERE feature_set = ? "
+            "AND image_id = ?", [s["fs"], item["image_id"]]).fetchall())
+        path, text = con.execute(
+            "SELECT i.path, c.text FROM captions c JOIN images i ON i.id = c.image_id "
+            "WHERE c.id = ?", [item["caption_id"]]).fetchall()[0]
+    finally:
+        con.close()
+    return (data, item, [boxes[r] for r in data.regions.region_id[r0:r1]],
+            list(data.regions.label[r0:r1]), path, text)
+
+
+def test_served_vectors_are_the_training_ones(served):
+    data, item, boxes, labels, path, text = _training_view(served)
+    out = served["pyfunc"].predict(pd.DataFrame(
+        {"image_path": [path], "boxes": [boxes], "tags": [labels], "text": [text]}))
+    row = out.iloc[0]
+    assert row["box_source"] == "given" and row["n_regions"] == len(boxes)
+
+    m, batch = served["model"], data.collate([item])
+    with torch.no_grad():
+        ids, mask, _ = assemble_text(batch.token_ids, batch.token_mask, batch.concept_ids,
+                                     batch.concept_mask, m.cfg.sep_id, m.cfg.pad_id)
+        text_out = m.encode_text(ids, mask)
+        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
+                                 batch.region_mask)
+        p_match = m.itm_logits(m.fuse(text_out, visual)).softmax(-1)[0, 1]
+    # same ids (words, concepts, tags) -> the same text vector to float precision
+    np.testing.assert_allclose(row["text_embedding"], text_out.g[0].numpy(), atol=1e-6)
+    # regions recomputed from the PNG vs the warehouse's float16 copies
+    np.testing.assert_allclose(row["image_embedding"], visual.g[0].numpy(), atol=2e-3)
+    assert row["match_score"] == pytest.approx(float(p_match), abs=2e-3)
+    g_t, g_v = np.array(row["text_embedding"]), np.array(row["image_embedding"])
+    assert np.linalg.norm(g_t) == pytest.approx(1, abs=1e-5)
+    assert row["cosine"] == pytest.approx(float(g_t @ g_v), abs=1e-5)
+    assert row["concepts"] and row["answer"] is None
+
+
+def test_grid_bytes_and_cli_agree(served, tmp_path):
+    _, _, _, _, path, text = _training_view(served)
+    raw = open(path, "rb").read()
+    frame = pd.DataFrame({"image": [raw, None], "image_path": [None, path],
+                          "text": [text, None], "question": ["what shape is left?", None]})
+    out = served["pyfunc"].predict(frame)
+    # no boxes: the feature set's 3x3 grid; bytes and path give the same image
+    assert list(out["box_source"]) == ["grid", "grid"] and list(out["n_regions"]) == [9, 9]
+    np.testing.assert_allclose(out["image_embedding"][0], out["image_embedding"][1], atol=1e-6)
+    assert out["text_embedding"][1] is None and np.isnan(out["match_score"][1])
+    assert out["answer"][0] is None  # a question, but no VQA head packaged
+
+    # MLflow's JSON reader cannot take a null in a binary or array column: a JSON request
+    # gives such a column in every row or in none (model/serving.py)
+    b64 = base64.b64encode(raw).decode()
+    request = tmp_path / "input.json"
+    request.write_text(json.dumps({"dataframe_records": [
+        {"image": b64, "boxes": [[0.0, 0.0, 64.0, 64.0]], "text": text},
+        {"image": b64, "boxes": [[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 60.0, 40.0]]}]}))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served["uri"], "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", served["info"].model_uri,
+         "-i", str(request), "-t", "json", "--env-manager", "local",
+         "-o", str(tmp_path / "out.json")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cli = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    here = served["pyfunc"].predict(pd.DataFrame(
+        {"image": [raw], "boxes": [[[0.0, 0.0, 64.0, 64.0]]], "text": [text]}))
+    np.testing.assert_allclose(cli[0]["image_embedding"], here["image_embedding"][0], atol=1e-6)
+    np.testing.assert_allclose(cli[0]["text_embedding"], here["text_embedding"][0], atol=1e-6)
+    assert cli[0]["match_score"] == pytest.approx(here["match_score"][0], abs=1e-6)
+    assert cli[1]["box_source"] == "given" and cli[1]["n_regions"] == 2
+    assert cli[1]["text_embedding"] is None
+
+
+def test_a_row_without_image_is_refused(served):
+    with pytest.raises(Exception, match="row 0: give `image`"):
+        served["pyfunc"].predict(pd.DataFrame({"text": ["a red square"]}))
+
+
+def test_vqa_hook_when_model_vqa_is_absent(served, monkeypatch):
+    monkeypatch.setattr(vqa_hook, "MODULE", "model.no_such_vqa_module")
+    assert not vqa_hook.available() and vqa_hook.load(None) is None
+    with pytest.raises(ModuleNotFoundError, match="load_serving"):
+        vqa_hook.load("vqa.pt")
+    checkpoint = served["tmp"] / "runs" / "joint" / "last.pt"
+    with mlflow.start_run(), pytest.raises(ModuleNotFoundError, match="load_serving"):
+        log_pyfunc(checkpoint, served["wh"], vqa_checkpoint=checkpoint)
