@@ -61,40 +61,53 @@ def mlm(token_logits: torch.Tensor, token_labels: torch.Tensor,
 
 
 def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
-                  image_ids: torch.Tensor | None = None):
-    """Build the ITM batch: B positives plus B hardest in-batch negatives.
+                  image_ids: torch.Tensor | None = None, hard: bool = True):
+    """Build the ITM batch: B positives plus B in-batch negatives, the hardest by default.
 
     sim: [B, B] text-image similarity (the VSC matrix; read without gradient).
     image_ids: optional [B] ids of each pair's image: texts of the same image (COCO has 5 per
     image) are not negatives of each other, so such pairs are excluded like the diagonal.
+    hard: True picks each partner by argmax of `sim`; False draws it uniformly among the allowed
+    partners (the "random negatives" ablation; `sim` then only has to give the shape).
 
     Direction split: the rows are ordered by a random permutation drawn from `generator` (with no
     generator: the identity, i.e. rows in batch order); the first B // 2 of that order are TEXT rows
     paired with their hardest image (argmax over the row), the remaining B - B // 2 are IMAGE
-    columns paired with their hardest text (argmax over the column).
+    columns paired with their hardest text (argmax over the column). Draw order: the permutation,
+    then (hard=False) U[0, 1) scores [B, B] for the texts' images and [B, B] for the images' texts.
 
     Returns (text_index [2B], image_index [2B], label [2B]) long: entries 0..B-1 are the positives
     (i, i, 1) in batch order, entries B..2B-1 the negatives (label 0) in permutation order.
     """
     b = sim.shape[0]
     device = sim.device
-    with torch.no_grad():
-        excluded = torch.eye(b, dtype=torch.bool, device=device)
-        if image_ids is not None:
-            excluded = excluded | (image_ids[:, None] == image_ids[None, :])
-        if excluded.all(1).any():
-            raise ValueError("itm_negatives: some pair has no non-matching partner in the batch")
-        scores = sim.detach().float().masked_fill(excluded, float("-inf"))
-        hardest_image = scores.argmax(1)  # for each text
-        hardest_text = scores.argmax(0)   # for each image
+    gen_device = generator.device if generator is not None else device
+    excluded = torch.eye(b, dtype=torch.bool, device=device)
+    if image_ids is not None:
+        excluded = excluded | (image_ids[:, None] == image_ids[None, :])
+    if excluded.all(1).any():
+        raise ValueError("itm_negatives: some pair has no non-matching partner in the batch")
     if generator is None:
         order = torch.arange(b, device=device)
     else:
-        order = torch.randperm(b, generator=generator, device=generator.device).to(device)
+        order = torch.randperm(b, generator=generator, device=gen_device).to(device)
+
+    def partner(scores: torch.Tensor) -> torch.Tensor:
+        """For each row, the column of the highest score among the allowed ones."""
+        return scores.masked_fill(excluded, float("-inf")).argmax(1)
+
+    with torch.no_grad():
+        if hard:
+            scores = sim.detach().float()
+            image_of_text, text_of_image = partner(scores), partner(scores.t())
+        else:   # excluded is symmetric, so one mask serves rows and columns
+            image_of_text, text_of_image = (
+                partner(torch.rand((b, b), generator=generator, device=gen_device).to(device))
+                for _ in range(2))
     text_rows, image_cols = order[: b // 2], order[b // 2:]
     arange = torch.arange(b, device=device)
-    text_index = torch.cat([arange, text_rows, hardest_text[image_cols]])
-    image_index = torch.cat([arange, hardest_image[text_rows], image_cols])
+    text_index = torch.cat([arange, text_rows, text_of_image[image_cols]])
+    image_index = torch.cat([arange, image_of_text[text_rows], image_cols])
     label = torch.cat([torch.ones(b, dtype=torch.long, device=device),
                        torch.zeros(b, dtype=torch.long, device=device)])
     return text_index, image_index, label

@@ -4,40 +4,52 @@
     pretrain("runs/demo/warehouse", "stage2", config="small",
              init_from="runs/pretrain/stage1/last.pt")                   # weights only
     pretrain(..., "stage1", resume=True)       # continue <out_dir>/stage1/last.pt exactly
+    pretrain(..., "joint", train_overrides={"wpg": 0}, run_name="joint-no-wpg")   # a variant
+
+    python -m model.pretrain --warehouse DIR --stage stage1 --config small --steps 300
+    torchrun --standalone --nproc_per_node 2 -m model.pretrain --warehouse DIR --stage stage1 ...
 
 `steps` is where the run STOPS (global optimizer step); the lr schedule always follows the
 config's train.total_steps, so a run stopped at step k and resumed ends with the same losses as
 one that never stopped. The data order is DeterministicSampler's (seed, epoch) permutation; the
 checkpoint's data position (epoch, samples done in it) says where to pick it up. The MLflow run
 id travels in the data position too, so a resumed run appends to the same MLflow run.
+
+Under torchrun (model/distributed.py) every rank walks the same global batches of
+train.batch_size and trains on its own contiguous slice of each (2 ranks x B/2 == one process's
+batch of B), with DDP averaging the gradients. VSC's contrastive negatives (and ITM's, which VSC's
+similarity picks) are the other pairs of the rank's slice: nothing is gathered across ranks.
+Rank 0 alone writes the MLflow run and the checkpoints.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import contextlib
+import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
 from features.vocabulary import latest_vocab
+from model import distributed as dist
+from model import tracking
 from model.config import load_config
 from model.data import DeterministicSampler, PretrainData
 from model.mvp import MVP
 from model.task import PretrainTask
 from model.train import Trainer, load_weights
-from model.train_config import load_train_config
+from model.train_config import STAGES, load_train_config
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 from warehouse.version import code_version
 
 EXPERIMENT = "mvp-pretrain"
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else a sqlite store in the project folder (the cwd)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+default_tracking_uri = tracking.tracking_uri   # kept for callers of the old name
 
 
 def _pick_feature_set(wh: Warehouse, feature_set: str | None):
@@ -64,38 +76,20 @@ def _n_concepts(wh: Warehouse, vocab: str) -> int:
     return int(n)
 
 
-def _artifact_root(uri: str) -> str | None:
-    """Artifacts of a sqlite store go next to its database (MLflow's default is ./mlruns of
-    whatever the cwd happens to be)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def _start_run(mlflow, uri: str, stage: str, run_id: str | None):
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
-    mlflow.set_experiment(EXPERIMENT)
-    nested = mlflow.active_run() is not None  # e.g. inside a pipeline's parent run
-    if run_id is not None:
-        try:
-            return mlflow.start_run(run_id=run_id, nested=nested), False
-        except mlflow.exceptions.MlflowException:
-            pass  # the checkpoint was made against another tracking store: start a new run
-    return mlflow.start_run(run_name=stage, nested=nested), True
-
-
 def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | None = None,
              vocab: str | None = None, steps: int | None = None, out_dir="runs/pretrain",
              resume: bool = False, init_from=None, tracking_uri: str | None = None,
              seed: int | None = None, checkpoint_every: int = 500,
-             device: str | None = None) -> dict:
+             device: str | None = None, train_overrides: dict | None = None,
+             run_name: str | None = None, experiment: str = EXPERIMENT,
+             parent_run_id: str | None = None) -> dict:
     """Train `stage` up to global step `steps` (default: the config's total_steps). `seed`
-    (default: the config's) seeds the model init, the task's masks and the data order."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
+    (default: the config's) seeds the model init, the task's masks and the data order.
+    `train_overrides` update the preset's `train:` section (validated by TrainConfig; `stage`
+    and `seed` arguments win). The checkpoint is <out_dir>/<stage>/last.pt: give variants of
+    one stage their own out_dir. stage2 starts from <out_dir>/stage1/last.pt unless told
+    otherwise; retrieval needs init_from (or resume). MLflow: run `run_name` (default the
+    stage) in `experiment`, nested under `parent_run_id` when given."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     spec = _pick_feature_set(wh, feature_set)
     vocab = vocab or latest_vocab(wh)
@@ -103,10 +97,12 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
         raise LookupError(f"no concept vocabulary in warehouse {wh.root}: run `mvp concepts`")
     cfg = load_config(config, feat_dim=spec.dim, n_concepts=_n_concepts(wh, vocab),
                       feature_set=spec.id, vocab_version=vocab)
-    overrides = {"stage": stage} if seed is None else {"stage": stage, "seed": seed}
+    overrides = {**(train_overrides or {}), "stage": stage}
+    if seed is not None:
+        overrides["seed"] = seed
     tcfg = load_train_config(config, **overrides)
     stop = tcfg.total_steps if steps is None else steps
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or dist.default_device()
 
     ckpt = Path(out_dir) / stage / "last.pt"
     if stage == "stage2" and init_from is None and not resume:
@@ -114,12 +110,15 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
         if not init_from.exists():
             raise FileNotFoundError(f"stage2 starts from a stage-1 checkpoint: pass init_from "
                                     f"(none at {init_from})")
+    if stage == "retrieval" and init_from is None and not resume:
+        raise ValueError("retrieval fine-tunes a pre-trained model: pass init_from (or resume)")
 
     data = PretrainData(wh, spec.id, vocab, cfg, split="train")
     if len(data) == 0:
         raise LookupError(f"no training captions with features in {spec.id}")
-    torch.manual_seed(tcfg.seed)  # model init
+    torch.manual_seed(tcfg.seed)  # model init: the same on every rank
     trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg, device=device)
+    torch.manual_seed(tcfg.seed + dist.rank())  # dropout: each rank its own
     position = {"epoch": 0, "index": 0, "mlflow_run_id": None}
     if resume:
         if not ckpt.exists():
@@ -128,52 +127,119 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
     elif init_from is not None:
         load_weights(trainer.task, init_from)
 
-    uri = tracking_uri or default_tracking_uri()
-    run, new_run = _start_run(mlflow, uri, stage, position["mlflow_run_id"])
+    main = dist.is_main()
+    run, new_run = (tracking.start_run(experiment, run_name or stage, tracking_uri,
+                                       run_id=position["mlflow_run_id"],
+                                       parent_run_id=parent_run_id)
+                    if main else (contextlib.nullcontext(), False))
+    mlflow = tracking.mlflow
     with run:
-        position["mlflow_run_id"] = run.info.run_id
+        if main:
+            position["mlflow_run_id"] = run.info.run_id
         if new_run:
             mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
                                **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
+                               "train.losses": ",".join(tcfg.losses),
                                "config": str(config), "init_from": str(init_from),
-                               "n_train_captions": len(data)})
+                               "n_train_captions": len(data),
+                               "world_size": dist.world_size()})
             mlflow.set_tags({"feature_set": spec.id, "vocab": vocab, "stage": stage,
                              "git_commit": code_version()})
             mlflow.log_dict({"model": cfg.to_dict(), "train": tcfg.to_dict()}, "config.yaml")
-        final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, mlflow)
+        log = mlflow.log_metrics if main else (lambda metrics, step: None)
+        final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log)
         trainer.save(ckpt, data_position=position)
-        mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
+        if main:
+            mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
         return {"stage": stage, "steps": trainer.step, "checkpoint": str(ckpt),
-                "run_id": run.info.run_id, "final": final}
+                "run_id": position["mlflow_run_id"], "final": final}
 
 
 def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt: Path,
-          checkpoint_every: int, mlflow) -> dict:
+          checkpoint_every: int, log) -> dict:
     """Optimizer steps until `stop`, epoch after epoch; `position` is kept current (it is what
-    a checkpoint records). Returns the last step's log."""
+    a checkpoint records, in samples of the global batch). Returns the last step's log."""
     tcfg, last = trainer.tcfg, {}
+    rank, world = dist.rank(), dist.world_size()
     while trainer.step < stop:
         sampler = DeterministicSampler(len(data), tcfg.seed, position["epoch"],
                                        start=position["index"])
-        loader = iter(DataLoader(data, batch_sampler=sampler.batches(tcfg.batch_size),
-                                 collate_fn=data.collate, num_workers=0))
+        # An epoch's last global batch, if smaller than the number of ranks, would leave a rank
+        # without data: it is skipped (never with one process).
+        global_batches = [b for b in sampler.batches(tcfg.batch_size) if len(b) >= world]
+        loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=0, batch_sampler=[
+            dist.rank_slice(b, rank, world) for b in global_batches]))
+        sizes = iter(len(b) for b in global_batches)
+        epoch_done = False
         while trainer.step < stop:
             t0 = time.perf_counter()
             # a step's micro-batches never span two epochs: the position stays one (epoch, index)
             group = [b for b in (next(loader, None) for _ in range(tcfg.grad_accum))
                      if b is not None]
+            epoch_done = len(group) < tcfg.grad_accum
             if not group:
                 break
             wait = time.perf_counter() - t0
             last = trainer.train_step(group)
-            n = sum(len(b) for b in group)
+            n = sum(next(sizes) for _ in group)
             position["index"] += n
             last.update(samples_per_s=n / (time.perf_counter() - t0), data_wait_s=wait)
-            mlflow.log_metrics(last, step=trainer.step)
+            log(last, step=trainer.step)
             if checkpoint_every and trainer.step % checkpoint_every == 0:
                 trainer.save(ckpt, data_position=position)
-            if len(group) < tcfg.grad_accum:
-                break  # the epoch ran out mid-step
-        if position["index"] >= len(data):
+            if epoch_done:
+                break
+        if epoch_done or position["index"] >= len(data):
             position["epoch"], position["index"] = position["epoch"] + 1, 0
     return last
+
+
+def _override(text: str) -> tuple[str, object]:
+    """`key=value` with a YAML value (`wpg=0`, `concepts=false`); YAML 1.1 reads `1e-4` as a
+    string, so a string that parses as a number is one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        with contextlib.suppress(ValueError):
+            parsed = float(parsed)
+    return key.strip(), parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m model.pretrain ...`, also under `torchrun --nproc_per_node N -m model.pretrain`;
+    prints the result as JSON (rank 0)."""
+    p = argparse.ArgumentParser(prog="python -m model.pretrain",
+                                description="Run one pre-training stage, tracked in MLflow.")
+    p.add_argument("--warehouse", required=True)
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--config", default="small", help="preset name or YAML path")
+    p.add_argument("--steps", type=int, help="stop at this global step")
+    p.add_argument("--out-dir", default="runs/pretrain")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", help="checkpoint whose weights the stage starts from")
+    p.add_argument("--feature-set")
+    p.add_argument("--vocab")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--device", help="default: this rank's GPU, else cpu")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--run-name")
+    p.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+                   metavar="KEY=VALUE", help="train config override, e.g. --set wpg=0")
+    args = p.parse_args(argv)
+    with dist.distributed(args.device) as device:
+        result = pretrain(args.warehouse, args.stage, config=args.config,
+                          feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
+                          out_dir=args.out_dir, resume=args.resume, init_from=args.init_from,
+                          tracking_uri=args.tracking_uri, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, device=device,
+                          train_overrides=dict(args.overrides), run_name=args.run_name)
+        if dist.is_main():
+            print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,17 @@
-"""The pre-training task (METHOD.md §3): one PretrainBatch in, the stage's losses out.
+"""The pre-training task (METHOD.md §3): one PretrainBatch in, the losses of the config out.
 
     stage1          VSC + MCR (+ text-side MCR when `text_mcr`); only the uni-modal encoders run,
                     so the cross encoder, pooler and ITM head get no gradient
     stage2, joint   VSC + MCR + ITM + MLM + WPG (stage2 differs only in starting from a stage-1
                     checkpoint, see model/train.py `load_weights`)
+    albef           VSC (= ALBEF's ITC) + ITM + MLM
+    retrieval       VSC + ITM (fine-tuning from a pre-trained checkpoint)
+minus the losses of weight 0 and, with `concepts: false`, MCR and WPG (TrainConfig.losses): a
+loss that is not in the set is not computed. Without concepts the batch's concept ids are removed
+and its tags replaced by `[CLS] [SEP]` before anything reads them.
+
+Parameters that no loss of the set reaches (stage1: cross encoder, pooler, ITM head) are frozen
+(requires_grad False), so DDP needs no find_unused_parameters and AdamW never touches them.
 
 Two passes per batch:
 - clean (unmasked text and tags): VSC on g_t, g_v; its similarity matrix picks ITM's hardest
@@ -20,6 +28,8 @@ is the simplest reading of "the caption's phrase concepts".
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +39,20 @@ from model.batch import PretrainBatch, assemble_text
 from model.masking import IGNORE, mask_tags, mask_with_concepts
 from model.mvp import MVP
 from model.train_config import TrainConfig
+
+
+# The MVP parts (top-level attribute names) each loss's gradient reaches; tests/test_variants.py
+# checks this against a real backward for every stage and variant.
+_TEXT = ("embed", "text_pos", "text_ln", "text_encoder")
+_VISUAL = ("embed", "tag_pos", "visual_segment", "region_embed", "visual_ln", "visual_encoder")
+REACHES = {
+    "vsc": _TEXT + _VISUAL + ("text_proj", "visual_proj", "logit_scale"),
+    "mcr": _VISUAL + ("mlm_transform", "mlm_bias"),
+    "text_mcr": _TEXT + ("mlm_transform",),
+    "itm": _TEXT + _VISUAL + ("cross_encoder", "pooler", "itm_head"),
+    "mlm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
+    "wpg": _TEXT + _VISUAL + ("cross_encoder",),
+}
 
 
 class PretrainTask(nn.Module):
@@ -45,15 +69,16 @@ class PretrainTask(nn.Module):
         # CLIP's BPE puts sot/eot at the end of its vocabulary: random replacements stay below them
         self.word_range = (0, min(cfg.cls_id, cfg.sep_id))
         self.concept_range = (cfg.concept_offset, cfg.vocab_size)
-
-    @property
-    def stage_losses(self) -> tuple[str, ...]:
-        first = ("vsc", "mcr") + (("text_mcr",) if self.tcfg.text_mcr else ())
-        return first if self.tcfg.stage == "stage1" else first + ("itm", "mlm", "wpg")
+        reached = {part for loss in tcfg.losses for part in REACHES[loss]}
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.split(".")[0] in reached)
 
     def forward(self, batch: PretrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         m, cfg, p = self.model, self.model.cfg, self.tcfg.mask_prob
+        need = set(self.tcfg.losses)
         out: dict[str, torch.Tensor] = {}
+        if not self.tcfg.concepts:
+            batch = _without_concepts(batch, cfg)
 
         # ---- masking (draw order fixed: text, then tags) ----
         word_special = (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
@@ -66,47 +91,54 @@ class PretrainTask(nn.Module):
         m_tags, tag_labels = mask_tags(batch.tag_ids, real_tags, self.word_range, generator, p,
                                        mask_id=cfg.mask_id)
 
-        # ---- clean pass: VSC ----
+        # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
         text_ids, text_mask, concept_start = self._text(batch, batch.token_ids, batch.concept_ids)
-        text = m.encode_text(text_ids, text_mask)
-        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
-                                 batch.region_mask)
-        sim = m.similarity(text.g, visual.g)
-        out["vsc"] = losses.vsc(sim)
+        if need & {"vsc", "itm", "wpg"}:
+            text = m.encode_text(text_ids, text_mask)
+            visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
+                                     batch.geometry, batch.region_mask)
+            sim = m.similarity(text.g, visual.g)
+        if "vsc" in need:
+            out["vsc"] = losses.vsc(sim)
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
-        m_visual = m.encode_visual(m_tags, batch.tag_mask, batch.regions, batch.geometry,
-                                   batch.region_mask)
-        sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
-        out["mcr"] = losses.mcr(m.mlm_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
-        stage1 = self.tcfg.stage == "stage1"
-        if self.tcfg.text_mcr or not stage1:   # stage 1 without text MCR needs no masked text
+        if need & {"mcr", "mlm"}:
+            m_visual = m.encode_visual(m_tags, batch.tag_mask, batch.regions, batch.geometry,
+                                       batch.region_mask)
+        if "mcr" in need:
+            sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
+            out["mcr"] = losses.mcr(m.mlm_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
+        if need & {"text_mcr", "mlm"}:
             m_text = m.encode_text(*self._text(batch, m_tokens, m_concepts)[:2])
-        if self.tcfg.text_mcr:
+        if "text_mcr" in need:
             C = batch.concept_ids.shape[1]
             h = m_text.hidden[:, concept_start:concept_start + C]
             sel = concept_labels != IGNORE
             out["text_mcr"] = losses.mcr(self._concept_logits(h[sel]),
                                          concept_labels[sel] - cfg.concept_offset)
 
-        if not stage1:
-            # ---- ITM on clean pairs, hardest negatives; WPG on the positive half ----
-            ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index)
+        # ---- ITM on clean pairs; WPG on its positive half (no extra fused pass) ----
+        B, C = len(batch), batch.concept_ids.shape[1]
+        if "itm" in need:
+            ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index,
+                                             hard=self.tcfg.hard_negatives)
             fused = m.fuse(text.take(ti), visual.take(vi))
             out["itm"] = losses.itm(m.itm_logits(fused), y)
-            B, C = len(batch), batch.concept_ids.shape[1]
             pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)
+        elif "wpg" in need:
+            pos = m.fuse(text, visual)
+        if "wpg" in need:
             out["wpg"] = losses.wpg(pos.text_hidden[:, concept_start:concept_start + C],
                                     batch.concept_mask.bool(), pos.region_hidden,
                                     batch.region_mask.bool(), generator).loss
+        if "mlm" in need:
             # ---- MLM: masked text fused with its own (masked-tag) image ----
             m_fused = m.fuse(m_text, m_visual)
             words = m_fused.text_hidden[:, :concept_start]
             sel = token_labels != IGNORE
             out["mlm"] = losses.mlm(m.mlm_logits(words[sel]), token_labels[sel])
 
-        weight = {k: self.tcfg.weight("mcr" if k == "text_mcr" else k) for k in out}
-        out["loss"] = sum(weight[k] * v for k, v in out.items())
+        out["loss"] = sum(self.tcfg.weight(k) * v for k, v in out.items())
         return out
 
     def _text(self, batch: PretrainBatch, token_ids, concept_ids):
@@ -120,3 +152,13 @@ class PretrainTask(nn.Module):
         text-side MCR)."""
         m = self.model
         return F.linear(m.mlm_transform(hidden), m.embed.weight[m.cfg.concept_offset:])
+
+
+def _without_concepts(batch: PretrainBatch, cfg) -> PretrainBatch:
+    """The batch as the no-concept variant sees it: no concept tokens, tags `[CLS] [SEP]`."""
+    B = len(batch)
+    tags = torch.tensor([cfg.cls_id, cfg.sep_id], device=batch.tag_ids.device).repeat(B, 1)
+    return dataclasses.replace(
+        batch, concept_ids=batch.concept_ids[:, :0], concept_mask=batch.concept_mask[:, :0],
+        concept_spans=batch.concept_spans[:, :0], tag_ids=tags,
+        tag_mask=torch.ones_like(tags, dtype=torch.bool))

@@ -10,10 +10,19 @@ a run resumes EXACTLY (same losses after step k as an uninterrupted run).
 
 The trainer knows nothing about the data: the caller says where its data stands (`data_position`)
 when saving and gets it back when loading. Any module whose forward(batch, generator) returns a
-dict with a scalar "loss" can be trained (the pre-training task, or a DDP wrapper around it).
+dict with a scalar "loss" can be trained.
+
+Under a process group (model/distributed.py) the trainer wraps the task in DDP: each rank runs
+its own slice of the global batch and the gradients are averaged. Rank r's task generator is
+seeded with seed + r, so ranks draw different masks; rank 0's equals a single process's. Logged
+losses are means over the ranks, `samples_seen` counts the global batch, and a checkpoint holds
+the unwrapped model plus every rank's RNG states (written by rank 0 only), so a resumed run with
+the same number of processes continues exactly. DDP runs without find_unused_parameters: the
+task freezes the parameters its losses never reach (model/task.py), so DDP does not wait for them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -23,7 +32,9 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from model import distributed as dist
 from model.mvp import param_groups
 from model.train_config import TrainConfig
 
@@ -41,12 +52,17 @@ class Trainer:
     def __init__(self, task: nn.Module, tcfg: TrainConfig, device: str | torch.device = "cpu"):
         self.task, self.tcfg = task.to(device), tcfg
         self.device = torch.device(device)
+        # what forward and backward run through; self.task stays the unwrapped module
+        self.module = task
+        if dist.is_distributed():
+            self.module = DistributedDataParallel(
+                task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(param_groups(task, tcfg.weight_decay), lr=tcfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tcfg.warmup_steps, tcfg.total_steps))
         # Every random choice of the task (masks, ITM direction split, WPG draws) comes from this
         # generator, so checkpointing its state makes the masks of a resumed run the same.
-        self.generator = torch.Generator().manual_seed(tcfg.seed)
+        self.generator = torch.Generator().manual_seed(tcfg.seed + dist.rank())
         self.step = 0            # optimizer steps taken
         self.samples_seen = 0
 
@@ -55,19 +71,26 @@ class Trainer:
     def backward(self, micro_batches: list) -> dict[str, float]:
         """Forward + backward over the micro-batches, gradients summed into .grad. Each loss is
         divided by their number, so with equal sizes and per-sample-mean losses the gradient
-        equals that of one batch of their concatenation. Returns the mean of each loss."""
+        equals that of one batch of their concatenation. Returns the mean of each loss (over
+        the micro-batches and, under DDP, the ranks)."""
         n = len(micro_batches)
         totals: dict[str, float] = {}
+        samples = 0
         self.task.train()
-        for batch in micro_batches:
+        for k, batch in enumerate(micro_batches):
             batch = batch.to(self.device) if hasattr(batch, "to") else batch
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out = self.task(batch, self.generator)
-            (out["loss"] / n).backward()
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().float().item() / n
-            self.samples_seen += len(batch)
-        return totals
+            # DDP averages gradients once per step, on the last micro-batch's backward
+            sync = k == n - 1 or not isinstance(self.module, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.module.no_sync():
+                with torch.autocast("cuda", dtype=torch.bfloat16,
+                                    enabled=self.device.type == "cuda"):
+                    out = self.module(batch, self.generator)
+                (out["loss"] / n).backward()
+            for name, v in out.items():
+                totals[name] = totals.get(name, 0.0) + v.detach().float().item() / n
+            samples += len(batch)
+        self.samples_seen += dist.all_sum(samples, self.device)
+        return dist.all_mean(totals, self.device)
 
     def train_step(self, micro_batches: list) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches (any number is accepted). Returns
@@ -104,7 +127,17 @@ class Trainer:
     # ---- checkpoints ----
 
     def save(self, path: str | Path, data_position: dict | None = None) -> None:
-        """Write everything a resumed run needs; atomic (a kill mid-write leaves the old file)."""
+        """Write everything a resumed run needs; atomic (a kill mid-write leaves the old file).
+        Under DDP every rank must call it (their RNG states are gathered); rank 0 writes."""
+        rng = dist.gather_objects({
+            "task_generator": self.generator.get_state(),
+            "torch": torch.get_rng_state(),   # dropout on CPU
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        })
+        if not dist.is_main():
+            return
         model = getattr(self.task, "model", self.task)
         state = {
             "model": model.state_dict(),
@@ -115,13 +148,7 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "data_position": data_position,
-            "rng": {
-                "task_generator": self.generator.get_state(),
-                "torch": torch.get_rng_state(),   # dropout on CPU
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
+            "rng": rng,   # one entry per rank
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +163,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
-        rng = state["rng"]
+        if len(state["rng"]) != dist.world_size():
+            raise ValueError(f"{path} was written by {len(state['rng'])} process(es); resume it "
+                             f"with as many (this run has {dist.world_size()}) to continue exactly")
+        rng = state["rng"][dist.rank()]
         self.generator.set_state(rng["task_generator"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():

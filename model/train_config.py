@@ -6,7 +6,17 @@ hold the model (`model/config.py`), so one file describes a whole experiment.
 
 Stages (METHOD.md §3): `stage1` trains the uni-modal encoders with VSC + MCR; `stage2` trains
 everything with all five losses, starting from a stage-1 checkpoint; `joint` trains all five from
-the start (the authors' released code). The loss weights multiply each task's loss in the sum.
+the start (the authors' released code). Two more for comparisons: `albef`, the single-stage
+baseline ITC + ITM + MLM (ITC is our VSC; with `concepts: false` it sees no concepts or tags, as
+ALBEF), and `retrieval`, fine-tuning for retrieval with VSC + ITM from a pre-trained checkpoint.
+
+The loss weights multiply each task's loss in the sum; a loss of weight 0 is not computed at all
+(`joint` with wpg=0 is "without WPG"). Variants:
+- `concepts: false`: no concept tokens in the text, no tags on the visual side (only [CLS] [SEP]);
+  MCR and WPG have nothing to work on and are dropped from the stage's losses.
+- `hard_negatives: false`: ITM negatives drawn uniformly among the other images of the batch
+  instead of the hardest by VSC similarity.
+`TrainConfig.losses` is the resulting loss set.
 """
 from __future__ import annotations
 
@@ -17,8 +27,16 @@ from pathlib import Path
 
 from model.config import ConfigError, load_section
 
-STAGES = ("stage1", "stage2", "joint")
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
+STAGE_LOSSES = {
+    "stage1": ("vsc", "mcr"),
+    "stage2": LOSSES,
+    "joint": LOSSES,
+    "albef": ("vsc", "itm", "mlm"),
+    "retrieval": ("vsc", "itm"),
+}
+STAGES = tuple(STAGE_LOSSES)
+CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg")   # read phrase concepts or tags
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,8 @@ class TrainConfig:
     wpg: float = 1.0
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
     #                            weight); off by default until measured to help (issue 4 §4)
+    concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
+    hard_negatives: bool = True  # false: uniformly random in-batch ITM negatives
     mask_prob: float = 0.15
     lr: float = 5e-5           # the paper's AdamW learning rate
     weight_decay: float = 0.01
@@ -39,14 +59,26 @@ class TrainConfig:
     total_steps: int = 1000    # optimizer steps
     grad_accum: int = 1        # micro-batches per optimizer step
     clip_norm: float = 1.0     # global gradient-norm clip; 0 disables
-    batch_size: int = 1024     # micro-batch size (global batch = batch_size * grad_accum)
+    batch_size: int = 1024     # micro-batch size over all processes (each of N DDP ranks
+    #                            takes 1/N of it); global batch = batch_size * grad_accum
     seed: int = 0
 
     def __post_init__(self):
         _validate(self)
 
     def weight(self, loss: str) -> float:
-        return getattr(self, loss)
+        """Weight of a loss; text-side MCR shares MCR's."""
+        return getattr(self, "mcr" if loss == "text_mcr" else loss)
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        """The losses this config computes: the stage's, plus text_mcr next to MCR when on,
+        minus those of weight 0 and, without concepts, those that need concepts."""
+        stage = STAGE_LOSSES[self.stage]
+        if self.text_mcr and "mcr" in stage:
+            stage += ("text_mcr",)
+        return tuple(k for k in stage if self.weight(k) > 0
+                     and (self.concepts or k not in CONCEPT_LOSSES))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,9 +104,12 @@ def _validate(c: TrainConfig) -> None:
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
     need(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
-    need(isinstance(c.text_mcr, bool), f"text_mcr must be true/false, got {c.text_mcr!r}")
-
-
+    for name in ("text_mcr", "concepts", "hard_negatives"):
+        v = getattr(c, name)
+        need(isinstance(v, bool), f"{name} must be true/false, got {v!r}")
+    need(bool(c.losses), f"stage {c.stage} has no loss left to train (weights "
+                         f"{ {k: c.weight(k) for k in STAGE_LOSSES[c.stage]} }, "
+                         f"concepts={c.concepts})")
 
 
 def load_train_config(path_or_name: str | Path, **overrides) -> TrainConfig:

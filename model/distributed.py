@@ -1,0 +1,96 @@
+"""Data-parallel training across processes: the process group from torchrun's environment, the
+rank/world helpers the training code asks, and the slice of a global batch each rank trains on.
+
+    with distributed() as device:        # torchrun --nproc_per_node 2 -m model.pretrain ...
+        pretrain(..., device=device)     # plain `python -m model.pretrain`: no group, world 1
+
+torchrun sets WORLD_SIZE, RANK, LOCAL_RANK (and the rendezvous address); `distributed()` starts
+the group when WORLD_SIZE > 1 (NCCL with one GPU per local rank, gloo on CPU) and destroys it on
+the way out, also after an error, so no process hangs in a collective. Without torchrun every
+helper answers as a single process does (rank 0 of 1), so the same code runs either way.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes MLflow runs and checkpoints."""
+    return rank() == 0
+
+
+def default_device() -> str:
+    """This process's GPU (the one `distributed` selected for its local rank), else the CPU."""
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def distributed(device: str | None = None):
+    """Start the process group when launched by torchrun with WORLD_SIZE > 1; yields the device
+    this process trains on (`cuda:<LOCAL_RANK>` with NCCL; with device="cpu", gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or is_distributed():
+        yield device or default_device()
+        return
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield device if use_cuda else "cpu"
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_slice(indices: list[int], rank: int, world: int) -> list[int]:
+    """Rank `rank`'s contiguous part of a global batch; the parts differ in size by at most one
+    and, in rank order, concatenate to the global batch (2 ranks x B/2 == one process's B)."""
+    n = len(indices)
+    start, end = (rank * n) // world, ((rank + 1) * n) // world
+    return indices[start:end]
+
+
+def all_mean(values: dict[str, float], device) -> dict[str, float]:
+    """The mean of each value over the ranks (identity in a single process): logged losses then
+    describe the global batch, as the averaged gradient does."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / world_size()).tolist()))
+
+
+def all_sum(value: int, device) -> int:
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,127 @@
+"""Data-parallel training on CPU with gloo: two processes give the gradients of the global batch,
+and the pre-training entry point runs under torchrun.
+
+What "the same global batch" means under DDP: rank r trains on half r of it with its own task
+generator (seed + r), and DDP averages the two gradients. VSC's in-batch contrastive negatives
+(and the ITM negatives its similarity picks) are per rank: nothing is gathered across ranks. So
+the single-process reference is the mean of the gradients of the two halves, each with that
+rank's generator, not the gradient of one batch of 8.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+
+from model.distributed import rank_slice
+from test_train import make_trainer, synthetic_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("stage1", "joint")   # stage1 leaves the fusion layers out: DDP must not wait for them
+
+
+def _halves(cfg):
+    return [synthetic_batch(cfg, 0, 0), synthetic_batch(cfg, 0, 1)]
+
+
+def _worker(rank: int, world: int, init_file: str, out: str):
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                  world_size=world)
+    try:
+        result = {}
+        for stage in STAGES:
+            trainer, cfg = make_trainer(stage)
+            half = _halves(cfg)[rank]
+            log = trainer.backward([half])
+            grads = {n: p.grad.clone() for n, p in trainer.task.named_parameters()
+                     if p.grad is not None}
+            trainer.optimizer.zero_grad(set_to_none=True)
+            # two full steps: DDP fails on the second forward if a parameter went unused
+            trainer.train_step([half])
+            trainer.save(Path(out) / f"{stage}.pt", data_position={"epoch": 0, "index": 8})
+            step2 = trainer.train_step([half])
+            resumed, _ = make_trainer(stage, seed=5)
+            resumed.load(Path(out) / f"{stage}.pt")
+            result[stage] = {"grads": grads, "log": log, "samples_seen": resumed.samples_seen,
+                             "step2": step2, "resumed_step2": resumed.train_step([half]),
+                             "params": {n: p.detach().clone()
+                                        for n, p in trainer.task.named_parameters()}}
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_ddp_gradients_equal_the_mean_over_the_halves(ddp_results, stage):
+    trainer, cfg = make_trainer(stage)
+    expected_losses = []
+    for rank, half in enumerate(_halves(cfg)):
+        out = trainer.task(half, torch.Generator().manual_seed(trainer.tcfg.seed + rank))
+        (out["loss"] / 2).backward()
+        expected_losses.append(out["loss"].item())
+    expected = {n: p.grad for n, p in trainer.task.named_parameters() if p.grad is not None}
+
+    for r in ddp_results:
+        got = r[stage]["grads"]
+        assert set(got) == set(expected)
+        for name, grad in expected.items():
+            torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+        # logged losses describe the global batch: the mean over the ranks
+        assert r[stage]["log"]["loss"] == pytest.approx(sum(expected_losses) / 2, rel=1e-6)
+    # the ranks' generators differ, so their halves' losses are not the same function of data
+    assert expected_losses[0] != expected_losses[1]
+    assert sum(g.abs().sum() for g in expected.values()) > 0
+    if stage == "stage1":
+        assert not any(n.startswith("model.cross_encoder.") for n in expected)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_ddp_ranks_stay_in_step_and_resume_exactly(ddp_results, stage):
+    r0, r1 = (r[stage] for r in ddp_results)
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), name
+    for r in (r0, r1):
+        assert r["samples_seen"] == 16            # global samples: 2 steps x 2 ranks x 4
+        assert r["resumed_step2"] == r["step2"]   # every rank got its own RNG states back
+
+
+def test_rank_slices_concatenate_to_the_global_batch():
+    batch = list(range(7))
+    parts = [rank_slice(batch, r, 2) for r in range(2)]
+    assert parts == [[0, 1, 2], [3, 4, 5, 6]]
+    assert sum((rank_slice(batch, r, 3) for r in range(3)), []) == batch
+
+
+def test_torchrun_runs_the_entry_point(tmp_path, tiny_feature_store):
+    wh, _, _ = tiny_feature_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "model.pretrain", "--warehouse", str(wh), "--stage", "stage1",
+           "--config", "tiny", "--steps", "2", "--out-dir", str(tmp_path / "runs"),
+           "--tracking-uri", uri, "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    assert sorted(p.name for p in (tmp_path / "runs" / "stage1").iterdir()) == ["last.pt"]
+    ckpt = torch.load(tmp_path / "runs" / "stage1" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["samples_seen"] == 16   # 2 global batches of 8
+    assert ckpt["data_position"]["index"] == 16 and len(ckpt["rng"]) == 2
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mvp-pretrain").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == ckpt["data_position"]["mlflow_run_id"]
+    assert runs[0].data.params["world_size"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2]
