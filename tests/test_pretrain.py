@@ -20,8 +20,12 @@ def _history(client, run_id, key):
                                               key=lambda m: m.step)]
 
 
-def test_stage1_then_stage2_are_tracked(built, tmp_path):
+def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
     wh, fs, vocab, _ = built
+    # MLflow's system-metrics monitor logs once per interval and a 4-step run lasts about a
+    # second; start_run stores the interval in this environment variable, restored afterwards
+    monkeypatch.setattr("model.tracking.SYSTEM_METRICS_INTERVAL_S", 0.05)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "runs"
     s1 = pretrain(wh, "stage1", config="tiny", steps=4, out_dir=out, tracking_uri=uri)
@@ -44,6 +48,11 @@ def test_stage1_then_stage2_are_tracked(built, tmp_path):
         assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == [
             "checkpoints/last.pt"]
     assert r1.data.params["train.stage"] == "stage1" and r2.data.params["train.stage"] == "stage2"
+    assert r1.data.params["train.losses"] == "vsc,mcr"
+    for r in (r1, r2):   # every training run samples CPU and memory while it runs
+        cpu = client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
+        assert cpu and all(0 <= m.value <= 100 for m in cpu)
+        assert client.get_metric_history(r.info.run_id, "system/system_memory_usage_megabytes")
     vsc = _history(client, s1["run_id"], "vsc")
     assert [s for s, _ in vsc] == [1, 2, 3, 4] and vsc[-1][1] == pytest.approx(s1["final"]["vsc"])
     assert "itm" not in r1.data.metrics
