@@ -7,9 +7,11 @@ in-memory side of the data-path comparison issue 4 asks for, and the GPU figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+from typing import Iterable
 
 import torch
 
@@ -43,6 +45,28 @@ def synthetic_batch(cfg, B: int, g: torch.Generator, words=33, concepts=5, tags=
         caption_ids=[str(i) for i in range(B)], image_ids=[str(i) for i in range(B)])
 
 
+def timed_steps(trainer: Trainer, batches: Iterable, steps: int) -> dict:
+    """`steps` optimizer steps, one batch each, drawn from `batches` (a list cycled, or a
+    DataLoader iterator). Returns seconds (wall, device synchronised), data_wait_s (time spent
+    in next(batches)), samples and the last step's log. Resets CUDA peak memory first."""
+    cuda = trainer.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    it, wait, samples, log = iter(batches), 0.0, 0, {}
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - t0
+        log = trainer.train_step([batch])
+        samples += len(batch)
+    sync()
+    return {"seconds": time.perf_counter() - start, "data_wait_s": wait, "samples": samples,
+            "last": log}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="small")
@@ -62,15 +86,8 @@ def main() -> None:
     batches = [synthetic_batch(cfg, args.batch, g).to(args.device) for _ in range(4)]
     for b in batches[:2]:  # warm-up (allocator, kernels)
         trainer.train_step([b])
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    sync()
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for i in range(args.steps):
-        log = trainer.train_step([batches[i % len(batches)]])
-    sync()
-    seconds = time.perf_counter() - start
+    run = timed_steps(trainer, itertools.cycle(batches), args.steps)
+    seconds, log = run["seconds"], run["last"]
     params = sum(p.numel() for p in trainer.task.parameters()) / 1e6
     peak = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
             if args.device.startswith("cuda") else "")
