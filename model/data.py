@@ -16,7 +16,8 @@ tokenize(caption); each word is BPE-encoded on its own, so a word span maps to t
 its words cover ([CLS] is position 0). Up to MAX_CONCEPTS distinct concepts are kept (the first
 mentions in caption order), and whole words are kept while [CLS] + words + concepts + [SEP] fit.
 Tags are `[CLS] label BPE tokens... [SEP]` of the image's distinct region labels (first-seen
-order of its feature rows), cut to max_tags.
+order of its feature rows), cut to max_tags; the image side (regions, geometry, tags) is
+`ImageSide`, which the VQA data path (model/vqa_data.py) shares.
 """
 from __future__ import annotations
 
@@ -86,9 +87,7 @@ class PretrainData(Dataset):
     def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
                  split: str | None = "train", dataset: str | None = None):
         wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-        spec = require_feature_set(wh, feature_set_id)
-        # a model built for other vectors, or another width, must not silently train on these
-        check_compatible(spec, feature_set=cfg.feature_set, dim=cfg.feat_dim)
+        require_model_feature_set(wh, feature_set_id, cfg)
         if cfg.vocab_version is not None and cfg.vocab_version != vocab_id:
             raise ValueError(f"concept vocabulary {vocab_id!r} is not the one the model was "
                              f"built for ({cfg.vocab_version!r})")
@@ -108,8 +107,9 @@ class PretrainData(Dataset):
                 "SELECT id, image_id, text FROM captions WHERE (? IS NULL OR split = ?) "
                 "AND (? IS NULL OR dataset = ?) ORDER BY id",
                 params=[split, split, dataset, dataset]).to_arrow_table()
-            self.regions = load_region_features(
-                wh, feature_set_id, pc.unique(captions["image_id"]).to_pylist())
+            self.images = ImageSide(wh, feature_set_id,
+                                    pc.unique(captions["image_id"]).to_pylist(), cfg)
+            self.regions = self.images.regions
             # captions whose image has no features in this set are dropped
             con.register("_kept", pa.table({"image_id": self.regions.image_ids.astype(object)}))
             con.register("_captions", captions)
@@ -126,12 +126,8 @@ class PretrainData(Dataset):
             con.close()
 
         self.caption_ids = captions["id"].to_numpy(zero_copy_only=False)
-        image_row = {img: k for k, img in enumerate(self.regions.image_ids)}
-        self.image_of = np.array([image_row[i] for i in captions["image_id"].to_pylist()],
-                                 np.int64)
+        self.image_of = self.images.rows_of(captions["image_id"].to_pylist())
         self._build_text(captions["text"].to_pylist(), mentions)
-        self._build_tags()
-        self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
 
     def _build_text(self, texts: list[str], mentions: pa.Table) -> None:
         by_caption: dict[str, list[tuple[int, int, int]]] = {}
@@ -153,56 +149,85 @@ class PretrainData(Dataset):
         self.concepts, self.concept_offsets = _flat(concepts)
         self.spans, _ = _flat(spans)  # two entries per concept: offsets are 2 * concept_offsets
 
-    def _build_tags(self) -> None:
-        rf, cfg = self.regions, self.cfg
-        rows = []
+    def __len__(self) -> int:
+        return len(self.caption_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        t0, t1 = self.token_offsets[i:i + 2]
+        c0, c1 = self.concept_offsets[i:i + 2]
+        return {
+            "token_ids": torch.from_numpy(self.tokens[t0:t1]),
+            "concept_ids": torch.from_numpy(self.concepts[c0:c1]),
+            "concept_spans": torch.from_numpy(self.spans[2 * c0:2 * c1]).view(-1, 2),
+            **self.images.item(int(self.image_of[i])),
+            "caption_id": str(self.caption_ids[i]),
+        }
+
+    def collate(self, items: list[dict]) -> PretrainBatch:
+        pad = self.cfg.pad_id
+        token_ids, token_mask = pad_rows([x["token_ids"] for x in items], pad)
+        concept_ids, concept_mask = pad_rows([x["concept_ids"] for x in items], pad)
+        concept_spans, _ = pad_rows([x["concept_spans"] for x in items], 0)
+        return PretrainBatch(
+            token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
+            concept_mask=concept_mask, concept_spans=concept_spans.view(len(items), -1, 2),
+            **self.images.collate(items), caption_ids=[x["caption_id"] for x in items])
+
+
+def require_model_feature_set(wh: Warehouse, feature_set_id: str, cfg: ModelConfig) -> None:
+    """The feature set exists and is the one (and width) the model was built for: a model must
+    not silently train on, or be evaluated with, other vectors."""
+    spec = require_feature_set(wh, feature_set_id)
+    check_compatible(spec, feature_set=cfg.feature_set, dim=cfg.feat_dim)
+
+
+class ImageSide:
+    """The visual input of every image that has region features in a feature set: region vectors
+    and geometry (CSR by image row), and tags `[CLS] label BPE tokens... [SEP]` of the image's
+    distinct region labels (first-seen order of its feature rows), cut to max_tags. Shared by the
+    pre-training and fine-tuning data paths; images without features are simply absent."""
+
+    def __init__(self, wh: Warehouse, feature_set_id: str, image_ids, cfg: ModelConfig):
+        self.cfg = cfg
+        self.regions = load_region_features(wh, feature_set_id, image_ids)
+        self.row = {img: k for k, img in enumerate(self.regions.image_ids)}
+        self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
+        rf, rows = self.regions, []
         for k in range(len(rf.image_ids)):
             labels = [x for x in rf.label[rf.offsets[k]:rf.offsets[k + 1]] if x]
             ids = [t for label in dict.fromkeys(labels) for t in bpe(label)]
             rows.append([cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id])
         self.tags, self.tag_offsets = _flat(rows)
 
-    def __len__(self) -> int:
-        return len(self.caption_ids)
+    def rows_of(self, image_ids: list[str]) -> np.ndarray:
+        """Row of each image (all must have features)."""
+        return np.array([self.row[i] for i in image_ids], np.int64)
 
-    def __getitem__(self, i: int) -> dict:
-        img = int(self.image_of[i])
-        t0, t1 = self.token_offsets[i:i + 2]
-        c0, c1 = self.concept_offsets[i:i + 2]
-        g0, g1 = self.tag_offsets[img:img + 2]
-        r0, r1 = self.regions.offsets[img:img + 2]
+    def tag_words(self, row: int) -> np.ndarray:
+        """The image's tag BPE ids without [CLS]/[SEP]."""
+        g0, g1 = self.tag_offsets[row:row + 2]
+        return self.tags[g0 + 1:g1 - 1]
+
+    def item(self, row: int) -> dict:
+        g0, g1 = self.tag_offsets[row:row + 2]
+        r0, r1 = self.regions.offsets[row:row + 2]
         r1 = min(r1, r0 + self.cfg.max_regions)
-        return {
-            "token_ids": torch.from_numpy(self.tokens[t0:t1]),
-            "concept_ids": torch.from_numpy(self.concepts[c0:c1]),
-            "concept_spans": torch.from_numpy(self.spans[2 * c0:2 * c1]).view(-1, 2),
-            "tag_ids": torch.from_numpy(self.tags[g0:g1]),
-            "regions": self.regions.vectors[r0:r1],
-            "geometry": self.geometry[r0:r1],
-            "image_index": img,
-            "caption_id": str(self.caption_ids[i]),
-            "image_id": str(self.regions.image_ids[img]),
-        }
+        return {"tag_ids": torch.from_numpy(self.tags[g0:g1]),
+                "regions": self.regions.vectors[r0:r1], "geometry": self.geometry[r0:r1],
+                "image_index": row, "image_id": str(self.regions.image_ids[row])}
 
-    def collate(self, items: list[dict]) -> PretrainBatch:
-        pad = self.cfg.pad_id
-        token_ids, token_mask = _pad([x["token_ids"] for x in items], pad)
-        concept_ids, concept_mask = _pad([x["concept_ids"] for x in items], pad)
-        concept_spans, _ = _pad([x["concept_spans"] for x in items], 0)
-        tag_ids, tag_mask = _pad([x["tag_ids"] for x in items], pad)
-        regions, region_mask = _pad([x["regions"].float() for x in items], 0.0)
-        geometry, _ = _pad([x["geometry"] for x in items], 0.0)
-        return PretrainBatch(
-            token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
-            concept_mask=concept_mask, concept_spans=concept_spans.view(len(items), -1, 2),
-            tag_ids=tag_ids, tag_mask=tag_mask, regions=regions, geometry=geometry,
-            region_mask=region_mask,
-            image_index=torch.tensor([x["image_index"] for x in items], dtype=torch.long),
-            caption_ids=[x["caption_id"] for x in items],
-            image_ids=[x["image_id"] for x in items])
+    def collate(self, items: list[dict]) -> dict:
+        """Padded visual fields of a batch of `item`s, named as in the batch dataclasses."""
+        tag_ids, tag_mask = pad_rows([x["tag_ids"] for x in items], self.cfg.pad_id)
+        regions, region_mask = pad_rows([x["regions"].float() for x in items], 0.0)
+        geometry, _ = pad_rows([x["geometry"] for x in items], 0.0)
+        return {"tag_ids": tag_ids, "tag_mask": tag_mask, "regions": regions,
+                "geometry": geometry, "region_mask": region_mask,
+                "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
+                "image_ids": [x["image_id"] for x in items]}
 
 
-def _pad(rows: list[torch.Tensor], value) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: list[torch.Tensor], value) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack rows of different lengths (first dim) padded with `value`, and the real-entry mask.
     Zero-length rows keep the trailing shape, so a batch without concepts is [B, 0, ...]."""
     n = max(r.shape[0] for r in rows)

@@ -1,0 +1,258 @@
+"""VQA fine-tuning (METHOD.md §4): an answer classifier on the pooled fused output, initialised
+from the MLM head, trained with soft-score BCE; evaluation by answer and question type.
+
+    out = finetune_vqa("runs/demo/warehouse", "runs/pretrain/stage2/last.pt", config="small",
+                       steps=500)                               # runs/finetune/vqa/last.pt
+    evaluate_vqa(out["checkpoint"], "runs/demo/warehouse", "test")["vqa_acc"]
+    answer(load_vqa(out["checkpoint"]), batch)                   # ["yes", "3", ...]
+
+Head: `transform` (a copy of the model's MLM transform: Linear, GELU, LayerNorm) then `classifier`
+Linear(hidden, n_answers). Row a of the classifier is the mean of the tied word-embedding rows of
+answer a's BPE pieces, its bias the mean of the MLM bias at those pieces; the decoder is linear,
+so at step 0 the logit of a equals the mean of the MLM head's logits for a's pieces on the same
+input (exactly the MLM score for a one-piece answer such as "yes", "2", "red"). The MVP's own MLM
+head is left as it was (unused here). Loss: BCE with logits against the soft targets, summed over
+answers and averaged over the batch (mean BCE x n_answers, as the usual VQA code does), so its
+scale does not shrink as the vocabulary grows.
+
+The checkpoint is model.train.Trainer's (model weights, model_config, train_config, optimizer,
+...); the answer vocabulary travels inside the weights as the module's extra state, so any
+`load_state_dict` of a VQAModel checks it. Tracking: MLflow experiment "mvp-finetune", run "vqa".
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from features.feature_sets import list_feature_sets
+from model.config import ModelConfig, load_config
+from model.data import DeterministicSampler, bpe
+from model.mvp import MVP
+from model.pretrain import default_tracking_uri
+from model.train import Trainer, load_weights
+from model.train_config import load_train_config
+from model.vqa_data import VQABatch, VQAData
+from model.vqa_metrics import majority_predictions, score_report
+from warehouse.store import Warehouse
+from warehouse.version import code_version
+
+EXPERIMENT = "mvp-finetune"
+
+
+class VQAModel(nn.Module):
+    """MVP + answer head. forward(batch, generator) -> {"loss", "train_score"} so that
+    model.train.Trainer trains it as it is."""
+
+    def __init__(self, mvp: MVP, answer_vocab: list[str]):
+        super().__init__()
+        if not answer_vocab:
+            raise ValueError("empty answer vocabulary: no training question has an answer")
+        self.mvp, self.answer_vocab = mvp, list(answer_vocab)
+        self.transform = copy.deepcopy(mvp.mlm_transform)
+        self.classifier = nn.Linear(mvp.cfg.hidden, len(self.answer_vocab))
+        with torch.no_grad():
+            for k, a in enumerate(self.answer_vocab):
+                pieces = torch.tensor(bpe(a), dtype=torch.long)
+                self.classifier.weight[k] = mvp.word_embeddings[pieces].mean(0)
+                self.classifier.bias[k] = mvp.mlm_bias[pieces].mean()
+
+    @property
+    def cfg(self) -> ModelConfig:   # Trainer.save records it as the checkpoint's model_config
+        return self.mvp.cfg
+
+    def logits(self, batch: VQABatch) -> torch.Tensor:
+        """[B, n_answers]."""
+        m = self.mvp
+        text = m.encode_text(batch.token_ids, batch.token_mask)
+        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
+                                 batch.region_mask)
+        return self.classifier(self.transform(m.fuse(text, visual).pooled))
+
+    def forward(self, batch: VQABatch, generator: torch.Generator | None = None) -> dict:
+        logits = self.logits(batch)
+        targets = batch.targets.to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+        # the soft target at the argmax IS the VQA score of the predicted answer
+        score = targets.gather(1, logits.argmax(1, keepdim=True)).mean()
+        return {"loss": loss, "train_score": score.detach()}
+
+    def get_extra_state(self) -> dict:
+        return {"answer_vocab": self.answer_vocab}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state["answer_vocab"] != self.answer_vocab:
+            raise ValueError("checkpoint's answer vocabulary differs from this model's")
+
+
+def load_vqa(checkpoint: str | Path | dict) -> VQAModel:
+    """A fine-tuned VQAModel from a checkpoint written by `finetune_vqa` (on CPU)."""
+    state = checkpoint if isinstance(checkpoint, dict) else torch.load(
+        checkpoint, map_location="cpu", weights_only=False)
+    vocab = state["model"]["_extra_state"]["answer_vocab"]
+    model = VQAModel(MVP(ModelConfig(**state["model_config"])), vocab)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def answer(model: VQAModel, batch: VQABatch) -> list[str]:
+    """The highest-scoring vocabulary answer of each question of the batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    best = model.logits(batch.to(device)).argmax(1).tolist()
+    return [model.answer_vocab[k] for k in best]
+
+
+def predict(model: VQAModel, data: VQAData, batch_size: int = 64) -> list[str]:
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=data.collate)
+    return [a for batch in loader for a in answer(model, batch)]
+
+
+def _report(predictions: list[str], data: VQAData) -> dict:
+    """score_report over the questions that have ground truth (test-dev style questions have
+    none and cannot be scored), with the dataset's counts."""
+    keep = [k for k, a in enumerate(data.answers) if a]
+    report = score_report([predictions[k] for k in keep], [data.answers[k] for k in keep],
+                          [data.questions[k] for k in keep])
+    report.update(n_out_of_vocab=data.n_out_of_vocab, n_unanswered=len(data) - len(keep),
+                  n_without_features=data.n_without_features)
+    return report
+
+
+def evaluate_vqa(checkpoint_or_model, warehouse, split: str | None, dataset: str | None = None,
+                 feature_set: str | None = None, batch_size: int = 64,
+                 device: str | None = None) -> dict:
+    """Accuracy of a fine-tuned model on a split: {"vqa_acc", "by_answer_type",
+    "by_question_type", "n_questions", "n_out_of_vocab", "n_unanswered", "n_without_features"}.
+    The feature set defaults to the one the model was built for."""
+    model = (checkpoint_or_model if isinstance(checkpoint_or_model, VQAModel)
+             else load_vqa(checkpoint_or_model))
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    feature_set = feature_set or model.cfg.feature_set
+    if feature_set is None:
+        raise ValueError("the model names no feature set: pass feature_set")
+    data = VQAData(warehouse, feature_set, model.cfg, model.answer_vocab, split, dataset)
+    return _report(predict(model, data, batch_size), data)
+
+
+def baselines(train: VQAData, data: VQAData) -> dict:
+    """Accuracy on `data` of answering every question with the training set's most common
+    answer ("majority") and with the most common answer of its question type ("type_prior")."""
+    majority, prior = majority_predictions(train.answers, train.questions, data.questions)
+    return {"majority": _report(majority, data), "type_prior": _report(prior, data)}
+
+
+def _model_config(wh: Warehouse, config: str, init_state: dict | None,
+                  feature_set: str | None) -> ModelConfig:
+    """The init checkpoint's model config, else the preset sized for the feature set."""
+    if init_state is not None:
+        return ModelConfig(**init_state["model_config"])
+    specs = list_feature_sets(wh)
+    spec = next((s for s in reversed(specs) if feature_set in (None, s.id)), None)
+    if spec is None:
+        raise LookupError(f"no feature set {feature_set or ''} in warehouse {wh.root}")
+    return load_config(config, feat_dim=spec.dim, feature_set=spec.id)
+
+
+def _start_run(mlflow, uri: str):
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri() \
+            if uri.startswith("sqlite:///") else None   # next to the database, as pretrain does
+        mlflow.create_experiment(EXPERIMENT, artifact_location=root)
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow.start_run(run_name="vqa", nested=mlflow.active_run() is not None)
+
+
+def _batches(data: VQAData, batch_size: int, seed: int):
+    """Micro-batches epoch after epoch in DeterministicSampler order."""
+    epoch = 0
+    while True:
+        sampler = DeterministicSampler(len(data), seed, epoch)
+        yield from DataLoader(data, batch_sampler=sampler.batches(batch_size),
+                              collate_fn=data.collate)
+        epoch += 1
+
+
+def _flat_metrics(prefix: str, report: dict) -> dict:
+    out = {f"{prefix}_vqa_acc": report["vqa_acc"]}
+    out.update({f"{prefix}_acc_{t.replace('/', '_')}": v["vqa_acc"]
+                for t, v in report["by_answer_type"].items()})
+    return out
+
+
+def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None = None,
+                 dataset: str | None = None, out_dir="runs/finetune",
+                 tracking_uri: str | None = None, seed: int | None = None,
+                 device: str | None = None, batch_size: int | None = None,
+                 lr: float | None = None, feature_set: str | None = None,
+                 train_split: str = "train", eval_split: str | None = "val") -> dict:
+    """Fine-tune on `train_split` for `steps` optimizer steps (default: the config's total_steps;
+    the lr warms up over min(config warmup, steps/10) and decays to 0 at `steps`) from `init_from`
+    (a pre-training checkpoint; None: random init), then evaluate on `eval_split` (VQA v2 names
+    its splits train2014 / val2014). Returns {"steps",
+    "checkpoint", "run_id", "final" (last step's log), "eval", "baselines", "n_answers"}."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    init_state = None if init_from is None else torch.load(init_from, map_location="cpu",
+                                                           weights_only=False)
+    cfg = _model_config(wh, config, init_state, feature_set)
+    base = load_train_config(config)
+    total = base.total_steps if steps is None else steps
+    overrides = {"total_steps": max(1, total), "warmup_steps": min(base.warmup_steps, total // 10)}
+    overrides.update({k: v for k, v in (("seed", seed), ("batch_size", batch_size), ("lr", lr))
+                      if v is not None})
+    tcfg = load_train_config(config, **overrides)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fs = feature_set or cfg.feature_set
+
+    train = VQAData(wh, fs, cfg, split=train_split, dataset=dataset)
+    if len(train) == 0:
+        raise LookupError(f"no training questions with features in {fs}")
+    torch.manual_seed(tcfg.seed)  # model and head init
+    mvp = MVP(cfg)
+    if init_state is not None:
+        load_weights(mvp, init_state)
+    model = VQAModel(mvp, train.answer_vocab)
+    trainer = Trainer(model, tcfg, device=device)
+    ckpt = Path(out_dir) / "vqa" / "last.pt"
+
+    with _start_run(mlflow, tracking_uri or default_tracking_uri()) as run:
+        mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
+                           **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
+                           "config": str(config), "init_from": str(init_from),
+                           "dataset": str(dataset), "n_train_questions": len(train),
+                           "n_answers": len(train.answer_vocab),
+                           "n_train_out_of_vocab": train.n_out_of_vocab})
+        mlflow.set_tags({"feature_set": fs, "vocab": str(cfg.vocab_version), "task": "vqa",
+                         "git_commit": code_version()})
+        logs = trainer.fit(_batches(train, tcfg.batch_size, tcfg.seed), max_steps=total)
+        for step, log in enumerate(logs, 1):
+            mlflow.log_metrics(log, step=step)
+        trainer.save(ckpt)
+        mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
+        mlflow.log_dict(train.answer_vocab, "answer_vocab.json")
+        result = {"steps": trainer.step, "checkpoint": str(ckpt), "run_id": run.info.run_id,
+                  "final": logs[-1] if logs else {}, "eval": None, "baselines": None,
+                  "n_answers": len(train.answer_vocab)}
+        if eval_split is not None:
+            data = VQAData(wh, fs, cfg, train.answer_vocab, eval_split, dataset)
+            if len(data):
+                result["eval"] = _report(predict(model, data, tcfg.batch_size), data)
+                result["baselines"] = baselines(train, data)
+                mlflow.log_metrics({
+                    **_flat_metrics(eval_split, result["eval"]),
+                    **_flat_metrics(f"{eval_split}_majority", result["baselines"]["majority"]),
+                    f"{eval_split}_n_out_of_vocab": data.n_out_of_vocab})
+                mlflow.log_text(json.dumps({"eval": result["eval"], **result["baselines"]},
+                                           indent=1), f"eval_{eval_split}.json")
+        return result

@@ -1,0 +1,132 @@
+"""The VQA data path: warehouse questions joined to their image's region features and tags.
+
+    train = VQAData(warehouse, feature_set_id, cfg, split="train")          # builds the vocab
+    val = VQAData(warehouse, feature_set_id, cfg, answer_vocab=train.answer_vocab, split="val")
+    loader = DataLoader(train, batch_size=64, shuffle=True, collate_fn=train.collate)
+
+Every source format lands in the same `questions` table (the vqa, easy_vqa and shapes readers
+normalise VQA v2 / easy-vqa / shapes into it), so one class serves them all.
+
+Text: `[CLS] question words [SEP] tag words [SEP]` of at most max_text_len: the image's tags
+(its distinct region labels, as on the visual side) are appended to the question as the paper
+does for VQA (METHOD.md §4); the question keeps its whole words first, tags fill what is left.
+The visual side (tags, regions, geometry) is model.data.ImageSide, exactly as in pre-training.
+
+Answers: the vocabulary is built from the TRAINING questions: answers ranked by how many
+questions list them (ties: alphabetical), at most MAX_ANSWERS (the paper's 3,129). A question's
+target is a soft score per vocabulary answer, min(1, annotators/3) (vqa_metrics.vqa_score).
+Questions whose answers are all outside the vocabulary stay (all-zero target; they score 0 in
+evaluation) and are counted in `n_out_of_vocab`; questions whose image has no features in the
+feature set are dropped and counted in `n_without_features`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model.config import ModelConfig
+from model.data import ImageSide, caption_tokens, pad_rows, require_model_feature_set
+from model.vqa_metrics import vqa_score
+from warehouse.catalog import connect
+from warehouse.store import Warehouse
+
+MAX_ANSWERS = 3129
+
+
+@dataclass
+class VQABatch:
+    token_ids: torch.Tensor     # [B, L] long: [CLS] question [SEP] tags [SEP], then pad_id
+    token_mask: torch.Tensor    # [B, L] bool
+    tag_ids: torch.Tensor       # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
+    tag_mask: torch.Tensor      # [B, Lg] bool
+    regions: torch.Tensor       # [B, R, feat_dim] float
+    geometry: torch.Tensor      # [B, R, 6] float
+    region_mask: torch.Tensor   # [B, R] bool
+    image_index: torch.Tensor   # [B] long: row of the image in data.images
+    targets: torch.Tensor       # [B, n_answers] float: soft score of each vocabulary answer
+    index: torch.Tensor         # [B] long: row of the question in the dataset
+    question_ids: list[str]
+    image_ids: list[str]
+
+    def to(self, device) -> "VQABatch":
+        return VQABatch(**{f.name: (v.to(device, non_blocking=True)
+                                    if isinstance(v, torch.Tensor) else v)
+                           for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def __len__(self) -> int:
+        return self.token_ids.shape[0]
+
+
+def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSWERS) -> list[str]:
+    """The `max_answers` answers listed by the most questions (ties: alphabetical)."""
+    counts = Counter(a for per_question in answers for a, n in per_question.items() if n > 0)
+    return sorted(counts, key=lambda a: (-counts[a], a))[:max_answers]
+
+
+class VQAData(Dataset):
+    """One item per question of an image that has region features in `feature_set_id`.
+    `answer_vocab` None builds it from these questions (pass None for the training split only)."""
+
+    def __init__(self, warehouse, feature_set_id: str, cfg: ModelConfig,
+                 answer_vocab: list[str] | None = None, split: str | None = "train",
+                 dataset: str | None = None, max_answers: int = MAX_ANSWERS):
+        wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+        require_model_feature_set(wh, feature_set_id, cfg)
+        self.cfg = cfg
+        con = connect(wh)
+        try:
+            rows = con.sql(
+                "SELECT id, image_id, question, answers FROM questions "
+                "WHERE (? IS NULL OR split = ?) AND (? IS NULL OR dataset = ?) ORDER BY id",
+                params=[split, split, dataset, dataset]).fetchall()
+        finally:
+            con.close()
+        self.images = ImageSide(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)
+        kept = [r for r in rows if r[1] in self.images.row]
+        self.n_without_features = len(rows) - len(kept)
+        self.question_ids = [r[0] for r in kept]
+        self.questions = [r[2] or "" for r in kept]
+        self.answers = [{a["answer"]: a["count"] for a in (r[3] or [])} for r in kept]
+        self.image_of = self.images.rows_of([r[1] for r in kept])
+        self.answer_vocab = (answer_vocabulary(self.answers, max_answers)
+                             if answer_vocab is None else list(answer_vocab))
+        self._build_targets()
+        self._build_text()
+
+    def _build_targets(self) -> None:
+        index = {a: k for k, a in enumerate(self.answer_vocab)}
+        self.targets = [[(index[a], vqa_score(a, per_q)) for a in per_q if a in index]
+                        for per_q in self.answers]
+        self.n_out_of_vocab = sum(1 for a, t in zip(self.answers, self.targets) if a and not t)
+
+    def _build_text(self) -> None:
+        cfg, L = self.cfg, self.cfg.max_text_len
+        self.tokens = []
+        for question, row in zip(self.questions, self.image_of):
+            words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
+            tags = self.images.tag_words(int(row))[:L - 3 - len(words)].tolist()
+            tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
+            self.tokens.append(np.array([cfg.cls_id, *words, *tail], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"token_ids": torch.from_numpy(self.tokens[i]),
+                **self.images.item(int(self.image_of[i])),
+                "targets": self.targets[i], "index": i, "question_id": self.question_ids[i]}
+
+    def collate(self, items: list[dict]) -> VQABatch:
+        token_ids, token_mask = pad_rows([x["token_ids"] for x in items], self.cfg.pad_id)
+        targets = torch.zeros(len(items), len(self.answer_vocab))
+        for k, x in enumerate(items):
+            for a, score in x["targets"]:
+                targets[k, a] = score
+        return VQABatch(token_ids=token_ids, token_mask=token_mask,
+                        **self.images.collate(items), targets=targets,
+                        index=torch.tensor([x["index"] for x in items], dtype=torch.long),
+                        question_ids=[x["question_id"] for x in items])
