@@ -101,3 +101,24 @@ def test_mvp_pretrain_command_runs_the_flow(built, tmp_path, monkeypatch):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mvp-pretrain").experiment_id])
     assert [r.info.run_name for r in runs] == ["stage1"]
+
+
+def test_a_variant_and_retrieval_fine_tuning(built, tmp_path):
+    """`joint` without WPG as a flow runs it (train_overrides, its own run name), then retrieval
+    fine-tuning from its checkpoint."""
+    wh = built[0]
+    uri = f"sqlite:///{built[3]}/variants.db"
+    out = pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp_path / "no-wpg",
+                   tracking_uri=uri, train_overrides={"wpg": 0, "hard_negatives": False},
+                   run_name="joint-no-wpg")
+    assert "wpg" not in out["final"] and {"itm", "mlm", "mcr"} <= set(out["final"])
+    run = mlflow.MlflowClient(uri).get_run(out["run_id"])
+    assert run.info.run_name == "joint-no-wpg"
+    assert run.data.params["train.wpg"] == "0" and run.data.params["train.hard_negatives"] == "False"
+    assert run.data.params["train.losses"] == "vsc,mcr,itm,mlm"
+    with pytest.raises(ValueError, match="retrieval fine-tunes a pre-trained model"):
+        pretrain(wh, "retrieval", config="tiny", steps=1, out_dir=tmp_path / "r", tracking_uri=uri)
+    ft = pretrain(wh, "retrieval", config="tiny", steps=1, out_dir=tmp_path / "r",
+                  tracking_uri=uri, init_from=out["checkpoint"])
+    assert set(ft["final"]) >= {"vsc", "itm"} and not {"mcr", "mlm", "wpg"} & set(ft["final"])
+    assert ft["checkpoint"] == str(tmp_path / "r" / "retrieval" / "last.pt")

@@ -1,0 +1,142 @@
+"""Training variants for the comparisons (issue 5): the loss set of each stage and switch, a loss
+of weight 0 that is not computed, the no-concept input, random ITM negatives, and the frozen
+parameters that keep DDP from waiting on parts no loss reaches."""
+import dataclasses
+from collections import Counter
+
+import pytest
+import torch
+
+from model import losses
+from model.train_config import ConfigError, STAGES, TrainConfig, load_train_config
+from test_train import make_trainer, synthetic_batch
+
+VARIANTS = [   # (stage, train overrides, losses computed)
+    ("stage1", {}, {"vsc", "mcr"}),
+    ("stage1", {"text_mcr": True}, {"vsc", "mcr", "text_mcr"}),
+    ("stage1", {"concepts": False}, {"vsc"}),
+    ("joint", {}, {"vsc", "mcr", "itm", "mlm", "wpg"}),
+    ("joint", {"wpg": 0}, {"vsc", "mcr", "itm", "mlm"}),
+    ("joint", {"itm": 0}, {"vsc", "mcr", "mlm", "wpg"}),    # WPG then fuses the positives itself
+    ("joint", {"concepts": False}, {"vsc", "itm", "mlm"}),
+    ("stage2", {"hard_negatives": False}, {"vsc", "mcr", "itm", "mlm", "wpg"}),
+    ("albef", {}, {"vsc", "itm", "mlm"}),
+    ("retrieval", {}, {"vsc", "itm"}),
+    ("retrieval", {"hard_negatives": False}, {"vsc", "itm"}),
+]
+
+
+@pytest.mark.parametrize("stage,overrides,expected", VARIANTS)
+def test_each_variant_computes_its_losses_and_trains_exactly_what_they_reach(stage, overrides,
+                                                                            expected):
+    trainer, cfg = make_trainer(stage, **overrides)
+    tcfg = trainer.tcfg
+    assert set(tcfg.losses) == expected
+    out = trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+    assert set(out) == expected | {"loss"}
+    assert torch.allclose(out["loss"], sum(tcfg.weight(k) * out[k] for k in expected))
+    out["loss"].backward()
+    # the frozen parameters (model/task.py REACHES) are exactly those the backward never reaches
+    named = dict(trainer.task.named_parameters())
+    reached = {n for n, p in named.items() if p.grad is not None}
+    assert reached == {n for n, p in named.items() if p.requires_grad}
+    assert all(named[n].grad.abs().sum() > 0 for n in reached if n.endswith(".weight")
+               and "ln" not in n), sorted(n for n in reached if not named[n].grad.abs().sum())
+    fusion = {n for n in named if n.startswith("model.cross_encoder.")}
+    assert (fusion <= reached) == bool(expected & {"itm", "mlm", "wpg"})
+
+
+def test_a_loss_of_weight_zero_is_not_computed(monkeypatch):
+    def no_wpg(*args, **kwargs):
+        raise AssertionError("wpg computed")
+    monkeypatch.setattr(losses, "wpg", no_wpg)
+    trainer, cfg = make_trainer("joint", wpg=0)
+    trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)      # does not call it
+    trainer, cfg = make_trainer("joint")
+    with pytest.raises(AssertionError, match="wpg computed"):
+        trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+
+
+def _other_concepts_and_tags(batch, cfg):
+    """The same captions and regions with different concepts (and spans) and different tags."""
+    B, C = batch.concept_ids.shape
+    g = torch.Generator().manual_seed(7)
+    tags = torch.randint(3000, 4000, (B, 9), generator=g)
+    tags[:, 0], tags[:, -1] = cfg.cls_id, cfg.sep_id
+    return dataclasses.replace(
+        batch, concept_ids=cfg.concept_offset + torch.randint(0, cfg.n_concepts, (B, C + 1),
+                                                              generator=g),
+        concept_mask=torch.ones(B, C + 1, dtype=torch.bool),
+        concept_spans=torch.tensor([1, 3]).repeat(B, C + 1, 1), tag_ids=tags,
+        tag_mask=torch.ones(B, 9, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("concepts", [False, True])
+def test_without_concepts_the_model_never_sees_concepts_or_tags(concepts):
+    trainer, cfg = make_trainer("joint", concepts=concepts)
+    batch = synthetic_batch(cfg, 0, 0)
+    other = _other_concepts_and_tags(batch, cfg)
+    a = trainer.task(batch, torch.Generator().manual_seed(3))
+    b = trainer.task(other, torch.Generator().manual_seed(3))
+    if concepts:   # guard: with concepts the same change does move the losses
+        assert a["vsc"] != b["vsc"] and a["mcr"] != b["mcr"]
+    else:
+        assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k], b[k]) for k in a}
+
+
+# Texts 0 and 1 are captions of one image, so they are not each other's negatives.
+SIM = torch.tensor([[9., 8., 1., 5.],
+                    [8., 9., 2., 7.],
+                    [1., 3., 9., 0.],
+                    [6., 2., 4., 9.]])
+SAME_IMAGE = torch.tensor([0, 0, 1, 2])
+ALLOWED_IMAGES = {0: {2, 3}, 1: {2, 3}, 2: {0, 1, 3}, 3: {0, 1, 2}}   # of each text
+ALLOWED_TEXTS = {0: {2, 3}, 1: {2, 3}, 2: {0, 1, 3}, 3: {0, 1, 2}}    # of each image
+
+
+def _negatives(hard: bool, seed: int):
+    """(text -> image chosen for text rows, image -> text chosen for image columns)."""
+    t, i, y = losses.itm_negatives(SIM, torch.Generator().manual_seed(seed), SAME_IMAGE,
+                                   hard=hard)
+    assert y.tolist() == [1] * 4 + [0] * 4 and t[:4].tolist() == i[:4].tolist() == [0, 1, 2, 3]
+    return dict(zip(t[4:6].tolist(), i[4:6].tolist())), dict(zip(i[6:].tolist(), t[6:].tolist()))
+
+
+def test_hardest_negatives_on_a_crafted_similarity():
+    t, i, _ = losses.itm_negatives(SIM, None, SAME_IMAGE)   # no generator: rows in batch order
+    # texts 0, 1 take their most similar other image (3: sims 5, 7); images 2, 3 their most
+    # similar other text (column 2: text 3 at 4; column 3: text 1 at 7)
+    assert t.tolist() == [0, 1, 2, 3, 0, 1, 3, 1]
+    assert i.tolist() == [0, 1, 2, 3, 3, 3, 2, 3]
+    hardest_image, hardest_text = {0: 3, 1: 3, 2: 1, 3: 0}, {0: 3, 1: 2, 2: 3, 3: 1}
+    for seed in range(20):   # whatever the direction split, every negative is the hardest one
+        by_text, by_image = _negatives(True, seed)
+        assert all(hardest_image[k] == v for k, v in by_text.items())
+        assert all(hardest_text[k] == v for k, v in by_image.items())
+
+
+def test_random_negatives_are_uniform_among_the_allowed_partners():
+    images, texts = {k: Counter() for k in range(4)}, {k: Counter() for k in range(4)}
+    for seed in range(400):
+        by_text, by_image = _negatives(False, seed)
+        for k, v in by_text.items():
+            images[k][v] += 1
+        for k, v in by_image.items():
+            texts[k][v] += 1
+    for k in range(4):
+        assert set(images[k]) == ALLOWED_IMAGES[k] and set(texts[k]) == ALLOWED_TEXTS[k]
+        for counts in (images[k], texts[k]):
+            n = sum(counts.values())
+            assert all(abs(c / n - 1 / len(counts)) < 0.12 for c in counts.values()), counts
+    # unlike the hardest choice, text 0 is also paired with image 2 (sim 1, the easiest)
+    assert images[0][2] > 0
+
+
+def test_train_config_variants_validate():
+    assert {"albef", "retrieval"} <= set(STAGES)
+    tcfg = load_train_config("tiny", stage="joint", wpg=0, concepts=False, hard_negatives=False)
+    assert tcfg.losses == ("vsc", "itm", "mlm") and tcfg.to_dict()["hard_negatives"] is False
+    with pytest.raises(ConfigError, match="no loss left"):
+        TrainConfig(stage="stage1", vsc=0, concepts=False)
+    with pytest.raises(ConfigError, match="concepts must be true/false"):
+        TrainConfig(concepts="no")
