@@ -24,13 +24,8 @@ def _quiet_offline_defaults() -> None:
 
 
 def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
-    out = out or sys.stdout
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    from warehouse.text_table import format_table
+    (out or sys.stdout).write(format_table(columns, rows) + "\n")
 
 
 def cmd_ingest(args) -> int:

@@ -1,0 +1,62 @@
+"""MLflow tracking shared by every training job (pre-training, fine-tuning, the pipeline).
+
+    with start_run("mvp-pretrain", "stage1", tracking_uri=None) as run:   # sqlite in the cwd
+        ...
+    start_run("mvp-pipeline", "vqa", parent_run_id=parent)   # nested under a pipeline run
+    start_run("mvp-pretrain", "stage1", run_id=saved_id)       # a resumed job appends to its run
+
+The tracking URI defaults to a sqlite store in the project folder (the cwd), overridable by
+MLFLOW_TRACKING_URI (e.g. the `make serve` MLflow server). Every run samples system metrics
+(CPU, memory, GPU when present) through MLflow's monitor.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow  # noqa: E402
+
+SYSTEM_METRICS_INTERVAL_S = 5.0  # short jobs still get samples; long ones stay cheap
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else MLFLOW_TRACKING_URI, else a sqlite store in the project folder."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store go next to its database (MLflow's default is ./mlruns of
+    whatever the cwd happens to be); a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent job
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def start_run(experiment: str, run_name: str, tracking_uri: str | None = None,
+              run_id: str | None = None, parent_run_id: str | None = None):
+    """An ActiveRun (use it in `with`); `run_id` continues that run when the store has it (a
+    checkpoint made against another store starts a new run). Returns (run, is_new)."""
+    exp = experiment_id(experiment, tracking_uri)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    if run_id is not None:
+        try:
+            return mlflow.start_run(run_id=run_id, log_system_metrics=True), False
+        except mlflow.exceptions.MlflowException:
+            pass
+    nested = parent_run_id is None and mlflow.active_run() is not None
+    return mlflow.start_run(experiment_id=exp, run_name=run_name, parent_run_id=parent_run_id,
+                            nested=nested, log_system_metrics=True), True
