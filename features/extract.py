@@ -80,7 +80,8 @@ def _feature_builds(snapshot: Snapshot, spec: FeatureSetSpec) -> list[str]:
 
 
 def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
-             image_ids: list[str] | None, dataset: str | None) -> list[str]:
+             image_ids: list[str] | None, dataset: str | None,
+             max_images: int | None = None) -> list[str]:
     con = connect(wh, snapshot)
     try:
         # images this feature set already rejected (they no longer decode) are done too, so
@@ -91,6 +92,11 @@ def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
         if image_ids is not None:
             con.register("_only", pa.table({"id": pa.array(list(image_ids), pa.string())}))
             restrict = "AND i.id IN (SELECT id FROM _only)"
+        if max_images is not None:
+            # a fixed sample of the dataset (md5 order: stable across runs and DuckDB versions),
+            # so a rerun extracts no further images and a larger N extends the same sample
+            restrict += f""" AND i.id IN (SELECT id FROM images WHERE (? IS NULL OR dataset = ?)
+                                          ORDER BY md5(id) LIMIT {int(max_images)})"""
         rows = con.execute(f"""
             SELECT i.id FROM images i
             WHERE (? IS NULL OR i.dataset = ?) {restrict}
@@ -98,18 +104,20 @@ def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
                               WHERE f.feature_set = ? AND f.image_id = i.id)
               AND NOT EXISTS (SELECT 1 FROM rejects r JOIN _builds b ON r.ingest_id = b.build_id
                               WHERE r.record_ref = i.id)
-            ORDER BY i.id""", [dataset, dataset, spec.id]).fetchall()
+            ORDER BY i.id""", [dataset, dataset] + ([dataset, dataset] if max_images is not None
+                                                     else []) + [spec.id]).fetchall()
     finally:
         con.close()
     return [r[0] for r in rows]
 
 
 def pending_images(warehouse: str | Warehouse, spec: FeatureSetSpec,
-                   image_ids: list[str] | None = None, dataset: str | None = None) -> list[str]:
-    """Sorted ids of images (optionally only among `image_ids`, or of one dataset) that the
-    feature set has neither extracted nor rejected."""
+                   image_ids: list[str] | None = None, dataset: str | None = None,
+                   max_images: int | None = None) -> list[str]:
+    """Sorted ids of images (optionally only among `image_ids`, or of one dataset, or of its
+    fixed sample of `max_images`) that the feature set has neither extracted nor rejected."""
     wh = _warehouse(warehouse)
-    return _pending(wh, wh.current(), spec, image_ids, dataset)
+    return _pending(wh, wh.current(), spec, image_ids, dataset, max_images)
 
 
 def encode_regions(backbone: Backbone, pixels: torch.Tensor, boxes: list[torch.Tensor]
@@ -450,13 +458,14 @@ def extract_features(warehouse: str | Warehouse, backbone: str = "ViT-B-32",
                      pretrained: str | None = None, max_regions: int = 50, grid: int = 4,
                      dtype: str = "float16", image_size: int | None = None,
                      shard_size: int = 256, batch_size: int = 32, dataset: str | None = None,
-                     progress: bool = True) -> dict:
-    """Plan, register and extract every pending image, shard by shard (no Prefect)."""
+                     progress: bool = True, max_images: int | None = None) -> dict:
+    """Plan, register and extract every pending image (of `dataset`, of its fixed sample of
+    `max_images`), shard by shard (no Prefect)."""
     started = time.time()
     spec = plan_feature_set(warehouse, backbone, pretrained, max_regions, grid, dtype,
                             image_size)
     register_feature_set(warehouse, spec)
-    pending = pending_images(warehouse, spec, dataset=dataset)
+    pending = pending_images(warehouse, spec, dataset=dataset, max_images=max_images)
     bar = _progress_bar(len(pending), spec, progress)
     total = {"feature_set": spec.id, "dim": spec.dim, "pending": len(pending), "shards": 0,
              "images": 0, "regions": 0, "rejected": 0, "rejected_images": 0,

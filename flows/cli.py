@@ -87,7 +87,7 @@ def cmd_features(args) -> int:
                  backbone=args.backbone, pretrained=args.pretrained,
                  max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
                  shard_size=args.shard_size, batch_size=args.batch_size,
-                 dataset=args.dataset)
+                 dataset=args.dataset, max_images=args.max_images)
     return 0
 
 
@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dask-address", help="run shards on this Dask cluster "
                                            "(e.g. tcp://127.0.0.1:8786)")
     sp.add_argument("--dataset", help="only this dataset's images")
+    sp.add_argument("--max-images", type=int,
+                    help="a fixed sample of this many images (of --dataset); rerun-stable")
     sp.set_defaults(func=cmd_features)
 
     sp = sub.add_parser("import-vinvl", help="import VinVL's precomputed features.tsv as a "

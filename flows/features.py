@@ -13,11 +13,11 @@ from features.feature_sets import register_feature_set
 
 @task(name="plan-feature-set", cache_policy=NONE)
 def plan_task(warehouse: str, backbone: str, pretrained: str | None, max_regions: int,
-              grid: int, dtype: str, dataset: str | None):
+              grid: int, dtype: str, dataset: str | None, max_images: int | None = None):
     spec = extract.plan_feature_set(warehouse, backbone=backbone, pretrained=pretrained,
                                     max_regions=max_regions, grid=grid, dtype=dtype)
     register_feature_set(warehouse, spec)
-    return spec, extract.pending_images(warehouse, spec, dataset=dataset)
+    return spec, extract.pending_images(warehouse, spec, dataset=dataset, max_images=max_images)
 
 
 # Retries are safe: a shard publishes atomically, and a retried shard only redoes its images.
@@ -39,9 +39,9 @@ def _task_runner(dask_address: str | None):
 def features_flow(warehouse: str = "runs/demo/warehouse", backbone: str = "ViT-B-32",
                   pretrained: str | None = None, max_regions: int = 50, grid: int = 4,
                   dtype: str = "float16", shard_size: int = 256, batch_size: int = 32,
-                  dataset: str | None = None) -> dict:
+                  dataset: str | None = None, max_images: int | None = None) -> dict:
     spec, pending = plan_task(warehouse, backbone, pretrained, max_regions, grid, dtype,
-                              dataset)
+                              dataset, max_images)
     shards = [pending[i:i + shard_size] for i in range(0, len(pending), shard_size)]
     print(f"feature set {spec.id} ({backbone}, {spec.dim}-d): {len(pending)} images to extract "
           f"in {len(shards)} shards")

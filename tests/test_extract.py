@@ -115,6 +115,17 @@ def test_rerun_extracts_nothing_and_new_images_only(tmp_path, query):
     assert _count(query, wh, "SELECT count(*) FROM feature_sets") == 1
 
 
+def test_max_images_is_a_fixed_sample_that_reruns_keep(tmp_path, query):
+    wh = _shapes(tmp_path, n=6)
+    first = extract_features(wh, max_images=3, **TINY)
+    assert first["images"] == 3
+    chosen = {r[0] for r in query(wh, "SELECT image_id FROM image_features")}
+    assert extract_features(wh, max_images=3, **TINY)["images"] == 0  # the same 3, not 3 more
+    assert extract_features(wh, max_images=5, **TINY)["images"] == 2  # extends the sample
+    after = {r[0] for r in query(wh, "SELECT image_id FROM image_features")}
+    assert chosen < after and len(after) == 5
+
+
 def test_images_without_regions_get_a_grid(tmp_path, query):
     wh = _folder(tmp_path, {"wide.png": (48, 32), "boxed.png": (40, 40)},
                  {"boxed.png": [([4, 4, 20, 20], "square")]})
