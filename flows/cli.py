@@ -112,20 +112,6 @@ def cmd_concepts(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from flows.demo import demo_flow
-    demo_flow(warehouse=args.warehouse, n_images=args.n_images, backbone=args.backbone)
-    return 0
-
-
-def cmd_pretrain(args) -> int:
-    from flows.pretrain import pretrain_flow
-    pretrain_flow(warehouse=args.warehouse, stage=args.stage, config=args.config,
-                  feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
-                  out_dir=args.out_dir, resume=args.resume, init_from=args.init_from)
-    return 0
-
-
 def cmd_serve(args) -> int:
     from flows.serve import serve
     serve(Path.cwd(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
@@ -216,28 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="only this dataset's captions and regions")
     sp.set_defaults(func=cmd_concepts)
 
-    sp = sub.add_parser("demo", help="build the embedded default data and summarise it")
-    warehouse_arg(sp)
-    sp.add_argument("--n-images", type=int, default=2000, help="shapes scenes to generate")
-    sp.add_argument("--backbone", default="ViT-B-32",
-                    help="OpenCLIP image tower for the region features of the shapes scenes")
-    sp.set_defaults(func=cmd_demo)
-
-    sp = sub.add_parser("pretrain", help="run one pre-training stage, tracked in MLflow "
-                                         "(Prefect flow)")
-    warehouse_arg(sp)
-    sp.add_argument("--stage", required=True, choices=["stage1", "stage2", "joint"])
-    sp.add_argument("--config", default="small", help="preset name or YAML path (model + train)")
-    sp.add_argument("--steps", type=int, help="stop at this global step (default: the "
-                                              "config's total_steps; the lr schedule keeps it)")
-    sp.add_argument("--resume", action="store_true",
-                    help="continue <out-dir>/<stage>/last.pt exactly, in the same MLflow run")
-    sp.add_argument("--init-from", help="stage2: stage-1 checkpoint whose weights it starts "
-                                        "from (default <out-dir>/stage1/last.pt)")
-    sp.add_argument("--out-dir", default="runs/pretrain")
-    sp.add_argument("--feature-set", help="feature-set id (default: the latest)")
-    sp.add_argument("--vocab", help="concept vocabulary id (default: the latest)")
-    sp.set_defaults(func=cmd_pretrain)
+    from flows.cli_models import add_model_commands
+    add_model_commands(sub, warehouse_arg)
 
     sp = sub.add_parser("serve", help="Prefect server + worker and MLflow server on loopback, "
                                       "until Ctrl-C")

@@ -1,4 +1,5 @@
-"""Prefect flow `mvp-pretrain`: one pre-training stage (model/pretrain.py), tracked in MLflow."""
+"""Prefect flow `mvp-pretrain`: one pre-training stage (model/pretrain.py), tracked in MLflow;
+with nproc_per_node > 1 the task runs it under torchrun (DDP)."""
 from __future__ import annotations
 
 from prefect import flow, task
@@ -8,7 +9,10 @@ from prefect.cache_policies import NONE
 # No retries: a failed run resumes explicitly (resume=True) from its last checkpoint, which
 # keeps the MLflow run and the data position; a blind retry would restart from step 0.
 @task(name="pretrain-stage", retries=0, cache_policy=NONE)
-def pretrain_task(**params) -> dict:
+def pretrain_task(nproc_per_node: int = 1, **params) -> dict:
+    if nproc_per_node > 1:
+        from model.launch import torchrun_pretrain
+        return torchrun_pretrain(nproc_per_node, **params)
     from model.pretrain import pretrain
     return pretrain(**params)
 
@@ -18,10 +22,12 @@ def pretrain_flow(warehouse: str = "runs/demo/warehouse", stage: str = "stage1",
                   config: str = "small", feature_set: str | None = None,
                   vocab: str | None = None, steps: int | None = None,
                   out_dir: str = "runs/pretrain", resume: bool = False,
-                  init_from: str | None = None, tracking_uri: str | None = None) -> dict:
+                  init_from: str | None = None, tracking_uri: str | None = None,
+                  train_overrides: dict | None = None, nproc_per_node: int = 1) -> dict:
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
-                           resume=resume, init_from=init_from, tracking_uri=tracking_uri)
+                           resume=resume, init_from=init_from, tracking_uri=tracking_uri,
+                           train_overrides=train_overrides, nproc_per_node=nproc_per_node)
     print(f"{stage}: {result['steps']} steps, checkpoint {result['checkpoint']}, MLflow run "
           f"{result['run_id']}, final " + ", ".join(f"{k} {v:.4g}"
                                                      for k, v in result["final"].items()))

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
@@ -43,7 +42,7 @@ from model.data import DeterministicSampler, PretrainData
 from model.mvp import MVP
 from model.task import PretrainTask
 from model.train import Trainer, load_weights
-from model.train_config import STAGES, load_train_config
+from model.train_config import STAGES, load_train_config, train_override
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 from warehouse.version import code_version
@@ -194,19 +193,6 @@ def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt:
     return last
 
 
-def _override(text: str) -> tuple[str, object]:
-    """`key=value` with a YAML value (`wpg=0`, `concepts=false`); YAML 1.1 reads `1e-4` as a
-    string, so a string that parses as a number is one."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):
-        with contextlib.suppress(ValueError):
-            parsed = float(parsed)
-    return key.strip(), parsed
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m model.pretrain ...`, also under `torchrun --nproc_per_node N -m model.pretrain`;
     prints the result as JSON (rank 0)."""
@@ -226,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="default: this rank's GPU, else cpu")
     p.add_argument("--tracking-uri")
     p.add_argument("--run-name")
-    p.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+    p.add_argument("--set", dest="overrides", type=train_override, action="append", default=[],
                    metavar="KEY=VALUE", help="train config override, e.g. --set wpg=0")
     args = p.parse_args(argv)
     with dist.distributed(args.device) as device:

@@ -20,9 +20,13 @@ The loss weights multiply each task's loss in the sum; a loss of weight 0 is not
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 
 from model.config import ConfigError, load_section
@@ -115,3 +119,16 @@ def _validate(c: TrainConfig) -> None:
 def load_train_config(path_or_name: str | Path, **overrides) -> TrainConfig:
     """TrainConfig from the `train:` section of a preset or YAML file, updated by `overrides`."""
     return load_section(path_or_name, "train", TrainConfig, overrides)
+
+
+def train_override(text: str) -> tuple[str, object]:
+    """`key=value` with a YAML value (`wpg=0`, `concepts=false`); YAML 1.1 reads `1e-4` as a
+    string, so a string that parses as a number is one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        with contextlib.suppress(ValueError):
+            parsed = float(parsed)
+    return key.strip(), parsed

@@ -1,13 +1,6 @@
-"""Prefect flow `mvp-demo`: the main job on the embedded default data (shapes + easy-vqa):
-ingest, concept vocabulary, region features, ending with a summary queried through DuckDB.
-Training joins this flow when it lands."""
+"""A few lines that show what a warehouse holds, through the same DuckDB queries users run."""
 from __future__ import annotations
 
-from prefect import flow
-
-from flows.concepts import concepts_flow
-from flows.features import features_flow
-from flows.ingest import ingest_flow
 from warehouse import concept_queries, queries
 from warehouse.catalog import connect, table_counts
 
@@ -39,17 +32,3 @@ def summary_text(warehouse: str) -> str:
     finally:
         con.close()
     return "\n".join(lines)
-
-
-@flow(name="mvp-demo", log_prints=True)
-def demo_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
-              backbone: str = "ViT-B-32") -> str:
-    ingest_flow(dataset="shapes", warehouse=warehouse, n_images=n_images, seed=0)
-    ingest_flow(dataset="easy-vqa", warehouse=warehouse)
-    concepts_flow(warehouse=warehouse, min_count=20)
-    # random-init weights (offline); the shapes scenes only, to keep the CPU demo short
-    features_flow(warehouse=warehouse, backbone=backbone, dataset="shapes")
-    text = summary_text(warehouse)
-    print("\n" + text)
-    print(f"\nQuery it yourself: mvp sql \"SELECT * FROM captions LIMIT 5\" --warehouse {warehouse}")
-    return text

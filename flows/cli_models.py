@@ -1,0 +1,104 @@
+"""The `mvp` commands that train, evaluate and run the whole pipeline (flows/cli.py has the data
+commands). Each runs the Prefect flow of the same name as its deployment."""
+from __future__ import annotations
+
+import inspect
+
+from model.train_config import STAGES, train_override
+
+UI_HINT = """
+Look at it in the UIs:  make serve   (then open the printed Prefect UI and MLflow UI URLs;
+                                      they read the same .prefect/ and mlflow.db this run wrote)"""
+
+
+def cmd_pretrain(args) -> int:
+    from flows.pretrain import pretrain_flow
+    pretrain_flow(warehouse=args.warehouse, stage=args.stage, config=args.config,
+                  feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
+                  out_dir=args.out_dir, resume=args.resume, init_from=args.init_from,
+                  train_overrides=dict(args.overrides), nproc_per_node=args.nproc_per_node)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from flows.pipeline import pipeline_flow
+    params = {k: v for k, v in vars(args).items()
+              if k in inspect.signature(pipeline_flow.fn).parameters and v is not None}
+    pipeline_flow(**params)
+    print(UI_HINT)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from flows.evaluate import evaluate_flow
+    evaluate_flow(model=args.model, warehouse=args.warehouse, split=args.split,
+                  k_text=args.k_text, k_image=args.k_image, out=args.out)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from flows.finetune import finetune_flow
+    finetune_flow(task=args.task, init_from=args.init_from, warehouse=args.warehouse,
+                  config=args.config, steps=args.steps, out_dir=args.out_dir)
+    return 0
+
+
+def add_model_commands(sub, warehouse_arg) -> None:
+    sp = sub.add_parser("pretrain", help="run one pre-training stage, tracked in MLflow "
+                                         "(Prefect flow)")
+    warehouse_arg(sp)
+    sp.add_argument("--stage", required=True, choices=STAGES)
+    sp.add_argument("--config", default="small", help="preset name or YAML path (model + train)")
+    sp.add_argument("--steps", type=int, help="stop at this global step (default: the "
+                                              "config's total_steps; the lr schedule keeps it)")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue <out-dir>/<stage>/last.pt exactly, in the same MLflow run")
+    sp.add_argument("--init-from", help="checkpoint whose weights the stage starts from "
+                                        "(stage2 default: <out-dir>/stage1/last.pt)")
+    sp.add_argument("--out-dir", default="runs/pretrain")
+    sp.add_argument("--feature-set", help="feature-set id (default: the latest)")
+    sp.add_argument("--vocab", help="concept vocabulary id (default: the latest)")
+    sp.add_argument("--set", dest="overrides", type=train_override, action="append", default=[],
+                    metavar="KEY=VALUE", help="train config override, e.g. --set wpg=0")
+    sp.add_argument("--nproc-per-node", type=int, default=1,
+                    help="processes for DDP under torchrun (GPUs, or CPU processes with gloo)")
+    sp.set_defaults(func=cmd_pretrain)
+
+    for name, helptext in (("pipeline", "the whole pipeline: data, stage1 -> stage2, fine-tune, "
+                                        "evaluate, register (Prefect flow mvp-pipeline)"),
+                           ("demo", "the pipeline on the embedded default data (shapes + "
+                                    "easy-vqa), small config, on this CPU")):
+        sp = sub.add_parser(name, help=helptext)
+        warehouse_arg(sp)
+        sp.add_argument("--n-images", type=int, help="shapes scenes (default 2000)")
+        sp.add_argument("--easy-vqa-images", type=int,
+                        help="easy-vqa images with features (0: skip easy-vqa; default 1000)")
+        sp.add_argument("--backbone", help="OpenCLIP image tower (default ViT-B-32)")
+        sp.add_argument("--config", help="model/train preset (default small)")
+        sp.add_argument("--schedule", choices=["sequential", "joint"])
+        for steps in ("stage1", "stage2", "retrieval", "vqa"):
+            sp.add_argument(f"--{steps}-steps", type=int)
+        sp.add_argument("--out-dir", help="where checkpoints go (default runs/pipeline)")
+        sp.add_argument("--no-register", dest="register", action="store_false", default=None)
+        sp.set_defaults(func=cmd_pipeline)
+
+    sp = sub.add_parser("evaluate", help="evaluation suite on a checkpoint or registered model "
+                                         "(Prefect flow)")
+    sp.add_argument("model", help="checkpoint file or MLflow URI, e.g. "
+                                  "models:/mvp-retrieval@champion")
+    warehouse_arg(sp)
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--k-text", type=int, default=128, help="captions re-ranked per image")
+    sp.add_argument("--k-image", type=int, default=64, help="images re-ranked per caption")
+    sp.add_argument("--out", default="runs/evaluate/results.json")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("finetune", help="fine-tune a pre-trained checkpoint for retrieval or "
+                                         "VQA (Prefect flow)")
+    sp.add_argument("task", choices=["retrieval", "vqa"])
+    sp.add_argument("--init-from", required=True, help="pre-training checkpoint")
+    warehouse_arg(sp)
+    sp.add_argument("--config", default="small")
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--out-dir", default="runs/finetune")
+    sp.set_defaults(func=cmd_finetune)

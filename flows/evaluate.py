@@ -1,0 +1,46 @@
+"""Prefect flow `mvp-evaluate`: the evaluation suite on a local checkpoint or a registered model
+(`models:/mvp-retrieval@champion`): retrieval R@1/5/10 both ways (dual encoder and ITM
+re-ranked), MLM accuracy, and VQA accuracy by dataset when the model carries a VQA head. The
+results table is printed, written as JSON next to the run outputs and shown as a Prefect artifact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from model.evaluate import evaluate, results_rows
+from model.model_source import resolve_model
+from warehouse.text_table import format_table
+
+
+@task(name="evaluate-retrieval", cache_policy=NONE)
+def retrieval_task(checkpoint: str, warehouse: str, split: str, k_text: int, k_image: int):
+    return evaluate(checkpoint, warehouse, split=split, k_text=k_text, k_image=k_image)
+
+
+@task(name="evaluate-vqa", cache_policy=NONE)
+def vqa_task(checkpoint: str, warehouse: str, split: str) -> dict:
+    from model.vqa import evaluate_vqa
+    return {"vqa_acc": evaluate_vqa(checkpoint, warehouse, split=split)["vqa_acc"]}
+
+
+@flow(name="mvp-evaluate", log_prints=True)
+def evaluate_flow(model: str, warehouse: str = "runs/demo/warehouse", split: str = "test",
+                  k_text: int = 128, k_image: int = 64,
+                  out: str = "runs/evaluate/results.json") -> dict:
+    source = resolve_model(model)
+    metrics = retrieval_task(source["checkpoint"], warehouse, split, k_text, k_image)
+    if source["vqa_checkpoint"]:
+        metrics.update(vqa_task(source["vqa_checkpoint"], warehouse, split))
+    rows = results_rows(metrics)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"model": model, "split": split, "metrics": metrics},
+                                    indent=1, default=str))
+    create_table_artifact(table=[{"metric": m, "value": v} for m, v in rows],
+                          key="mvp-evaluate", description=f"{model} on {split}")
+    print(f"\n{model} on {split}:\n" + format_table(["metric", "value"], rows)
+          + f"\n(written to {out})")
+    return metrics

@@ -1,0 +1,31 @@
+"""Prefect flow `mvp-finetune`: fine-tune a pre-trained checkpoint for one downstream task,
+tracked in MLflow: `retrieval` (VSC + hard-negative ITM, model/pretrain.py stage "retrieval") or
+`vqa` (answer classifier, model/vqa.py)."""
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+TASKS = ("retrieval", "vqa")
+
+
+@task(name="finetune", cache_policy=NONE)
+def finetune_task(kind: str, **params) -> dict:
+    if kind == "vqa":
+        from model.vqa import finetune_vqa
+        return finetune_vqa(**params)
+    from model.pretrain import pretrain
+    return pretrain(stage="retrieval", **params)
+
+
+@flow(name="mvp-finetune", log_prints=True)
+def finetune_flow(task: str, init_from: str, warehouse: str = "runs/demo/warehouse",
+                  config: str = "small", steps: int | None = None,
+                  out_dir: str = "runs/finetune", tracking_uri: str | None = None) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"task is one of {TASKS}, got {task!r}")
+    result = finetune_task(task, warehouse=warehouse, init_from=init_from, config=config,
+                           steps=steps, out_dir=f"{out_dir}/{task}", tracking_uri=tracking_uri)
+    print(f"{task}: checkpoint {result['checkpoint']}, MLflow run {result['run_id']}"
+          + (f", val accuracy {result['eval']['vqa_acc']:.3f}" if "eval" in result else ""))
+    return result

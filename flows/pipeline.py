@@ -1,0 +1,123 @@
+"""Prefect flow `mvp-pipeline`: the whole product on one warehouse, each step a task.
+
+    data       ingest shapes (+ easy-vqa) -> concept vocabulary -> region features
+    pretrain   stage1 -> stage2 (schedule "sequential", the paper) or one joint stage
+    fine-tune  retrieval (VSC + hard-negative ITM) and VQA, both from the pre-trained model
+    evaluate   val (decides promotion) and test (reported): retrieval R@k, MLM, VQA accuracy
+    register   mvp-pretrained, mvp-retrieval, mvp-vqa as challengers; champion if better
+
+A rerun skips what is done: ingest, concepts and features are no-ops on unchanged inputs, and the
+model steps are cached by the fingerprint of their inputs (model/step_cache.py). Every MLflow run
+of the pipeline is nested under one parent run named after the flow run.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from flows.concepts import concepts_flow
+from flows.features import features_flow
+from flows.ingest import ingest_flow
+from model import pipeline as steps
+from model import pipeline_report as report
+from warehouse.summary import summary_text
+
+
+@task(name="train", cache_policy=NONE)
+def train_task(**kw) -> dict:
+    return steps.train_step(**kw)
+
+
+@task(name="finetune-vqa", cache_policy=NONE)
+def vqa_task(**kw) -> dict:
+    return steps.vqa_step(**kw)
+
+
+@task(name="evaluate", cache_policy=NONE)
+def evaluate_task(**kw) -> dict:
+    return steps.evaluate_step(**kw)
+
+
+@task(name="evaluate-vqa", cache_policy=NONE)
+def vqa_evaluate_task(**kw) -> dict:
+    return steps.vqa_evaluate_step(**kw)
+
+
+@task(name="register", cache_policy=NONE)
+def register_task(**kw) -> dict:
+    return report.register_and_promote(**kw)
+
+
+@task(name="pictures", cache_policy=NONE)
+def pictures_task(**kw) -> list[str]:
+    return report.log_pictures(**kw)
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+@flow(name="mvp-pipeline", log_prints=True)
+def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
+                  easy_vqa_images: int = 1000, backbone: str = "ViT-B-32", min_count: int = 20,
+                  config: str = "small", schedule: str = "sequential", stage1_steps: int = 150,
+                  stage2_steps: int = 150, retrieval_steps: int = 60, vqa_steps: int = 100,
+                  k_text: int = 128, k_image: int = 64, out_dir: str = "runs/pipeline",
+                  register: bool = True, tracking_uri: str | None = None) -> dict:
+    if schedule not in ("sequential", "joint"):
+        raise ValueError(f"schedule is sequential or joint, got {schedule!r}")
+    # ---- data ----
+    ingest_flow(dataset="shapes", warehouse=warehouse, n_images=n_images, seed=0)
+    if easy_vqa_images:
+        ingest_flow(dataset="easy-vqa", warehouse=warehouse)
+    concepts_flow(warehouse=warehouse, min_count=min_count)
+    features_flow(warehouse=warehouse, backbone=backbone, dataset="shapes")
+    if easy_vqa_images:
+        features_flow(warehouse=warehouse, backbone=backbone, dataset="easy-vqa",
+                      max_images=easy_vqa_images)
+    print("\n" + summary_text(warehouse))
+
+    # ---- models, all MLflow runs nested under one parent ----
+    with report.pipeline_run(tracking_uri, {**locals()}) as tracking:
+        common = {"root": out_dir, "warehouse": warehouse, "tracking": tracking}
+        if schedule == "sequential":
+            s1 = train_task(stage="stage1", config=config, steps=stage1_steps, **common)
+            pre = train_task(stage="stage2", config=config, steps=stage2_steps, init=s1,
+                             **common)
+        else:
+            pre = train_task(stage="joint", config=config, steps=stage1_steps + stage2_steps,
+                             **common)
+        ret = train_task(stage="retrieval", config=config, steps=retrieval_steps, init=pre,
+                         **common)
+        vqa = vqa_task(init=pre, config=config, steps=vqa_steps, **common)
+        for name, r in (("pre-training", pre), ("retrieval", ret), ("vqa", vqa)):
+            _log(f"{name}: {'cached, skipped' if r['cached'] else 'trained'} ({r['folder']})")
+
+        ev = {"root": out_dir, "warehouse": warehouse}
+        results = {
+            split: {
+                "zero-shot": evaluate_task(trained=pre, split=split, k_text=k_text,
+                                           k_image=k_image, **ev)["metrics"],
+                "retrieval": evaluate_task(trained=ret, split=split, k_text=k_text,
+                                           k_image=k_image, **ev)["metrics"],
+                "vqa": {d: vqa_evaluate_task(trained=vqa, split=split, dataset=d, **ev)["metrics"]
+                        for d in report.vqa_datasets(warehouse, vqa)},
+            } for split in ("val", "test")}
+
+        registered = {}
+        if register:
+            registered = register_task(warehouse=warehouse, pre=pre, ret=ret, vqa=vqa,
+                                       val=results["val"], tracking=tracking)
+        pictures_task(warehouse=warehouse, trained={"stage2": pre, "retrieval": ret, "vqa": vqa},
+                      tracking=tracking)
+        columns, rows = report.results_table(results["test"])
+        report.log_results(tracking, results)
+
+    create_table_artifact(table=[dict(zip(columns, r)) for r in rows], key="mvp-results",
+                          description="mvp-pipeline: test-split results")
+    create_markdown_artifact(report.registry_markdown(registered), key="mvp-registry",
+                             description="mvp-pipeline: registered models")
+    text = report.format_table(columns, rows)
+    print("\n" + text + "\n" + report.registry_text(registered))
+    return {"results": results, "registered": registered, "table": text}

@@ -1,0 +1,41 @@
+"""Run a pre-training stage on several processes: torchrun around `python -m model.pretrain`.
+
+    result = torchrun_pretrain(2, warehouse="runs/demo/warehouse", stage="stage1", steps=100)
+
+Same arguments and the same result dict as model.pretrain.pretrain (rank 0 prints it as JSON on
+its last line). One process per GPU on a GPU machine (NCCL), CPU processes with gloo otherwise.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from model.tracking import tracking_uri as default_uri
+
+_FLAGS = ("warehouse", "stage", "config", "steps", "out_dir", "init_from", "feature_set",
+          "vocab", "seed", "tracking_uri", "run_name")
+
+
+def torchrun_command(nproc: int, **params) -> list[str]:
+    params.setdefault("tracking_uri", default_uri())  # the children's cwd is ours, but be explicit
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "model.pretrain"]
+    for key in _FLAGS:
+        if params.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(params[key])]
+    if params.get("resume"):
+        cmd.append("--resume")
+    for key, value in (params.get("train_overrides") or {}).items():
+        cmd += ["--set", f"{key}={value}"]
+    unknown = set(params) - set(_FLAGS) - {"resume", "train_overrides"}
+    if unknown:
+        raise ValueError(f"not passed to torchrun: {', '.join(sorted(unknown))}")
+    return cmd
+
+
+def torchrun_pretrain(nproc: int, **params) -> dict:
+    proc = subprocess.run(torchrun_command(nproc, **params), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,37 @@
+"""Where a model to evaluate comes from: a checkpoint file, or a registered/logged MLflow model.
+
+    resolve_model("runs/pipeline/retrieval-.../retrieval/last.pt")
+    resolve_model("models:/mvp-retrieval@champion")    # -> {"checkpoint": ..., "vqa_checkpoint": ...}
+
+A logged model is the serving package of model/serving.py; its MLmodel file maps artifact names
+to files, so the checkpoint inside it is found by name, not by guessing paths.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def resolve_model(model: str, tracking_uri: str | None = None) -> dict:
+    if "://" not in model and not model.startswith(("models:/", "runs:/")):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint {model}")
+        return {"checkpoint": str(path), "vqa_checkpoint": None, "source": model}
+    import mlflow
+
+    from model.tracking import tracking_uri as resolve_uri
+    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    spec = yaml.safe_load((local / "MLmodel").read_text())
+    artifacts = spec["flavors"]["python_function"].get("artifacts", {})
+
+    def path_of(name: str) -> str | None:
+        entry = artifacts.get(name)
+        return str(local / entry["path"]) if entry else None
+
+    if path_of("checkpoint") is None:
+        raise ValueError(f"{model} is not an mvp serving package (no checkpoint artifact)")
+    return {"checkpoint": path_of("checkpoint"), "vqa_checkpoint": path_of("vqa_checkpoint"),
+            "source": model}

@@ -1,0 +1,96 @@
+"""The steps of the end-to-end pipeline, without Prefect (flows/pipeline.py orchestrates them):
+pre-train (stage1 -> stage2, or joint), fine-tune for retrieval and VQA, evaluate, register.
+
+    s1 = train_step(root, wh, "stage1", "small", 200)
+    s2 = train_step(root, wh, "stage2", "small", 300, init=s1)
+    ev = evaluate_step(root, wh, s2, split="val")
+
+Every step runs once per fingerprint of its inputs (model/step_cache.py): the warehouse snapshot,
+the config and budget, the code version and the upstream step's folder. A rerun of the pipeline
+skips finished steps; an interrupted training step resumes from the checkpoint in its folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.evaluate import evaluate
+from model.pretrain import pretrain
+from model.step_cache import run_once
+from warehouse.store import Warehouse
+from warehouse.version import code_version
+
+
+def data_state(warehouse) -> dict:
+    """What the data of a step is: the warehouse and its snapshot (a rebuild or new ingest makes
+    a new snapshot, so every step downstream of it runs again)."""
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    return {"warehouse": str(wh.root), "snapshot": wh.current().version}
+
+
+def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict | None = None,
+               overrides: dict | None = None, name: str | None = None,
+               tracking: dict | None = None) -> dict:
+    """One pre-training (or retrieval fine-tuning) stage. `init`: the upstream step's result
+    (its checkpoint's weights start this stage). `tracking`: tracking_uri / experiment /
+    parent_run_id for MLflow."""
+    name = name or stage
+    inputs = {"step": "train", "stage": stage, "config": config, "steps": steps,
+              "overrides": overrides or {}, "init": init and init["folder"],
+              "data": data_state(warehouse), "code": code_version()}
+
+    def run(folder: Path) -> dict:
+        last = folder / stage / "last.pt"
+        r = pretrain(warehouse, stage, config=config, steps=steps, out_dir=folder,
+                     resume=last.exists(), init_from=None if last.exists() or init is None
+                     else init["checkpoint"], train_overrides=overrides, run_name=name,
+                     **(tracking or {}))
+        return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "steps": r["steps"],
+                "final": r["final"], "files": [r["checkpoint"]]}
+
+    return run_once(root, name, inputs, run)
+
+
+def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str | None = None,
+             train_split: str = "train", eval_split: str = "val", name: str = "vqa",
+             tracking: dict | None = None) -> dict:
+    """Fine-tune the VQA head and model from a pre-training step's checkpoint."""
+    from model.vqa import finetune_vqa
+    inputs = {"step": "vqa", "config": config, "steps": steps, "dataset": dataset,
+              "splits": [train_split, eval_split], "init": init["folder"],
+              "data": data_state(warehouse), "code": code_version()}
+
+    def run(folder: Path) -> dict:
+        r = finetune_vqa(warehouse, init["checkpoint"], config=config, steps=steps,
+                         dataset=dataset, out_dir=folder, train_split=train_split,
+                         eval_split=eval_split, **(tracking or {}))
+        return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "eval": r["eval"],
+                "baselines": r.get("baselines"), "files": [r["checkpoint"]]}
+
+    return run_once(root, name, inputs, run)
+
+
+def evaluate_step(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
+                  k_image: int = 64) -> dict:
+    """Retrieval (dual encoder and ITM re-ranked) and MLM metrics of a training step's model."""
+    inputs = {"step": "evaluate", "split": split, "k": [k_text, k_image],
+              "model": trained["folder"], "data": data_state(warehouse), "code": code_version()}
+
+    def run(folder: Path) -> dict:
+        return {"metrics": evaluate(trained["checkpoint"], warehouse, split=split,
+                                    k_text=k_text, k_image=k_image)}
+
+    return run_once(root, f"eval-{Path(trained['folder']).name}-{split}", inputs, run)
+
+
+def vqa_evaluate_step(root, warehouse, trained: dict, split: str = "test",
+                      dataset: str | None = None) -> dict:
+    from model.vqa import evaluate_vqa
+    inputs = {"step": "evaluate-vqa", "split": split, "dataset": dataset,
+              "model": trained["folder"], "data": data_state(warehouse), "code": code_version()}
+
+    def run(folder: Path) -> dict:
+        return {"metrics": evaluate_vqa(trained["checkpoint"], warehouse, split=split,
+                                        dataset=dataset)}
+
+    return run_once(root, f"eval-{Path(trained['folder']).name}-{dataset or 'all'}-{split}",
+                    inputs, run)

@@ -1,0 +1,199 @@
+"""What the pipeline records and shows: its parent MLflow run, the registered models with their
+promotion decisions, pictures, and the results table.
+
+    with pipeline_run(None, {"config": "small"}) as tracking:     # {"tracking_uri", ...}
+        ...                                                         # nested runs use `tracking`
+    columns, rows = results_table(test_results)
+"""
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from model import tracking as mlt
+from warehouse.catalog import connect
+from warehouse.store import Warehouse
+from warehouse.text_table import format_table
+from warehouse.version import code_version
+
+EXPERIMENT = "mvp-pipeline"
+# name -> (which trained model, metric on the val split that decides promotion)
+REGISTERED = {"mvp-pretrained": ("pre", "rsum"),
+              "mvp-retrieval": ("ret", "rerank_rsum"),
+              "mvp-vqa": ("vqa", "vqa_acc")}
+
+
+@contextmanager
+def pipeline_run(tracking_uri: str | None, params: dict):
+    """A parent run that is NOT the thread's active run: the pipeline's tasks may run in other
+    threads, so children name it explicitly (parent_run_id) instead of relying on MLflow's
+    thread-local run stack."""
+    uri = mlt.tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(uri)
+    name = _flow_run_name() or "pipeline"
+    run = client.create_run(mlt.experiment_id(EXPERIMENT, uri), run_name=name,
+                            tags={"git_commit": code_version()})
+    for k, v in params.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            client.log_param(run.info.run_id, k, str(v))
+    status = "FAILED"
+    try:
+        yield {"tracking_uri": uri, "experiment": EXPERIMENT, "parent_run_id": run.info.run_id}
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status)
+
+
+def _flow_run_name() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+        return flow_run.name
+    except Exception:  # outside Prefect
+        return None
+
+
+def vqa_datasets(warehouse, trained: dict) -> list[str]:
+    """Datasets with questions on images that have features in the VQA model's feature set."""
+    import torch
+    cfg = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    feature_set = cfg["model_config"]["feature_set"]
+    con = connect(warehouse)
+    try:
+        rows = con.execute("SELECT DISTINCT q.dataset FROM questions q SEMI JOIN image_features f "
+                           "ON f.image_id = q.image_id AND f.feature_set = ? ORDER BY 1",
+                           [feature_set]).fetchall()
+    finally:
+        con.close()
+    return [r[0] for r in rows]
+
+
+def lineage(warehouse, checkpoint: str) -> dict:
+    """Tags that say what a registered model was made from."""
+    import torch
+    cfg = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_config"]
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    snap = wh.current()
+    return {"feature_set": cfg["feature_set"], "vocab": cfg["vocab_version"],
+            "warehouse": str(wh.root), "warehouse_snapshot": str(snap.version),
+            "warehouse_manifest": str(wh.snapshots_dir / f"{snap.version:08d}.json"),
+            "git_commit": code_version()}
+
+
+def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
+                         tracking: dict) -> dict:
+    """Log each model as a pyfunc into its training run, register it as `challenger`, and
+    promote it to `champion` only when its val metric beats the champion's."""
+    from model.registry import promote, register
+    from model.serving import log_pyfunc
+    trained = {"pre": pre, "ret": ret, "vqa": vqa}
+    metrics = {"pre": val["zero-shot"], "ret": val["retrieval"],
+               "vqa": {"vqa_acc": _mean_vqa(val["vqa"])}}
+    mlflow.set_tracking_uri(tracking["tracking_uri"])
+    client = mlflow.MlflowClient(tracking["tracking_uri"])
+    out = {}
+    for name, (key, metric) in REGISTERED.items():
+        base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
+        with mlflow.start_run(run_id=trained[key]["run_id"]):
+            info = log_pyfunc(base["checkpoint"], warehouse, artifact_path="model",
+                              vqa_checkpoint=vqa["checkpoint"] if key == "vqa" else None)
+        value = float(metrics[key][metric])
+        version = register(info.model_uri, name, lineage(warehouse, base["checkpoint"]),
+                           metric, value, client=client)
+        promoted, reason = promote(name, version, metric, client=client)
+        out[name] = {"version": version, "metric": metric, "value": value,
+                     "promoted": promoted, "reason": reason}
+    return out
+
+
+def _mean_vqa(by_dataset: dict) -> float:
+    """One VQA number for promotion: the mean accuracy over the evaluated datasets."""
+    values = [m["vqa_acc"] for m in by_dataset.values()]
+    return sum(values) / len(values) if values else 0.0
+
+
+def log_pictures(warehouse, trained: dict, tracking: dict, split: str = "test") -> list[str]:
+    """Loss curves of the pipeline's runs, retrieval examples of the retrieval model and a
+    grounding picture of the pre-trained model on `split`, logged to the parent run."""
+    import torch
+
+    from model import artifacts
+    from model.data import PretrainData
+    from model.evaluate import load_model
+    client = mlflow.MlflowClient(tracking["tracking_uri"])
+    keys = ["loss", "vsc", "itm", "mlm", "wpg"]
+    with tempfile.TemporaryDirectory(prefix="mvp-pictures-") as tmp, torch.no_grad():
+        tmp = Path(tmp)
+        paths = [artifacts.loss_curves(client, {k: r["run_id"] for k, r in trained.items()},
+                                       keys, tmp / "loss_curves.png")]
+        for key, name in (("retrieval", "retrieval_examples.png"), ("stage2", "grounding.png")):
+            model, _ = load_model(trained[key]["checkpoint"])
+            cfg = model.cfg
+            data = PretrainData(warehouse, cfg.feature_set, cfg.vocab_version, cfg, split=split)
+            if key == "retrieval":
+                paths.append(artifacts.retrieval_examples(model, data, warehouse, tmp / name))
+            else:
+                paths.append(artifacts.grounding_picture(model, data, _most_phrases(data),
+                                                         tmp / name, warehouse))
+        for p in paths:
+            client.log_artifact(tracking["parent_run_id"], str(p), "pictures")
+    return [f"pictures/{Path(p).name}" for p in paths]
+
+
+def _most_phrases(data) -> int:
+    """The first caption with the most concepts (up to 3): a picture with several phrases."""
+    counts = [min(3, int(n)) for n in data.concept_offsets[1:] - data.concept_offsets[:-1]]
+    return max(range(len(counts)), key=lambda i: (counts[i], -i)) if counts else 0
+
+
+RESULT_COLUMNS = ["model", "t2i R@1", "i2t R@1", "t2i R@1 rerank", "i2t R@1 rerank", "MLM acc"]
+
+
+def results_table(test: dict) -> tuple[list[str], list[tuple]]:
+    """Rows per model on the test split; VQA accuracy per dataset as extra rows."""
+    def pct(m: dict, k: str) -> str:
+        return f"{100 * m[k]:.1f}" if k in m else "-"
+
+    rows = []
+    for name in ("zero-shot", "retrieval"):
+        m = test[name]
+        rows.append((f"{name} (chance t2i {100 * m.get('chance_t2i_r1', 0):.1f})",
+                     pct(m, "t2i_r1"), pct(m, "i2t_r1"), pct(m, "rerank_t2i_r1"),
+                     pct(m, "rerank_i2t_r1"),
+                     f"{pct(m, 'mlm_acc')} (majority {pct(m, 'mlm_majority_acc')})"))
+    for dataset, m in test["vqa"].items():
+        rows.append((f"vqa {dataset}: accuracy {100 * m['vqa_acc']:.1f} on "
+                     f"{m['n_questions']} questions", "", "", "", "", ""))
+    return RESULT_COLUMNS, rows
+
+
+def log_results(tracking: dict, results: dict) -> None:
+    client = mlflow.MlflowClient(tracking["tracking_uri"])
+    for split, by_model in results.items():
+        for model, m in by_model.items():
+            flat = ({f"{d}.vqa_acc": v["vqa_acc"] for d, v in m.items()} if model == "vqa"
+                    else {k: v for k, v in m.items() if isinstance(v, float)})
+            for k, v in flat.items():
+                client.log_metric(tracking["parent_run_id"], f"{split}.{model}.{k}", v)
+
+
+def registry_text(registered: dict) -> str:
+    if not registered:
+        return "no models registered"
+    return "\n".join(f"{name} v{r['version']}: {r['metric']} {r['value']:.4f} -> "
+                     f"{'champion' if r['promoted'] else 'challenger'} ({r['reason']})"
+                     for name, r in registered.items())
+
+
+def registry_markdown(registered: dict) -> str:
+    rows = [f"| {n} | {r['version']} | {r['metric']} = {r['value']:.4f} | "
+            f"{'champion' if r['promoted'] else 'challenger'} | {r['reason']} |"
+            for n, r in registered.items()]
+    return ("## Registered models\n\n| model | version | val metric | alias | why |\n"
+            "|---|---:|---|---|---|\n" + "\n".join(rows)) if rows else "no models registered"
+
+
+__all__ = ["pipeline_run", "register_and_promote", "log_pictures", "results_table",
+           "log_results", "registry_text", "registry_markdown", "format_table", "vqa_datasets"]
