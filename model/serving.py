@@ -13,7 +13,7 @@ Request columns (all optional, but each row needs `image` or `image_path`):
                         none: the feature set's grid (its box policy for images without regions)
     tags        array<string>  region labels (the visual concepts); none: an empty tag sequence
     text        string  a caption to embed and match against the image
-    question    string  answered when the package holds a VQA head (see `vqa_hook`)
+    question    string  answered when the package holds a VQA head (model/vqa_hook.py)
 MLflow's JSON request reader (scoring server, `mlflow models predict`) cannot take a null in a
 binary or array column: in a JSON request give `image`, `boxes`, `tags` in every row or in none,
 and box coordinates as JSON floats (10.0: it refuses to cast integers to double).
@@ -47,6 +47,7 @@ from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from model import serving_text, vqa_hook
 from model.config import ModelConfig
+from model.data import pad_rows
 from model.mvp import MVP
 from model.train import load_weights
 from warehouse.hashing import file_sha256
@@ -99,8 +100,8 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         if not rows:
             return pd.DataFrame(columns=OUTPUT_SCHEMA.input_names())
         images = [self._image(k, row) for k, row in enumerate(rows)]
-        visual = self.model.encode_visual(*_visual_batch(self.cfg, images,
-                                                         [_value(r, "tags") for r in rows]))
+        visual_inputs = _visual_batch(self.cfg, images, [_value(r, "tags") for r in rows])
+        visual = self.model.encode_visual(*visual_inputs)
         out = pd.DataFrame({
             "image_embedding": [g.tolist() for g in visual.g.float()],
             "text_embedding": None, "cosine": np.nan, "match_score": np.nan, "concepts": None,
@@ -122,9 +123,9 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
                 out.at[k, "concepts"] = encoded[j].concepts
         asked = [k for k, r in enumerate(rows) if _value(r, "question")]
         if asked and self.vqa is not None:
+            sel = torch.tensor(asked)
             answers = self.vqa.answer([rows[k]["question"] for k in asked],
-                                      [images[k] for k in asked],
-                                      [_value(rows[k], "tags") or [] for k in asked])
+                                      *(x[sel] for x in visual_inputs))
             for k, a in zip(asked, answers):
                 out.at[k, "answer"] = a
         return out
@@ -156,17 +157,11 @@ def _value(row: dict, key: str):
 
 
 def _visual_batch(cfg: ModelConfig, images: list, tags: list):
-    """encode_visual's arguments for the rows: padded regions/geometry and tag sequences."""
-    B, R = len(images), max(len(im.boxes) for im in images)
-    regions = torch.zeros(B, R, cfg.feat_dim)
-    geometry = torch.zeros(B, R, 6)
-    region_mask = torch.zeros(B, R, dtype=torch.bool)
-    for k, im in enumerate(images):
-        n = len(im.boxes)
-        regions[k, :n], geometry[k, :n] = im.vectors, torch.from_numpy(im.geometry)
-        region_mask[k, :n] = True
-    tag_ids, tag_mask = serving_text.pad([serving_text.tag_ids(t or [], cfg) for t in tags],
-                                         cfg.pad_id)
+    """encode_visual's arguments for the rows: padded tag sequences, regions and geometry."""
+    tag_ids, tag_mask = pad_rows([torch.tensor(serving_text.tag_ids(t or [], cfg))
+                                  for t in tags], cfg.pad_id)
+    regions, region_mask = pad_rows([im.vectors for im in images], 0.0)
+    geometry, _ = pad_rows([torch.from_numpy(im.geometry) for im in images], 0.0)
     return tag_ids, tag_mask, regions, geometry, region_mask
 
 
@@ -214,6 +209,11 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
             artifacts["backbone_weights"] = str(backbone_weights)
         if vqa_checkpoint is not None:
             vqa_hook.require()
+            vqa_cfg = torch.load(vqa_checkpoint, map_location="cpu",
+                                 weights_only=False)["model_config"]
+            if vqa_cfg.get("feature_set") != spec.id:
+                raise ValueError(f"the VQA checkpoint was built for feature set "
+                                 f"{vqa_cfg.get('feature_set')}, the package serves {spec.id}")
             artifacts["vqa_checkpoint"] = str(vqa_checkpoint)
         return mlflow.pyfunc.log_model(
             name=artifact_path, python_model=MVPServingModel(), artifacts=artifacts,

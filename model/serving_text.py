@@ -29,7 +29,7 @@ from features.nltk_setup import NltkDataMissing, nlp_record
 from features.text_concepts import extract
 from model.batch import assemble_text
 from model.config import ModelConfig
-from model.data import MAX_CONCEPTS, bpe, caption_tokens
+from model.data import MAX_CONCEPTS, bpe, caption_tokens, pad_rows
 from warehouse.catalog import connect
 
 
@@ -106,21 +106,12 @@ def tag_ids(labels: list[str], cfg: ModelConfig) -> list[int]:
     return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
 
 
-def pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged id rows -> (ids [B, n] padded with `value`, mask [B, n])."""
-    n = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), n), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.bool)
-    for k, r in enumerate(rows):
-        ids[k, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[k, :len(r)] = True
-    return ids, mask
-
-
 def text_batch(cfg: ModelConfig, texts: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:
     """encode_text's (ids, mask) for the texts."""
-    tokens, token_mask = pad([t.token_ids for t in texts], cfg.pad_id)
-    concepts, concept_mask = pad([t.concept_ids for t in texts], cfg.pad_id)
+    tokens, token_mask = pad_rows([torch.tensor(t.token_ids, dtype=torch.long) for t in texts],
+                                  cfg.pad_id)
+    concepts, concept_mask = pad_rows([torch.tensor(t.concept_ids, dtype=torch.long)
+                                       for t in texts], cfg.pad_id)
     ids, mask, _ = assemble_text(tokens, token_mask, concepts, concept_mask, cfg.sep_id,
                                  cfg.pad_id)
     return ids, mask

@@ -1,40 +1,78 @@
 """The optional VQA head of a served model: a packaged VQA checkpoint answered by model/vqa.py.
 
     answerer = load(path_or_None)          # None: the package has no VQA head
-    answerer.answer(questions, images, tags) -> list[str]
+    answerer.answer(questions, tags, visual) -> list[str]
 
-Serving must not depend on the VQA code being present, so the module is looked up at load time.
-The contract with model/vqa.py: it defines `load_serving(checkpoint_path)` returning an object
-with `answer(questions: list[str], images: list[features.extract.EncodedImage],
-tags: list[list[str]]) -> list[str]` (it owns how questions and tags become its batch).
+Serving must not depend on the VQA code being there, so model.vqa is looked up when a package
+that holds a VQA checkpoint is logged or loaded (`load_vqa` and `answer` are what it uses).
+The question text is built as the fine-tuning data path builds it (model/vqa_data.py):
+`[CLS] question words [SEP] tag words [SEP]`, the image's tags appended (METHOD.md §4).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 
+import torch
+
+from model.config import ModelConfig
+from model.data import caption_tokens, pad_rows
+
 MODULE = "model.vqa"
-ENTRY = "load_serving"
+ENTRY_POINTS = ("load_vqa", "answer")
 
 
 def available() -> bool:
-    """Whether model/vqa.py exists and offers the serving entry point."""
+    """Whether model/vqa.py exists and offers load_vqa and answer."""
     if importlib.util.find_spec(MODULE) is None:
         return False
-    return hasattr(importlib.import_module(MODULE), ENTRY)
+    module = importlib.import_module(MODULE)
+    return all(hasattr(module, name) for name in ENTRY_POINTS)
 
 
 def require() -> None:
     if not available():
-        raise ModuleNotFoundError(
-            f"a VQA checkpoint can be served only when {MODULE} defines {ENTRY}(checkpoint_path)"
-            " (see model/vqa_hook.py)")
+        raise ModuleNotFoundError(f"a VQA checkpoint can be served only where {MODULE} defines "
+                                  f"{' and '.join(ENTRY_POINTS)} (see model/vqa_hook.py)")
 
 
-def load(checkpoint_path):
+def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig) -> list[int]:
+    """`[CLS] question words [SEP] tag words [SEP]` within max_text_len; the question keeps its
+    whole words first, tags fill what is left (tag_words: the image's tag BPE ids)."""
+    L = cfg.max_text_len
+    words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
+    tags = list(tag_words[:L - 3 - len(words)])
+    tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
+    return [cfg.cls_id, *words, *tail]
+
+
+class Answerer:
+    def __init__(self, vqa_module, checkpoint_path):
+        self.vqa = vqa_module
+        self.model = vqa_module.load_vqa(checkpoint_path)
+
+    @torch.no_grad()
+    def answer(self, questions: list[str], tag_ids: torch.Tensor, tag_mask: torch.Tensor,
+               regions: torch.Tensor, geometry: torch.Tensor, region_mask: torch.Tensor
+               ) -> list[str]:
+        """Answers for questions on images given as encode_visual's (padded) inputs."""
+        from model.vqa_data import VQABatch
+        cfg, B = self.model.cfg, len(questions)
+        words = [ids[m][1:-1].tolist() for ids, m in zip(tag_ids, tag_mask)]  # no [CLS]/[SEP]
+        tokens, token_mask = pad_rows([torch.tensor(question_tokens(q, w, cfg))
+                                       for q, w in zip(questions, words)], cfg.pad_id)
+        batch = VQABatch(token_ids=tokens, token_mask=token_mask, tag_ids=tag_ids,
+                         tag_mask=tag_mask, regions=regions, geometry=geometry,
+                         region_mask=region_mask, image_index=torch.arange(B),
+                         targets=torch.zeros(B, len(self.model.answer_vocab)),
+                         index=torch.arange(B), question_ids=[""] * B, image_ids=[""] * B)
+        return self.vqa.answer(self.model, batch)
+
+
+def load(checkpoint_path) -> Answerer | None:
     """The answerer of a packaged VQA checkpoint, or None when none is packaged. A package
     that holds one but cannot answer is an error, never a silent 'no answer'."""
     if checkpoint_path is None:
         return None
     require()
-    return getattr(importlib.import_module(MODULE), ENTRY)(checkpoint_path)
+    return Answerer(importlib.import_module(MODULE), checkpoint_path)

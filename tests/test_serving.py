@@ -130,8 +130,56 @@ def test_a_row_without_image_is_refused(served):
 def test_vqa_hook_when_model_vqa_is_absent(served, monkeypatch):
     monkeypatch.setattr(vqa_hook, "MODULE", "model.no_such_vqa_module")
     assert not vqa_hook.available() and vqa_hook.load(None) is None
-    with pytest.raises(ModuleNotFoundError, match="load_serving"):
+    with pytest.raises(ModuleNotFoundError, match="load_vqa and answer"):
         vqa_hook.load("vqa.pt")
     checkpoint = served["tmp"] / "runs" / "joint" / "last.pt"
-    with mlflow.start_run(), pytest.raises(ModuleNotFoundError, match="load_serving"):
+    with mlflow.start_run(), pytest.raises(ModuleNotFoundError, match="load_vqa and answer"):
         log_pyfunc(checkpoint, served["wh"], vqa_checkpoint=checkpoint)
+
+
+def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
+    """A packaged VQA head answers a question on an image file as model.vqa answers the same
+    question from the warehouse (same question + tag tokens, same regions)."""
+    from model.vqa import VQAModel, answer
+    from model.vqa_data import VQAData
+    cfg = served["model"].cfg
+    data = VQAData(served["wh"], served["fs"], cfg, split=None)
+    torch.manual_seed(0)
+    vqa_model = VQAModel(MVP(cfg), data.answer_vocab).eval()
+    picks = range(min(len(data), 6))
+    batch = data.collate([data[i] for i in picks])
+    with torch.no_grad():  # an untrained model's states barely differ: centre the logits on
+        m = vqa_model.mvp  # them, so the answers depend on each question and image
+        h = vqa_model.transform(m.fuse(m.encode_text(batch.token_ids, batch.token_mask),
+                                       m.encode_visual(batch.tag_ids, batch.tag_mask,
+                                                       batch.regions, batch.geometry,
+                                                       batch.region_mask)).pooled)
+        vqa_model.classifier.bias.copy_(-vqa_model.classifier.weight @ h.mean(0))
+    checkpoint = tmp_path / "vqa.pt"
+    torch.save({"model": vqa_model.state_dict(), "model_config": cfg.to_dict()}, checkpoint)
+    with mlflow.start_run():
+        info = log_pyfunc(served["tmp"] / "runs" / "joint" / "last.pt", served["wh"],
+                          vqa_checkpoint=checkpoint)
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+
+    con = connect(served["wh"])
+    try:
+        rows = []
+        for i in picks:
+            k, side = int(data.image_of[i]), data.images.regions
+            by_id = {rid: rest for rid, *rest in con.execute(
+                "SELECT f.region_id, f.x1, f.y1, f.x2, f.y2, f.label, i.path FROM "
+                "region_features f JOIN images i ON i.id = f.image_id "
+                "WHERE f.feature_set = ? AND f.image_id = ?",
+                [served["fs"], side.image_ids[k]]).fetchall()}
+            stored = [by_id[r] for r in side.region_id[side.offsets[k]:side.offsets[k + 1]]]
+            rows.append({"image_path": stored[0][5], "question": data.questions[i],
+                         "boxes": [list(r[:4]) for r in stored],
+                         "tags": [r[4] for r in stored if r[4]]})
+    finally:
+        con.close()
+    served_answers = pyfunc.predict(pd.DataFrame(rows))["answer"].tolist()
+    expected = answer(vqa_model, batch)
+    assert served_answers == expected and len(set(expected)) > 1, expected
+    tags = data.images.tag_words(int(data.image_of[0])).tolist()
+    assert vqa_hook.question_tokens(data.questions[0], tags, cfg) == data.tokens[0].tolist()
