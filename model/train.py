@@ -163,10 +163,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
-        if len(state["rng"]) != dist.world_size():
-            raise ValueError(f"{path} was written by {len(state['rng'])} process(es); resume it "
+        per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # pre-DDP
+        if len(per_rank) != dist.world_size():
+            raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it "
                              f"with as many (this run has {dist.world_size()}) to continue exactly")
-        rng = state["rng"][dist.rank()]
+        rng = per_rank[dist.rank()]
         self.generator.set_state(rng["task_generator"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
