@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="default: this rank's GPU, else cpu")
     p.add_argument("--tracking-uri")
     p.add_argument("--run-name")
+    p.add_argument("--experiment", default=EXPERIMENT)
+    p.add_argument("--parent-run-id", help="nest the MLflow run under this one")
     p.add_argument("--set", dest="overrides", type=train_override, action="append", default=[],
                    metavar="KEY=VALUE", help="train config override, e.g. --set wpg=0")
     args = p.parse_args(argv)
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                           out_dir=args.out_dir, resume=args.resume, init_from=args.init_from,
                           tracking_uri=args.tracking_uri, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, device=device,
-                          train_overrides=dict(args.overrides), run_name=args.run_name)
+                          train_overrides=dict(args.overrides), run_name=args.run_name,
+                          experiment=args.experiment, parent_run_id=args.parent_run_id)
         if dist.is_main():
             print(json.dumps(result))
     return 0
