@@ -19,6 +19,8 @@ def _quiet_offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # the throwaway server of a run without PREFECT_API_URL: 20 s is too short on a busy box
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if (Path.cwd() / ".nltk_data").is_dir():  # where `make install` puts WordNet
         os.environ.setdefault("NLTK_DATA", str(Path.cwd() / ".nltk_data"))
 
@@ -82,7 +84,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from flows.features import run_features
+    from flows.feature_store import run_features
     run_features(dask_address=args.dask_address, warehouse=args.warehouse,
                  backbone=args.backbone, pretrained=args.pretrained,
                  max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
@@ -92,14 +94,14 @@ def cmd_features(args) -> int:
 
 
 def cmd_import_vinvl(args) -> int:
-    from flows.features import vinvl_import_flow
+    from flows.feature_store import vinvl_import_flow
     vinvl_import_flow(warehouse=args.warehouse, features_tsv=args.features_tsv,
                       lineidx=args.lineidx, predictions_tsv=args.predictions, dtype=args.dtype)
     return 0
 
 
 def cmd_tag_regions(args) -> int:
-    from flows.features import zero_shot_flow
+    from flows.feature_store import zero_shot_flow
     zero_shot_flow(warehouse=args.warehouse, feature_set=args.feature_set, vocab=args.vocab,
                    top_k=args.top_k, threshold=args.threshold, pretrained_path=args.pretrained)
     return 0

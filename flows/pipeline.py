@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from flows.concepts import concepts_flow
-from flows.features import features_flow
+from flows.feature_store import features_flow
 from flows.ingest import ingest_flow
 from model import pipeline as steps
 from model import pipeline_report as report

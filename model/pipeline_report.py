@@ -95,6 +95,10 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     client = mlflow.MlflowClient(tracking["tracking_uri"])
     out = {}
     for name, (key, metric) in REGISTERED.items():
+        done = _registered_from(client, name, trained[key]["folder"])
+        if done is not None:  # a rerun of the pipeline: this model is registered already
+            out[name] = done
+            continue
         base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
         with mlflow.start_run(run_id=trained[key]["run_id"]):
             info = log_pyfunc(base["checkpoint"], warehouse, artifact_path="model",
@@ -102,10 +106,30 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
         value = float(metrics[key][metric])
         version = register(info.model_uri, name, lineage(warehouse, base["checkpoint"]),
                            metric, value, client=client)
+        client.set_model_version_tag(name, version, STEP_TAG, trained[key]["folder"])
         promoted, reason = promote(name, version, metric, client=client)
         out[name] = {"version": version, "metric": metric, "value": value,
                      "promoted": promoted, "reason": reason}
     return out
+
+
+STEP_TAG = "pipeline_step"  # the training step folder a version was made from
+
+
+def _registered_from(client, name: str, folder: str) -> dict | None:
+    from model.registry import PROMOTION_TAG, REASON_TAG
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for mv in versions:
+        if mv.tags.get(STEP_TAG) == folder:
+            metric = REGISTERED[name][1]
+            return {"version": mv.version, "metric": metric,
+                    "value": float(mv.tags.get(f"metric.{metric}", "nan")),
+                    "promoted": mv.tags.get(PROMOTION_TAG) == "promoted",
+                    "reason": "registered by an earlier run: " + mv.tags.get(REASON_TAG, "")}
+    return None
 
 
 def _mean_vqa(by_dataset: dict) -> float:
@@ -162,7 +186,7 @@ def results_table(test: dict) -> tuple[list[str], list[tuple]]:
         rows.append((f"{name} (chance t2i {100 * m.get('chance_t2i_r1', 0):.1f})",
                      pct(m, "t2i_r1"), pct(m, "i2t_r1"), pct(m, "rerank_t2i_r1"),
                      pct(m, "rerank_i2t_r1"),
-                     f"{pct(m, 'mlm_acc')} (majority {pct(m, 'mlm_majority_acc')})"))
+                     f"{pct(m, 'mlm_accuracy')} (majority {pct(m, 'mlm_majority_baseline')})"))
     for dataset, m in test["vqa"].items():
         rows.append((f"vqa {dataset}: accuracy {100 * m['vqa_acc']:.1f} on "
                      f"{m['n_questions']} questions", "", "", "", "", ""))

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, not terminals
 import mlflow  # noqa: E402
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # short jobs still get samples; long ones stay cheap

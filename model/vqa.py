@@ -17,13 +17,13 @@ scale does not shrink as the vocabulary grows.
 
 The checkpoint is model.train.Trainer's (model weights, model_config, train_config, optimizer,
 ...); the answer vocabulary travels inside the weights as the module's extra state, so any
-`load_state_dict` of a VQAModel checks it. Tracking: MLflow experiment "mvp-finetune", run "vqa".
+`load_state_dict` of a VQAModel checks it. Tracking: MLflow experiment "mvp-finetune" (or the
+caller's, e.g. nested under a pipeline run), run "vqa", through model.tracking.
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -32,10 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
+from model import tracking
 from model.config import ModelConfig, load_config
 from model.data import DeterministicSampler, bpe
 from model.mvp import MVP
-from model.pretrain import default_tracking_uri
 from model.train import Trainer, load_weights
 from model.train_config import load_train_config
 from model.vqa_data import VQABatch, VQAData
@@ -161,16 +161,6 @@ def _model_config(wh: Warehouse, config: str, init_state: dict | None,
     return load_config(config, feat_dim=spec.dim, feature_set=spec.id)
 
 
-def _start_run(mlflow, uri: str):
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri() \
-            if uri.startswith("sqlite:///") else None   # next to the database, as pretrain does
-        mlflow.create_experiment(EXPERIMENT, artifact_location=root)
-    mlflow.set_experiment(EXPERIMENT)
-    return mlflow.start_run(run_name="vqa", nested=mlflow.active_run() is not None)
-
-
 def _batches(data: VQAData, batch_size: int, seed: int):
     """Micro-batches epoch after epoch in DeterministicSampler order."""
     epoch = 0
@@ -193,15 +183,14 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
                  tracking_uri: str | None = None, seed: int | None = None,
                  device: str | None = None, batch_size: int | None = None,
                  lr: float | None = None, feature_set: str | None = None,
-                 train_split: str = "train", eval_split: str | None = "val") -> dict:
+                 train_split: str = "train", eval_split: str | None = "val",
+                 experiment: str = EXPERIMENT, parent_run_id: str | None = None) -> dict:
     """Fine-tune on `train_split` for `steps` optimizer steps (default: the config's total_steps;
     the lr warms up over min(config warmup, steps/10) and decays to 0 at `steps`) from `init_from`
     (a pre-training checkpoint; None: random init), then evaluate on `eval_split` (VQA v2 names
     its splits train2014 / val2014). Returns {"steps",
     "checkpoint", "run_id", "final" (last step's log), "eval", "baselines", "n_answers"}."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
+    mlflow = tracking.mlflow
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     init_state = None if init_from is None else torch.load(init_from, map_location="cpu",
                                                            weights_only=False)
@@ -226,7 +215,8 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
     trainer = Trainer(model, tcfg, device=device)
     ckpt = Path(out_dir) / "vqa" / "last.pt"
 
-    with _start_run(mlflow, tracking_uri or default_tracking_uri()) as run:
+    run, _ = tracking.start_run(experiment, "vqa", tracking_uri, parent_run_id=parent_run_id)
+    with run:
         mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
                            **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
                            "config": str(config), "init_from": str(init_from),

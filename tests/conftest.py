@@ -5,6 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # flows run in-process use a temporary Prefect server whose state stays out of the project
 import tempfile  # noqa: E402
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mvp-test-prefect-"))

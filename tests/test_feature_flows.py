@@ -26,7 +26,7 @@ def _features(wh):
 def test_dask_run_equals_default_run(tmp_path):
     from distributed import LocalCluster
 
-    from flows.features import run_features
+    from flows.feature_store import run_features
     default_wh, dask_wh = _warehouse(tmp_path / "a"), _warehouse(tmp_path / "b")
     first = run_features(warehouse=default_wh, **PARAMS)
     assert first["images"] == 12 and first["shards"] == 3
