@@ -7,7 +7,8 @@ stage, side by side in one run,
 from the same initial weights and RNG states, so both runs compute exactly the same steps (the
 last losses must agree). Reports samples/s of each, their ratio (target: the data path costs at
 most 10%), the time (a) spent waiting for batches, and peak memory: RSS of the process and its
-DataLoader workers (sampled every 20 ms), and CUDA max allocated on GPU. CPU seconds of the
+DataLoader workers (sampled every 20 ms; an upper bound, since pages the forked workers share
+with the main process count once per process), and CUDA max allocated on GPU. CPU seconds of the
 main process and of the workers are reported beside wall time: on a shared machine they are the
 steadier measure. The timed loop is
 benchmarks/train_step.py's `timed_steps`; worker start-up and `--warmup` steps are not timed.
