@@ -43,6 +43,15 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from flows.compare import compare_flow
+    compare_flow(warehouse=args.warehouse, config=args.config, budget=args.budget,
+                 vqa_steps=args.vqa_steps, variants=args.variants, split=args.split,
+                 out_dir=args.out_dir)
+    print(UI_HINT)
+    return 0
+
+
 def add_model_commands(sub, warehouse_arg) -> None:
     sp = sub.add_parser("pretrain", help="run one pre-training stage, tracked in MLflow "
                                          "(Prefect flow)")
@@ -102,3 +111,18 @@ def add_model_commands(sub, warehouse_arg) -> None:
     sp.add_argument("--steps", type=int)
     sp.add_argument("--out-dir", default="runs/finetune")
     sp.set_defaults(func=cmd_finetune)
+
+    sp = sub.add_parser("compare", help="pre-training variants side by side at an equal budget: "
+                                        "retrieval R@1 and VQA accuracy (Prefect flow "
+                                        "mvp-compare)")
+    warehouse_arg(sp)
+    sp.add_argument("--config", default="small")
+    sp.add_argument("--budget", type=int, default=600,
+                    help="pre-training optimizer steps of every variant (two stages: half each)")
+    sp.add_argument("--vqa-steps", type=int, default=200,
+                    help="VQA fine-tuning steps per variant (0: retrieval only)")
+    sp.add_argument("--variants", nargs="+", metavar="VARIANT",
+                    help="default: every variant of model/compare.py VARIANTS")
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--out-dir", default="runs/compare")
+    sp.set_defaults(func=cmd_compare)

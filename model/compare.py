@@ -1,0 +1,270 @@
+"""Pre-training variants side by side at an equal budget (issue 5 §2): the paper's two stages vs
+the authors' joint schedule, and the multi-level alignment taken apart, each scored the same way
+on a held-out split: zero-shot retrieval and VQA after fine-tuning.
+
+    results = compare("runs/demo/warehouse", root="runs/compare", config="small", budget=600,
+                      vqa_steps=200)
+    print(format_table(*results_table(results)))
+
+    variant            pre-training (S optimizer steps of the preset's batch in all)
+    mvp-sequential     stage1 (VSC + MCR) S/2 -> stage2 (all five losses) S/2   (the paper)
+    mvp-joint          joint (all five) S                               (the authors' code)
+    no-concepts        as mvp-sequential with concepts=false: no phrase or tag level
+    no-wpg             as mvp-sequential, stage2 without WPG
+    no-hard-negatives  as mvp-sequential, stage2 ITM negatives drawn at random
+    albef              single stage ITC + ITM + MLM, no concepts (ALBEF-style)
+
+Equal budget means equal optimizer steps and batch: a two-stage variant splits S over its stages,
+and each stage runs its own lr schedule over its own steps (warmup min(preset, steps/10), cosine to
+0 at its last step), as the stage would run alone. Variants whose leading stages are the same
+share them: no-wpg and no-hard-negatives continue mvp-sequential's stage 1 (same inputs, same
+weights), so each differs from mvp-sequential only in what it ablates, and that stage trains once.
+
+Then for every variant: retrieval R@1 on `split` (dual encoder and ITM re-ranked, no fine-tuning),
+and VQA: the pre-trained model fine-tuned for `vqa_steps` on the train questions of every dataset
+with features, scored per dataset on `split`. Chance levels: uniform ranking for retrieval, the
+dataset's most common training answer (and the per-question-type prior) for VQA.
+
+A model pre-trained with `concepts: false` is scored on what it was trained on: no concept tokens,
+tags `[CLS] [SEP]` (model/evaluate.evaluate shows every model the concepts and tags; zero-shot, the
+ablations would meet inputs they never saw). VQA fine-tuning gives every variant the same inputs
+(question + tags): it is the downstream task, and the fine-tuning steps teach the model to use them.
+
+Every step is a cached pipeline step (model/pipeline.py): a rerun trains and evaluates nothing
+already done. MLflow: every run nested under one parent run (model/pipeline_report.pipeline_run,
+which opens it in the experiment "mvp-pipeline"; the parent carries param flow=mvp-compare).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+import torch
+
+from model import pipeline
+from model.config import ModelConfig
+from model.data import PretrainData
+from model.evaluate import evaluate_retrieval, load_model
+from model.pipeline_report import pipeline_run, vqa_datasets
+from model.step_cache import run_once
+from model.task import _without_concepts
+from model.train_config import load_train_config
+from warehouse.version import code_version
+
+
+@dataclass(frozen=True)
+class Stage:
+    stage: str                                   # a TrainConfig stage
+    share: float                                 # of the budget
+    overrides: dict = field(default_factory=dict)  # train config switches
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    stages: tuple[Stage, ...]
+
+
+_STAGE1, _STAGE2 = Stage("stage1", 0.5), Stage("stage2", 0.5)
+_NO_CONCEPTS = {"concepts": False}
+VARIANTS = (
+    Variant("mvp-sequential", (_STAGE1, _STAGE2)),
+    Variant("mvp-joint", (Stage("joint", 1.0),)),
+    Variant("no-concepts", (Stage("stage1", 0.5, _NO_CONCEPTS),
+                            Stage("stage2", 0.5, _NO_CONCEPTS))),
+    Variant("no-wpg", (_STAGE1, Stage("stage2", 0.5, {"wpg": 0}))),
+    Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"hard_negatives": False}))),
+    Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+def variant(name: str) -> Variant:
+    for v in VARIANTS:
+        if v.name == name:
+            return v
+    raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANT_NAMES)}")
+
+
+def stage_steps(v: Variant, budget: int) -> list[int]:
+    """Optimizer steps of each stage: its share of `budget`, the last stage taking the rest."""
+    steps = [int(budget * s.share) for s in v.stages[:-1]]
+    return steps + [budget - sum(steps)]
+
+
+def step_name(v: Variant, k: int) -> str:
+    """Name (cache folder and MLflow run) of stage k: that of the first variant of VARIANTS with
+    the same stages up to k, so identical leading stages are one step."""
+    owner = next((o for o in VARIANTS if o.stages[:k + 1] == v.stages[:k + 1]), v)
+    return f"{owner.name}-{v.stages[k].stage}"
+
+
+def stage_overrides(stage: Stage, config: str, steps: int) -> dict:
+    """The stage's switches plus an lr schedule that ends with the stage."""
+    warmup = load_train_config(config).warmup_steps
+    return {**stage.overrides, "total_steps": max(1, steps),
+            "warmup_steps": min(warmup, steps // 10)}
+
+
+def describe(v: Variant, budget: int) -> str:
+    """"stage1 300 -> stage2 300 wpg=0": what a variant trains, for the table."""
+    def one(s: Stage, n: int) -> str:
+        switches = [f"{k}={str(x).lower()}" for k, x in s.overrides.items()]
+        return " ".join([s.stage, str(n), *switches])
+    return " -> ".join(one(s, n) for s, n in zip(v.stages, stage_steps(v, budget)))
+
+
+def vqa_chance(warehouse, trained: dict, dataset: str, split: str = "test") -> dict:
+    """Accuracy on `split` of the dataset's most common training answer ("majority") and of
+    the most common answer per question type ("type_prior"), on the questions scored."""
+    from model.vqa import baselines
+    from model.vqa_data import VQAData
+    state = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    cfg = ModelConfig(**state["model_config"])
+    train = VQAData(warehouse, cfg.feature_set, cfg, split="train", dataset=dataset)
+    held_out = VQAData(warehouse, cfg.feature_set, cfg, train.answer_vocab, split, dataset)
+    return {k: r["vqa_acc"] for k, r in baselines(train, held_out).items()}
+
+
+class _WithoutConcepts:
+    """A split's PretrainData as a concepts=false model was trained on it (model/task.py)."""
+
+    def __init__(self, data: PretrainData):
+        self.data, self.image_of = data, data.image_of
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data[i]
+
+    def collate(self, items: list[dict]):
+        return _without_concepts(self.data.collate(items), self.data.cfg)
+
+
+def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
+                        k_image: int = 64) -> dict:
+    """pipeline.evaluate_step; for a model pre-trained without concepts, its retrieval metrics on
+    the split without concepts and tags (a cached step too)."""
+    state = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    if state["train_config"].get("concepts", True):
+        return pipeline.evaluate_step(root, warehouse, trained, split, k_text, k_image)
+    inputs = {"step": "evaluate", "concepts": False, "split": split, "k": [k_text, k_image],
+              "model": trained["folder"], "data": pipeline.data_state(warehouse),
+              "code": code_version()}
+
+    def run(folder: Path) -> dict:
+        model, stage = load_model(state)
+        cfg = model.cfg
+        data = PretrainData(warehouse, cfg.feature_set, cfg.vocab_version, cfg, split=split)
+        return {"metrics": {"split": split, "stage": stage, "concepts": False,
+                            **evaluate_retrieval(model, _WithoutConcepts(data), k_text, k_image)}}
+
+    return run_once(root, f"eval-{Path(trained['folder']).name}-{split}", inputs, run)
+
+
+# What `compare` runs, by kind; a Prefect flow passes its own `call` to run each as a task.
+STEPS: dict[str, Callable[..., dict]] = {
+    "train": pipeline.train_step, "evaluate": evaluate_as_trained, "vqa": pipeline.vqa_step,
+    "evaluate-vqa": pipeline.vqa_evaluate_step, "vqa-chance": vqa_chance}
+
+
+def run_step(kind: str, label: str, **kw) -> dict:
+    """The plain `call`: run step `kind` here (`label` names it for an orchestrator's logs)."""
+    return STEPS[kind](**kw)
+
+
+def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps: int,
+                tracking: dict | None = None, split: str = "test", k_text: int = 128,
+                k_image: int = 64, call: Callable[..., dict] = run_step) -> dict:
+    """Pre-train `v` for `budget` steps, then score it. Returns {"variant", "pretraining",
+    "steps" (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
+    common = {"root": str(root), "warehouse": str(warehouse)}
+    done, trained = {}, None
+    for k, (stage, n) in enumerate(zip(v.stages, stage_steps(v, budget))):
+        name = step_name(v, k)
+        trained = call("train", name, stage=stage.stage, config=config, steps=n, init=trained,
+                       overrides=stage_overrides(stage, config, n), name=name, tracking=tracking,
+                       **common)
+        done[name] = trained
+    retrieval = call("evaluate", f"{v.name}-evaluate", trained=trained, split=split,
+                     k_text=k_text, k_image=k_image, **common)["metrics"]
+    vqa = {}
+    if vqa_steps > 0:
+        name = f"{v.name}-vqa"
+        tuned = call("vqa", name, init=trained, config=config, steps=vqa_steps, eval_split=None,
+                     name=name, tracking=tracking, **common)
+        done[name] = tuned
+        vqa = {d: call("evaluate-vqa", f"{name}-{d}", trained=tuned, split=split, dataset=d,
+                       **common)["metrics"] for d in vqa_datasets(warehouse, tuned)}
+    return {"variant": v.name, "pretraining": describe(v, budget), "steps": done,
+            "retrieval": retrieval, "vqa": vqa}
+
+
+def compare(warehouse, root="runs/compare", config: str = "small", budget: int = 600,
+            vqa_steps: int = 200, variants: list[str] | None = None, split: str = "test",
+            k_text: int = 128, k_image: int = 64, tracking_uri: str | None = None,
+            call: Callable[..., dict] = run_step) -> dict:
+    """Every variant (default: all of VARIANTS) at `budget` pre-training steps, scored on
+    `split`; the results also go to <root>/results.json and as metrics to the parent run.
+    Returns {"settings", "variants" (name -> run_variant result), "chance"}."""
+    chosen = [variant(n) for n in (variants or VARIANT_NAMES)]
+    settings = {"flow": "mvp-compare", "warehouse": str(warehouse), "config": config,
+                "budget": budget, "batch_size": load_train_config(config).batch_size,
+                "vqa_steps": vqa_steps, "split": split,
+                "variants": ",".join(v.name for v in chosen)}
+    with pipeline_run(tracking_uri, settings) as tracking:
+        results = {v.name: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
+                                       split, k_text, k_image, call) for v in chosen}
+        first = next(iter(results.values()))
+        chance = {"t2i_r1": first["retrieval"]["chance_t2i_r1"],
+                  "i2t_r1": first["retrieval"]["chance_i2t_r1"], "vqa": {}}
+        if vqa_steps > 0:
+            tuned = first["steps"][f"{first['variant']}-vqa"]
+            chance["vqa"] = {d: call("vqa-chance", f"chance-{d}", warehouse=str(warehouse),
+                                     trained=tuned, dataset=d, split=split)
+                             for d in first["vqa"]}
+        out = {"settings": settings, "parent_run_id": tracking["parent_run_id"],
+               "variants": results, "chance": chance}
+        _log_metrics(tracking, out)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / "results.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+TABLE_METRICS = (("t2i R@1", "t2i_r1"), ("i2t R@1", "i2t_r1"),
+                 ("t2i R@1 rerank", "rerank_t2i_r1"), ("i2t R@1 rerank", "rerank_i2t_r1"))
+
+
+def _log_metrics(tracking: dict, out: dict) -> None:
+    client = mlflow.MlflowClient(tracking["tracking_uri"])
+    for name, r in out["variants"].items():
+        values = {key: r["retrieval"][key] for _, key in TABLE_METRICS}
+        values.update({f"vqa_acc.{d}": m["vqa_acc"] for d, m in r["vqa"].items()})
+        for key, value in values.items():
+            client.log_metric(tracking["parent_run_id"], f"{name}.{key}", float(value))
+
+
+def results_table(out: dict) -> tuple[list[str], list[tuple]]:
+    """One row per variant (R@1 in %, VQA accuracy in % per dataset), then the chance levels."""
+    datasets = list(out["chance"]["vqa"])
+    columns = (["variant", "pre-training"] + [c for c, _ in TABLE_METRICS]
+               + [f"VQA {d}" for d in datasets])
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    rows = [(name, r["pretraining"], *(pct(r["retrieval"].get(k)) for _, k in TABLE_METRICS),
+             *(pct(r["vqa"][d]["vqa_acc"]) for d in datasets))
+            for name, r in out["variants"].items()]
+    c = out["chance"]
+    rows.append(("chance", "uniform ranking; VQA: majority answer",
+                 *(pct(c["t2i_r1"]), pct(c["i2t_r1"])) * 2,
+                 *(pct(c["vqa"][d]["majority"]) for d in datasets)))
+    if datasets:
+        rows.append(("prior", "VQA: top answer per question type", "", "", "", "",
+                     *(pct(c["vqa"][d]["type_prior"]) for d in datasets)))
+    return columns, rows

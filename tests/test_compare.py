@@ -1,0 +1,108 @@
+"""The comparison of pre-training variants on the tiny store: each variant trains exactly its
+losses at the same budget, shared leading stages train once, every run nests under one parent,
+the table has a row per variant with the right chance level, and a rerun trains nothing."""
+import mlflow
+import pytest
+
+from model.compare import VARIANT_NAMES, compare, results_table, stage_steps, variant
+from model.data import PretrainData
+
+BUDGET, VQA_STEPS = 4, 2
+# MLflow run name -> train.losses of every pre-training step
+LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,itm,mlm,wpg",
+          "mvp-joint-joint": "vsc,mcr,itm,mlm,wpg",
+          "no-concepts-stage1": "vsc", "no-concepts-stage2": "vsc,itm,mlm",
+          "no-wpg-stage2": "vsc,mcr,itm,mlm",
+          "no-hard-negatives-stage2": "vsc,mcr,itm,mlm,wpg",
+          "albef-albef": "vsc,itm,mlm"}
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_feature_store):
+    tmp = tmp_path_factory.mktemp("compare")
+    wh, fs, vocab = tiny_feature_store(tmp)
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    kw = {"root": tmp / "runs", "config": "tiny", "budget": BUDGET, "vqa_steps": VQA_STEPS,
+          "k_text": 4, "k_image": 2, "tracking_uri": uri}
+    first = compare(wh, **kw)
+    return {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri, "kw": kw,
+            "first": first}
+
+
+def _children(uri: str, parent: str) -> dict:
+    client = mlflow.MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.mlflow.parentRunId = '{parent}'")
+    return {r.info.run_name: r for r in runs if r.info.run_name != "vqa"}, [
+        r for r in runs if r.info.run_name == "vqa"]
+
+
+def test_equal_budget_split_over_stages():
+    assert stage_steps(variant("mvp-sequential"), 601) == [300, 301]
+    assert stage_steps(variant("mvp-joint"), 601) == [601]
+    with pytest.raises(ValueError, match="no-such"):
+        variant("no-such")
+
+
+def test_every_variant_trains_its_losses_under_one_parent(compared):
+    out = compared["first"]
+    assert list(out["variants"]) == list(VARIANT_NAMES)
+    trained, vqa = _children(compared["uri"], out["parent_run_id"])
+    assert {n: r.data.params["train.losses"] for n, r in trained.items()} == LOSSES
+    # each stage's lr schedule ends with the stage: half the budget each in two stages
+    steps = {n: int(r.data.params["train.total_steps"]) for n, r in trained.items()}
+    assert steps == {n: BUDGET if n in ("mvp-joint-joint", "albef-albef") else BUDGET // 2
+                     for n in LOSSES}
+    assert trained["no-hard-negatives-stage2"].data.params["train.hard_negatives"] == "False"
+    assert trained["mvp-sequential-stage2"].data.params["train.hard_negatives"] == "True"
+    assert trained["albef-albef"].data.params["train.concepts"] == "False"
+    # no-wpg and no-hard-negatives continue mvp-sequential's stage 1, trained once
+    stage1 = out["variants"]["mvp-sequential"]["steps"]["mvp-sequential-stage1"]["folder"]
+    for name in ("no-wpg", "no-hard-negatives"):
+        assert out["variants"][name]["steps"]["mvp-sequential-stage1"]["folder"] == stage1
+        second = trained[f"{name}-stage2"].data.params["init_from"]
+        assert second == out["variants"]["mvp-sequential"]["steps"][
+            "mvp-sequential-stage1"]["checkpoint"]
+    # one VQA fine-tuning per variant, from that variant's pre-trained checkpoint
+    finals = {list(r["steps"].values())[-2]["checkpoint"] for r in out["variants"].values()}
+    assert sorted(r.data.params["init_from"] for r in vqa) == sorted(finals)
+    assert len(finals) == len(VARIANT_NAMES)
+
+
+def test_table_has_a_row_per_variant_and_the_chance_level(compared):
+    out = compared["first"]
+    columns, rows = results_table(out)
+    assert columns[:6] == ["variant", "pre-training", "t2i R@1", "i2t R@1", "t2i R@1 rerank",
+                           "i2t R@1 rerank"]
+    assert columns[6:] == ["VQA shapes"]  # the only dataset with questions in the tiny store
+    assert [r[0] for r in rows] == [*VARIANT_NAMES, "chance", "prior"]
+    assert rows[3][1] == "stage1 2 -> stage2 2 wpg=0"
+    test = PretrainData(compared["wh"], compared["fs"], compared["vocab"],
+                        _cfg(out), split="test")
+    n_images = len(test.regions.image_ids)
+    assert rows[-2][2] == f"{100 / n_images:.1f}"     # chance t2i R@1: one gold image in n
+    for name, row in zip(VARIANT_NAMES, rows):
+        r = out["variants"][name]
+        assert r["retrieval"]["n_images"] == n_images
+        assert row[2] == f"{100 * r['retrieval']['t2i_r1']:.1f}"
+        assert row[6] == f"{100 * r['vqa']['shapes']['vqa_acc']:.1f}"
+    # models trained without concepts are scored without them, the others with
+    concepts = {n: r["retrieval"].get("concepts", True) for n, r in out["variants"].items()}
+    assert [n for n, c in concepts.items() if not c] == ["no-concepts", "albef"]
+
+
+def _cfg(out):
+    import torch
+
+    from model.config import ModelConfig
+    step = out["variants"]["mvp-joint"]["steps"]["mvp-joint-joint"]
+    return ModelConfig(**torch.load(step["checkpoint"], weights_only=False)["model_config"])
+
+
+def test_rerun_trains_nothing(compared):
+    again = compare(compared["wh"], **compared["kw"])
+    for r in again["variants"].values():
+        assert all(step["cached"] for step in r["steps"].values())
+    trained, vqa = _children(compared["uri"], again["parent_run_id"])
+    assert trained == {} and vqa == []
+    assert results_table(again) == results_table(compared["first"])
