@@ -47,7 +47,7 @@ def cmd_compare(args) -> int:
     from flows.compare import compare_flow
     compare_flow(warehouse=args.warehouse, config=args.config, budget=args.budget,
                  vqa_steps=args.vqa_steps, variants=args.variants, split=args.split,
-                 out_dir=args.out_dir)
+                 k_text=args.k_text, k_image=args.k_image, out_dir=args.out_dir)
     print(UI_HINT)
     return 0
 
@@ -124,5 +124,7 @@ def add_model_commands(sub, warehouse_arg) -> None:
     sp.add_argument("--variants", nargs="+", metavar="VARIANT",
                     help="default: every variant of model/compare.py VARIANTS")
     sp.add_argument("--split", default="test")
+    sp.add_argument("--k-text", type=int, default=128, help="captions re-ranked per image")
+    sp.add_argument("--k-image", type=int, default=64, help="images re-ranked per caption")
     sp.add_argument("--out-dir", default="runs/compare")
     sp.set_defaults(func=cmd_compare)
