@@ -28,7 +28,7 @@ def run_task(kind: str, label: str, **kw) -> dict:
 @flow(name="mvp-compare", log_prints=True)
 def compare_flow(warehouse: str = "runs/demo/warehouse", config: str = "small",
                  budget: int = 600, vqa_steps: int = 200, variants: list[str] | None = None,
-                 split: str = "test", k_text: int = 128, k_image: int = 64,
+                 split: str | None = "test", k_text: int = 128, k_image: int = 64,
                  out_dir: str = "runs/compare", tracking_uri: str | None = None) -> dict:
     out = cmp.compare(warehouse, root=out_dir, config=config, budget=budget,
                       vqa_steps=vqa_steps, variants=variants, split=split, k_text=k_text,

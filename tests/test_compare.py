@@ -1,6 +1,7 @@
 """The comparison of pre-training variants on the tiny store: each variant trains exactly its
 losses at the same budget, shared leading stages train once, every run nests under one parent,
-the table has a row per variant with the right chance level, and a rerun trains nothing."""
+the table has a row per variant with the right chance level, and a rerun (through the Prefect
+flow) trains nothing."""
 import mlflow
 import pytest
 
@@ -23,7 +24,8 @@ def compared(tmp_path_factory, tiny_feature_store):
     wh, fs, vocab = tiny_feature_store(tmp)
     uri = f"sqlite:///{tmp}/mlflow.db"
     kw = {"root": tmp / "runs", "config": "tiny", "budget": BUDGET, "vqa_steps": VQA_STEPS,
-          "k_text": 4, "k_image": 2, "tracking_uri": uri}
+          "k_text": 4, "k_image": 2, "tracking_uri": uri,
+          "split": None}   # every image: the tiny store's test split has one image
     first = compare(wh, **kw)
     return {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri, "kw": kw,
             "first": first}
@@ -77,10 +79,10 @@ def test_table_has_a_row_per_variant_and_the_chance_level(compared):
     assert columns[6:] == ["VQA shapes"]  # the only dataset with questions in the tiny store
     assert [r[0] for r in rows] == [*VARIANT_NAMES, "chance", "prior"]
     assert rows[3][1] == "stage1 2 -> stage2 2 wpg=0"
-    test = PretrainData(compared["wh"], compared["fs"], compared["vocab"],
-                        _cfg(out), split="test")
-    n_images = len(test.regions.image_ids)
-    assert rows[-2][2] == f"{100 / n_images:.1f}"     # chance t2i R@1: one gold image in n
+    scored = PretrainData(compared["wh"], compared["fs"], compared["vocab"], _cfg(out),
+                          split=None)
+    n_images = len(scored.regions.image_ids)
+    assert n_images == 12 and rows[-2][2] == "8.3"   # chance t2i R@1: one gold image in 12
     for name, row in zip(VARIANT_NAMES, rows):
         r = out["variants"][name]
         assert r["retrieval"]["n_images"] == n_images
@@ -99,8 +101,12 @@ def _cfg(out):
     return ModelConfig(**torch.load(step["checkpoint"], weights_only=False)["model_config"])
 
 
-def test_rerun_trains_nothing(compared):
-    again = compare(compared["wh"], **compared["kw"])
+def test_rerun_of_the_flow_trains_nothing(compared):
+    from flows.compare import compare_flow
+    kw = {k: v for k, v in compared["kw"].items() if k != "root"}
+    kw["out_dir"] = str(compared["kw"]["root"])
+    again = compare_flow(warehouse=str(compared["wh"]), **kw)
+    assert again["table"].splitlines()[0].startswith("variant")
     for r in again["variants"].values():
         assert all(step["cached"] for step in r["steps"].values())
     trained, vqa = _children(compared["uri"], again["parent_run_id"])
