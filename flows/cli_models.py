@@ -81,10 +81,11 @@ def add_model_commands(sub, warehouse_arg) -> None:
         warehouse_arg(sp)
         sp.add_argument("--n-images", type=int, help="shapes scenes (default 2000)")
         sp.add_argument("--easy-vqa-images", type=int,
-                        help="easy-vqa images with features (0: skip easy-vqa; default 1000)")
+                        help="easy-vqa images with features (0: skip easy-vqa; default 500)")
         sp.add_argument("--backbone", help="OpenCLIP image tower (default ViT-B-32)")
         sp.add_argument("--config", help="model/train preset (default small)")
         sp.add_argument("--schedule", choices=["sequential", "joint"])
+        sp.add_argument("--batch-size", type=int, help="training batch (default 32 on the CPU demo)")
         for steps in ("stage1", "stage2", "retrieval", "vqa"):
             sp.add_argument(f"--{steps}-steps", type=int)
         sp.add_argument("--out-dir", help="where checkpoints go (default runs/pipeline)")

@@ -51,7 +51,7 @@ from model.evaluate import evaluate_retrieval, load_model
 from model.pipeline_report import pipeline_run, vqa_datasets
 from model.step_cache import run_once
 from model.task import _without_concepts
-from model.train_config import load_train_config
+from model.train_config import load_train_config, schedule_for
 from warehouse.version import code_version
 
 
@@ -104,9 +104,7 @@ def step_name(v: Variant, k: int) -> str:
 
 def stage_overrides(stage: Stage, config: str, steps: int) -> dict:
     """The stage's switches plus an lr schedule that ends with the stage."""
-    warmup = load_train_config(config).warmup_steps
-    return {**stage.overrides, "total_steps": max(1, steps),
-            "warmup_steps": min(warmup, steps // 10)}
+    return {**stage.overrides, **schedule_for(config, steps)}
 
 
 def describe(v: Variant, budget: int) -> str:

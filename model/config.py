@@ -110,6 +110,11 @@ def _validate(c: ModelConfig) -> None:
 
 
 
+def config_file(path_or_name: str | Path) -> Path:
+    """The YAML file a preset name or path stands for."""
+    return _resolve(path_or_name)
+
+
 def _resolve(path_or_name: str | Path) -> Path:
     p = Path(path_or_name)
     if p.suffix in (".yaml", ".yml") or p.is_file():

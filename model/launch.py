@@ -14,7 +14,8 @@ import sys
 from model.tracking import tracking_uri as default_uri
 
 _FLAGS = ("warehouse", "stage", "config", "steps", "out_dir", "init_from", "feature_set",
-          "vocab", "seed", "tracking_uri", "run_name")
+          "vocab", "seed", "tracking_uri", "run_name", "experiment", "parent_run_id",
+          "checkpoint_every")
 
 
 def torchrun_command(nproc: int, **params) -> list[str]:

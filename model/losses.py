@@ -61,12 +61,18 @@ def mlm(token_logits: torch.Tensor, token_labels: torch.Tensor,
 
 
 def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
-                  image_ids: torch.Tensor | None = None, hard: bool = True):
+                  image_ids: torch.Tensor | None = None, hard: bool = True,
+                  text_ids: torch.Tensor | None = None):
     """Build the ITM batch: B positives plus B in-batch negatives, the hardest by default.
 
     sim: [B, B] text-image similarity (the VSC matrix; read without gradient).
     image_ids: optional [B] ids of each pair's image: texts of the same image (COCO has 5 per
     image) are not negatives of each other, so such pairs are excluded like the diagonal.
+    text_ids: optional [B] ids of each pair's caption TEXT (equal ids = the same words): an image
+    whose own caption reads exactly like text i matches text i as far as anyone can tell, so such
+    pairs are excluded too (synthetic and templated captions repeat a lot; as hardest negatives
+    they would teach ITM that true matches are wrong). Dropped for a row or column it would leave
+    without a partner.
     hard: True picks each partner by argmax of `sim`; False draws it uniformly among the allowed
     partners (the "random negatives" ablation; `sim` then only has to give the shape).
 
@@ -87,6 +93,10 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
         excluded = excluded | (image_ids[:, None] == image_ids[None, :])
     if excluded.all(1).any():
         raise ValueError("itm_negatives: some pair has no non-matching partner in the batch")
+    if text_ids is not None:
+        same_text = excluded | (text_ids[:, None] == text_ids[None, :])
+        if not (same_text.all(1).any() or same_text.all(0).any()):
+            excluded = same_text
     if generator is None:
         order = torch.arange(b, device=device)
     else:

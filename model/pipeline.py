@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.config import config_file
 from model.evaluate import evaluate
 from model.pretrain import pretrain
 from model.step_cache import run_once
+from model.train_config import schedule_for
+from warehouse.hashing import file_sha256
 from warehouse.store import Warehouse
 from warehouse.version import code_version
 
@@ -27,6 +30,11 @@ def data_state(warehouse) -> dict:
     return {"warehouse": str(wh.root), "snapshot": wh.current().version}
 
 
+def config_state(config: str) -> dict:
+    """A preset is identified by its contents: editing configs/small.yaml retrains."""
+    return {"name": str(config), "sha256": file_sha256(config_file(config))}
+
+
 def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict | None = None,
                overrides: dict | None = None, name: str | None = None,
                tracking: dict | None = None) -> dict:
@@ -34,8 +42,9 @@ def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
     (its checkpoint's weights start this stage). `tracking`: tracking_uri / experiment /
     parent_run_id for MLflow."""
     name = name or stage
-    inputs = {"step": "train", "stage": stage, "config": config, "steps": steps,
-              "overrides": overrides or {}, "init": init and init["folder"],
+    overrides = {**schedule_for(config, steps), **(overrides or {})}
+    inputs = {"step": "train", "stage": stage, "config": config_state(config), "steps": steps,
+              "overrides": overrides, "init": init and init["folder"],
               "data": data_state(warehouse), "code": code_version()}
 
     def run(folder: Path) -> dict:
@@ -52,17 +61,17 @@ def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
 
 def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str | None = None,
              train_split: str = "train", eval_split: str = "val", name: str = "vqa",
-             tracking: dict | None = None) -> dict:
+             batch_size: int | None = None, tracking: dict | None = None) -> dict:
     """Fine-tune the VQA head and model from a pre-training step's checkpoint."""
     from model.vqa import finetune_vqa
-    inputs = {"step": "vqa", "config": config, "steps": steps, "dataset": dataset,
-              "splits": [train_split, eval_split], "init": init["folder"],
+    inputs = {"step": "vqa", "config": config_state(config), "steps": steps, "dataset": dataset,
+              "splits": [train_split, eval_split], "init": init["folder"], "batch": batch_size,
               "data": data_state(warehouse), "code": code_version()}
 
     def run(folder: Path) -> dict:
         r = finetune_vqa(warehouse, init["checkpoint"], config=config, steps=steps,
                          dataset=dataset, out_dir=folder, train_split=train_split,
-                         eval_split=eval_split, **(tracking or {}))
+                         eval_split=eval_split, batch_size=batch_size, **(tracking or {}))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "eval": r["eval"],
                 "baselines": r.get("baselines"), "files": [r["checkpoint"]]}
 

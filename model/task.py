@@ -120,8 +120,10 @@ class PretrainTask(nn.Module):
         # ---- ITM on clean pairs; WPG on its positive half (no extra fused pass) ----
         B, C = len(batch), batch.concept_ids.shape[1]
         if "itm" in need:
+            # ids of the caption texts: rows of identical tokens share one
+            text_ids = torch.unique(batch.token_ids, dim=0, return_inverse=True)[1]
             ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index,
-                                             hard=self.tcfg.hard_negatives)
+                                             hard=self.tcfg.hard_negatives, text_ids=text_ids)
             fused = m.fuse(text.take(ti), visual.take(vi))
             out["itm"] = losses.itm(m.itm_logits(fused), y)
             pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)

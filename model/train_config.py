@@ -132,3 +132,11 @@ def train_override(text: str) -> tuple[str, object]:
         with contextlib.suppress(ValueError):
             parsed = float(parsed)
     return key.strip(), parsed
+
+
+def schedule_for(config, steps: int) -> dict:
+    """Overrides that fit the lr schedule to a run of `steps` optimizer steps (warmup at most a
+    tenth of it, cosine down to 0 at its end): for fine-tuning and pipeline stages, whose length
+    is set per run rather than by the preset's total_steps."""
+    warmup = load_train_config(config).warmup_steps
+    return {"total_steps": max(1, steps), "warmup_steps": min(warmup, steps // 10)}

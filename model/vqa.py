@@ -37,7 +37,7 @@ from model.config import ModelConfig, load_config
 from model.data import DeterministicSampler, bpe
 from model.mvp import MVP
 from model.train import Trainer, load_weights
-from model.train_config import load_train_config
+from model.train_config import load_train_config, schedule_for
 from model.vqa_data import VQABatch, VQAData
 from model.vqa_metrics import majority_predictions, score_report
 from warehouse.store import Warehouse
@@ -197,7 +197,7 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
     cfg = _model_config(wh, config, init_state, feature_set)
     base = load_train_config(config)
     total = base.total_steps if steps is None else steps
-    overrides = {"total_steps": max(1, total), "warmup_steps": min(base.warmup_steps, total // 10)}
+    overrides = schedule_for(config, total)
     overrides.update({k: v for k, v in (("seed", seed), ("batch_size", batch_size), ("lr", lr))
                       if v is not None})
     tcfg = load_train_config(config, **overrides)

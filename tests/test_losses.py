@@ -79,6 +79,16 @@ def test_itm_negatives_same_image_is_not_a_negative():
         itm_negatives(torch.zeros(1, 1))
 
 
+def test_itm_negatives_identical_captions_are_not_negatives():
+    # captions 0 and 2 read the same: text 0's hardest image 2 (9) is excluded -> image 3 (4);
+    # image 2's hardest text 0 (5) is excluded -> texts 1 and 3 tie at 0, argmax takes 1.
+    t, i, _ = itm_negatives(SIM, text_ids=torch.tensor([5, 6, 5, 7]))
+    assert list(zip(t[4:].tolist(), i[4:].tolist())) == [(0, 3), (1, 3), (1, 2), (2, 3)]
+    # a row left with no partner keeps the image-only exclusion instead of failing
+    t, i, _ = itm_negatives(SIM[:2, :2], text_ids=torch.tensor([1, 1]))
+    assert list(zip(t[2:].tolist(), i[2:].tolist())) == [(0, 1), (0, 1)]
+
+
 def test_itm_negatives_random_split_half_each_way():
     hard_image = {0: 2, 1: 3, 2: 1, 3: 0}
     hard_text = {0: 3, 1: 2, 2: 0, 3: 2}
