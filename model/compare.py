@@ -214,7 +214,7 @@ def compare(warehouse, root="runs/compare", config: str = "small", budget: int =
                 "budget": budget, "batch_size": load_train_config(config).batch_size,
                 "vqa_steps": vqa_steps, "split": split,
                 "variants": ",".join(v.name for v in chosen)}
-    with pipeline_run(tracking_uri, settings) as tracking:
+    with pipeline_run(tracking_uri, settings, experiment="mvp-compare") as tracking:
         results = {v.name: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
                                        split, k_text, k_image, call) for v in chosen}
         first = next(iter(results.values()))

@@ -54,7 +54,7 @@ def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
                      else init["checkpoint"], train_overrides=overrides, run_name=name,
                      **(tracking or {}))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "steps": r["steps"],
-                "final": r["final"], "files": [r["checkpoint"]]}
+                "final": r["final"], "model_uri": r["model_uri"], "files": [r["checkpoint"]]}
 
     return run_once(root, name, inputs, run)
 
@@ -71,7 +71,8 @@ def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str 
     def run(folder: Path) -> dict:
         r = finetune_vqa(warehouse, init["checkpoint"], config=config, steps=steps,
                          dataset=dataset, out_dir=folder, train_split=train_split,
-                         eval_split=eval_split, batch_size=batch_size, **(tracking or {}))
+                         eval_split=eval_split, batch_size=batch_size, run_name=name,
+                         **(tracking or {}))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "eval": r["eval"],
                 "baselines": r.get("baselines"), "files": [r["checkpoint"]]}
 

@@ -27,21 +27,21 @@ REGISTERED = {"mvp-pretrained": ("pre", "rsum"),
 
 
 @contextmanager
-def pipeline_run(tracking_uri: str | None, params: dict):
+def pipeline_run(tracking_uri: str | None, params: dict, experiment: str = EXPERIMENT):
     """A parent run that is NOT the thread's active run: the pipeline's tasks may run in other
     threads, so children name it explicitly (parent_run_id) instead of relying on MLflow's
     thread-local run stack."""
     uri = mlt.tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(uri)
     name = _flow_run_name() or "pipeline"
-    run = client.create_run(mlt.experiment_id(EXPERIMENT, uri), run_name=name,
+    run = client.create_run(mlt.experiment_id(experiment, uri), run_name=name,
                             tags={"git_commit": code_version()})
     for k, v in params.items():
         if isinstance(v, (str, int, float, bool)) or v is None:
             client.log_param(run.info.run_id, k, str(v))
     status = "FAILED"
     try:
-        yield {"tracking_uri": uri, "experiment": EXPERIMENT, "parent_run_id": run.info.run_id}
+        yield {"tracking_uri": uri, "experiment": experiment, "parent_run_id": run.info.run_id}
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status)
@@ -84,8 +84,9 @@ def lineage(warehouse, checkpoint: str) -> dict:
 
 def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
                          tracking: dict) -> dict:
-    """Log each model as a pyfunc into its training run, register it as `challenger`, and
-    promote it to `champion` only when its val metric beats the champion's."""
+    """Register each model's serving package (logged by its training run; the VQA package, which
+    adds the answer head, is logged here into the VQA run) as `challenger`, and promote it to
+    `champion` only when its val metric beats the champion's."""
     from model.registry import promote, register
     from model.serving import log_pyfunc
     trained = {"pre": pre, "ret": ret, "vqa": vqa}
@@ -100,11 +101,14 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
             out[name] = done
             continue
         base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
-        with mlflow.start_run(run_id=trained[key]["run_id"]):
-            info = log_pyfunc(base["checkpoint"], warehouse, artifact_path="model",
-                              vqa_checkpoint=vqa["checkpoint"] if key == "vqa" else None)
+        if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
+            with mlflow.start_run(run_id=vqa["run_id"]):
+                model_uri = log_pyfunc(pre["checkpoint"], warehouse,
+                                       vqa_checkpoint=vqa["checkpoint"]).model_uri
+        else:
+            model_uri = base["model_uri"]
         value = float(metrics[key][metric])
-        version = register(info.model_uri, name, lineage(warehouse, base["checkpoint"]),
+        version = register(model_uri, name, lineage(warehouse, base["checkpoint"]),
                            metric, value, client=client)
         client.set_model_version_tag(name, version, STEP_TAG, trained[key]["folder"])
         promoted, reason = promote(name, version, metric, client=client)

@@ -148,10 +148,14 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
         log = mlflow.log_metrics if main else (lambda metrics, step: None)
         final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log)
         trainer.save(ckpt, data_position=position)
+        model_uri = None
         if main:
             mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
+            # the serving package (model/serving.py), ready for `mlflow.register_model`
+            from model.serving import log_pyfunc
+            model_uri = log_pyfunc(ckpt, wh, spec.id, vocab).model_uri
         return {"stage": stage, "steps": trainer.step, "checkpoint": str(ckpt),
-                "run_id": position["mlflow_run_id"], "final": final}
+                "run_id": position["mlflow_run_id"], "final": final, "model_uri": model_uri}
 
 
 def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt: Path,

@@ -184,7 +184,8 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
                  device: str | None = None, batch_size: int | None = None,
                  lr: float | None = None, feature_set: str | None = None,
                  train_split: str = "train", eval_split: str | None = "val",
-                 experiment: str = EXPERIMENT, parent_run_id: str | None = None) -> dict:
+                 experiment: str = EXPERIMENT, parent_run_id: str | None = None,
+                 run_name: str = "vqa") -> dict:
     """Fine-tune on `train_split` for `steps` optimizer steps (default: the config's total_steps;
     the lr warms up over min(config warmup, steps/10) and decays to 0 at `steps`) from `init_from`
     (a pre-training checkpoint; None: random init), then evaluate on `eval_split` (VQA v2 names
@@ -215,7 +216,7 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
     trainer = Trainer(model, tcfg, device=device)
     ckpt = Path(out_dir) / "vqa" / "last.pt"
 
-    run, _ = tracking.start_run(experiment, "vqa", tracking_uri, parent_run_id=parent_run_id)
+    run, _ = tracking.start_run(experiment, run_name, tracking_uri, parent_run_id=parent_run_id)
     with run:
         mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
                            **{f"train.{k}": v for k, v in tcfg.to_dict().items()},

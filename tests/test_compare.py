@@ -35,8 +35,8 @@ def _children(uri: str, parent: str) -> dict:
     client = mlflow.MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exps, f"tags.mlflow.parentRunId = '{parent}'")
-    return {r.info.run_name: r for r in runs if r.info.run_name != "vqa"}, [
-        r for r in runs if r.info.run_name == "vqa"]
+    vqa = [r for r in runs if r.data.tags.get("task") == "vqa"]
+    return {r.info.run_name: r for r in runs if r not in vqa}, vqa
 
 
 def test_equal_budget_split_over_stages():
