@@ -66,7 +66,7 @@ def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
                   retrieval_steps: int = 40, vqa_steps: int = 80, k_text: int = 16,
                   k_image: int = 8, out_dir: str = "runs/pipeline", register: bool = True,
                   tracking_uri: str | None = None) -> dict:
-    """Defaults: the CPU demo (about 15 minutes on 2 cores). On a GPU, raise the step counts,
+    """Defaults: the CPU demo (10 minutes on 2 cores with the install). On a GPU, raise the steps,
     batch_size=None (the config's) and k_text=128, k_image=64 (the paper's re-ranking)."""
     if schedule not in ("sequential", "joint"):
         raise ValueError(f"schedule is sequential or joint, got {schedule!r}")
@@ -104,7 +104,7 @@ def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
                 "retrieval": evaluate_task(trained=ret, split=split, k_text=k_text,
                                            k_image=k_image, **ev)["metrics"],
                 "vqa": {d: vqa_evaluate_task(trained=vqa, split=split, dataset=d, **ev)["metrics"]
-                        for d in report.vqa_datasets(warehouse, vqa)},
+                        for d in report.vqa_datasets(warehouse, vqa, split)},
             } for split in ("val", "test")}
 
         registered = {}

@@ -197,7 +197,7 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
                      name=name, tracking=tracking, **common)
         done[name] = tuned
         vqa = {d: call("evaluate-vqa", f"{name}-{d}", trained=tuned, split=split, dataset=d,
-                       **common)["metrics"] for d in vqa_datasets(warehouse, tuned)}
+                       **common)["metrics"] for d in vqa_datasets(warehouse, tuned, split)}
     return {"variant": v.name, "pretraining": describe(v, budget), "steps": done,
             "retrieval": retrieval, "vqa": vqa}
 

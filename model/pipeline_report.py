@@ -55,16 +55,18 @@ def _flow_run_name() -> str | None:
         return None
 
 
-def vqa_datasets(warehouse, trained: dict) -> list[str]:
-    """Datasets with questions on images that have features in the VQA model's feature set."""
+def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str]:
+    """Datasets with questions (of `split`) on images that have features in the VQA model's
+    feature set (easy-vqa has no val split, for one)."""
     import torch
     cfg = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
     feature_set = cfg["model_config"]["feature_set"]
     con = connect(warehouse)
     try:
         rows = con.execute("SELECT DISTINCT q.dataset FROM questions q SEMI JOIN image_features f "
-                           "ON f.image_id = q.image_id AND f.feature_set = ? ORDER BY 1",
-                           [feature_set]).fetchall()
+                           "ON f.image_id = q.image_id AND f.feature_set = ? "
+                           "WHERE ? IS NULL OR q.split = ? ORDER BY 1",
+                           [feature_set, split, split]).fetchall()
     finally:
         con.close()
     return [r[0] for r in rows]
