@@ -10,8 +10,21 @@ from dataclasses import dataclass, fields
 import torch
 
 
+class TensorBatch:
+    """A dataclass batch whose tensor fields move to a device together; `token_ids` rows are
+    its samples."""
+
+    def to(self, device):
+        return type(self)(**{f.name: (v.to(device, non_blocking=True)
+                                      if isinstance(v, torch.Tensor) else v)
+                             for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def __len__(self) -> int:
+        return self.token_ids.shape[0]
+
+
 @dataclass
-class PretrainBatch:
+class PretrainBatch(TensorBatch):
     token_ids: torch.Tensor       # [B, Lw] long: [CLS] caption BPE tokens, then pad_id
     token_mask: torch.Tensor      # [B, Lw] bool
     concept_ids: torch.Tensor     # [B, C] long, already offset by cfg.concept_offset; pad_id pads
@@ -27,13 +40,6 @@ class PretrainBatch:
     caption_ids: list[str]
     image_ids: list[str]
 
-    def to(self, device) -> "PretrainBatch":
-        return PretrainBatch(**{f.name: (v.to(device, non_blocking=True)
-                                         if isinstance(v, torch.Tensor) else v)
-                                for f in fields(self) for v in [getattr(self, f.name)]})
-
-    def __len__(self) -> int:
-        return self.token_ids.shape[0]
 
 
 def assemble_text(token_ids: torch.Tensor, token_mask: torch.Tensor, concept_ids: torch.Tensor,

@@ -22,12 +22,13 @@ feature set are dropped and counted in `n_without_features`.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from model.batch import TensorBatch
 from model.config import ModelConfig
 from model.data import ImageSide, caption_tokens, pad_rows, require_model_feature_set
 from model.vqa_metrics import vqa_score
@@ -38,7 +39,7 @@ MAX_ANSWERS = 3129
 
 
 @dataclass
-class VQABatch:
+class VQABatch(TensorBatch):
     token_ids: torch.Tensor     # [B, L] long: [CLS] question [SEP] tags [SEP], then pad_id
     token_mask: torch.Tensor    # [B, L] bool
     tag_ids: torch.Tensor       # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
@@ -52,13 +53,6 @@ class VQABatch:
     question_ids: list[str]
     image_ids: list[str]
 
-    def to(self, device) -> "VQABatch":
-        return VQABatch(**{f.name: (v.to(device, non_blocking=True)
-                                    if isinstance(v, torch.Tensor) else v)
-                           for f in fields(self) for v in [getattr(self, f.name)]})
-
-    def __len__(self) -> int:
-        return self.token_ids.shape[0]
 
 
 def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSWERS) -> list[str]:
