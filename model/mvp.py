@@ -122,14 +122,17 @@ class MVP(nn.Module):
     # ---- uni-modal encoders (stage 1) ----
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> TextOutput:
-        """ids [B, Lt] (`[CLS] tokens... concepts... [SEP]` then padding), mask [B, Lt]."""
+        """ids [B, Lt] (`[CLS] tokens... concepts... [SEP]` then padding), mask [B, Lt]. A batch
+        may pad BETWEEN a row's words and its concepts (assemble_text lines concepts up after the
+        batch's longest caption); positions count real tokens only, so a row's encoding does not
+        depend on the rows it is batched with."""
         B, L = ids.shape
         _check(L <= self.cfg.max_text_len,
                f"text length {L} > max_text_len {self.cfg.max_text_len}")
         _check(mask.shape == ids.shape, f"text mask {tuple(mask.shape)} != ids {tuple(ids.shape)}")
-        pos = torch.arange(L, device=ids.device)
-        x = self.drop(self.text_ln(self.embed(ids) + self.text_pos(pos)))
         mask = mask.bool()
+        pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # [B, Lt]; pads are masked anyway
+        x = self.drop(self.text_ln(self.embed(ids) + self.text_pos(pos)))
         h = self.text_encoder(x, mask)
         return TextOutput(hidden=h, mask=mask, g=F.normalize(self.text_proj(h[:, 0]), dim=-1))
 
