@@ -40,6 +40,7 @@ from model import tracking
 from model.config import load_config
 from model.data import DeterministicSampler, PretrainData
 from model.mvp import MVP
+from model.progress import Progress
 from model.task import PretrainTask
 from model.train import Trainer, load_weights
 from model.train_config import STAGES, load_train_config, train_override
@@ -146,7 +147,10 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
                              "git_commit": code_version()})
             mlflow.log_dict({"model": cfg.to_dict(), "train": tcfg.to_dict()}, "config.yaml")
         log = mlflow.log_metrics if main else (lambda metrics, step: None)
-        final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log)
+        progress = Progress(run_name or stage, stop, start=trainer.step,
+                            keys=("loss",) + tcfg.losses)
+        final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log,
+                      progress.step if main else (lambda step, log: None))
         trainer.save(ckpt, data_position=position)
         model_uri = None
         if main:
@@ -159,7 +163,7 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
 
 
 def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt: Path,
-          checkpoint_every: int, log) -> dict:
+          checkpoint_every: int, log, progress) -> dict:
     """Optimizer steps until `stop`, epoch after epoch; `position` is kept current (it is what
     a checkpoint records, in samples of the global batch). Returns the last step's log."""
     tcfg, last = trainer.tcfg, {}
@@ -188,6 +192,7 @@ def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt:
             position["index"] += n
             last.update(samples_per_s=n / (time.perf_counter() - t0), data_wait_s=wait)
             log(last, step=trainer.step)
+            progress(trainer.step, last)
             if checkpoint_every and trainer.step % checkpoint_every == 0:
                 trainer.save(ckpt, data_position=position)
             if epoch_done:

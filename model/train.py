@@ -110,9 +110,11 @@ class Trainer:
         self.step += 1
         return log
 
-    def fit(self, batches: Iterable, max_steps: int | None = None) -> list[dict[str, float]]:
+    def fit(self, batches: Iterable, max_steps: int | None = None,
+            on_step=None) -> list[dict[str, float]]:
         """Train on `batches` (micro-batches, grouped by grad_accum) until they run out or the
-        step count reaches max_steps (default total_steps). Returns the per-step logs."""
+        step count reaches max_steps (default total_steps); `on_step(step, log)` after each
+        step (progress). Returns the per-step logs."""
         stop = self.tcfg.total_steps if max_steps is None else max_steps
         logs, group = [], []
         for batch in batches:
@@ -122,6 +124,8 @@ class Trainer:
             if len(group) == self.tcfg.grad_accum:
                 logs.append(self.train_step(group))
                 group = []
+                if on_step is not None:
+                    on_step(self.step, logs[-1])
         return logs
 
     # ---- checkpoints ----

@@ -36,6 +36,7 @@ from model import tracking
 from model.config import ModelConfig, load_config
 from model.data import DeterministicSampler, bpe
 from model.mvp import MVP
+from model.progress import Progress
 from model.train import Trainer, load_weights
 from model.train_config import load_train_config, schedule_for
 from model.vqa_data import VQABatch, VQAData
@@ -226,7 +227,8 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
                            "n_train_out_of_vocab": train.n_out_of_vocab})
         mlflow.set_tags({"feature_set": fs, "vocab": str(cfg.vocab_version), "task": "vqa",
                          "git_commit": code_version()})
-        logs = trainer.fit(_batches(train, tcfg.batch_size, tcfg.seed), max_steps=total)
+        logs = trainer.fit(_batches(train, tcfg.batch_size, tcfg.seed), max_steps=total,
+                           on_step=Progress(run_name, total, keys=("loss", "train_score")).step)
         for step, log in enumerate(logs, 1):
             mlflow.log_metrics(log, step=step)
         trainer.save(ckpt)
