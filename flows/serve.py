@@ -31,7 +31,8 @@ def serve(project: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
         mlflow = start_mlflow_server(project, mlflow_port, log=logs / "mlflow.log")
         services.append(mlflow)
         # the profile in .prefect remembers the server, so `make deploy` and the worker find it
-        subprocess.run([console_script("prefect"), "config", "set", f"PREFECT_API_URL={prefect.url}"],
+        subprocess.run([console_script("prefect"), "config", "set",
+                        f"PREFECT_API_URL={prefect.url}"],
                        env=service_env({"PREFECT_HOME": str(home)}), check=True,
                        capture_output=True)
         services.append(start_worker(POOL, home, prefect.url, {
@@ -50,6 +51,9 @@ def serve(project: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
     finally:
         for s in reversed(services):
             s.stop()
+        # forget the server again: `make demo` after `make serve` must not look for a dead API
+        subprocess.run([console_script("prefect"), "config", "unset", "PREFECT_API_URL"],
+                       env=service_env({"PREFECT_HOME": str(home)}), capture_output=True)
         print("services stopped", flush=True)
 
 

@@ -113,5 +113,8 @@ def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, 
     proc = services["process"]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0 and "services stopped" in services["log"].read_text()
+    # and the project's Prefect profile no longer points at the stopped server
+    profile = (services["project"] / ".prefect" / "profiles.toml").read_text()
+    assert "PREFECT_API_URL" not in profile
     with pytest.raises(OSError):
         urllib.request.urlopen(services["mlflow"] + "/health", timeout=5)
