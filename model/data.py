@@ -81,6 +81,31 @@ def caption_tokens(text: str, spans: list[tuple[int, int]], budget: int
     return ids, mapped
 
 
+def caption_input(text: str, mentions, cfg: ModelConfig
+                  ) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
+    """One caption as the model reads it: (`[CLS]` + word BPE ids, concept ids offset by
+    cfg.concept_offset, their BPE spans, the chosen concept ids). `mentions`: (concept id, word
+    start, word end) in caption order; one entry per concept (its first mention), at most
+    MAX_CONCEPTS, leaving room for at least one word; whole words fill the rest of
+    max_text_len. The data path and the serving model both build text here."""
+    chosen: list[tuple[int, int, int]] = []
+    for c, s, e in mentions:
+        if len(chosen) < MAX_CONCEPTS and all(c != x for x, _, _ in chosen):
+            chosen.append((c, s, e))
+    L = cfg.max_text_len
+    chosen = chosen[:max(0, L - 3)]
+    ids, mapped = caption_tokens(text, [(s, e) for _, s, e in chosen],
+                                 budget=L - 2 - len(chosen))
+    return ([cfg.cls_id, *ids], [cfg.concept_offset + c for c, _, _ in chosen], mapped,
+            [c for c, _, _ in chosen])
+
+
+def tag_sequence(labels, cfg: ModelConfig) -> list[int]:
+    """`[CLS] BPE of each distinct label (first-seen order)... [SEP]`, cut to max_tags."""
+    ids = [t for label in dict.fromkeys(x for x in labels if x) for t in bpe(label)]
+    return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
+
+
 class PretrainData(Dataset):
     """One item per caption of an image that has region features in `feature_set_id`."""
 
@@ -132,18 +157,12 @@ class PretrainData(Dataset):
     def _build_text(self, texts: list[str], mentions: pa.Table) -> None:
         by_caption: dict[str, list[tuple[int, int, int]]] = {}
         for cid, concept, s, e in zip(*(mentions[c].to_pylist() for c in mentions.column_names)):
-            chosen = by_caption.setdefault(cid, [])
-            # one entry per concept (its first mention), at most MAX_CONCEPTS
-            if len(chosen) < MAX_CONCEPTS and all(c != concept for c, _, _ in chosen):
-                chosen.append((concept, s, e))
-        L = self.cfg.max_text_len
+            by_caption.setdefault(cid, []).append((concept, s, e))
         tokens, concepts, spans = [], [], []
         for cid, text in zip(self.caption_ids, texts):
-            chosen = by_caption.get(cid, [])[:max(0, L - 3)]  # leave room for one word
-            ids, mapped = caption_tokens(text, [(s, e) for _, s, e in chosen],
-                                         budget=L - 2 - len(chosen))
-            tokens.append([self.cfg.cls_id, *ids])
-            concepts.append([self.cfg.concept_offset + c for c, _, _ in chosen])
+            ids, concept_ids, mapped, _ = caption_input(text, by_caption.get(cid, []), self.cfg)
+            tokens.append(ids)
+            concepts.append(concept_ids)
             spans.append([p for span in mapped for p in span])
         self.tokens, self.token_offsets = _flat(tokens)
         self.concepts, self.concept_offsets = _flat(concepts)
@@ -192,12 +211,10 @@ class ImageSide:
         self.regions = load_region_features(wh, feature_set_id, image_ids)
         self.row = {img: k for k, img in enumerate(self.regions.image_ids)}
         self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
-        rf, rows = self.regions, []
-        for k in range(len(rf.image_ids)):
-            labels = [x for x in rf.label[rf.offsets[k]:rf.offsets[k + 1]] if x]
-            ids = [t for label in dict.fromkeys(labels) for t in bpe(label)]
-            rows.append([cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id])
-        self.tags, self.tag_offsets = _flat(rows)
+        rf = self.regions
+        self.tags, self.tag_offsets = _flat([
+            tag_sequence(rf.label[rf.offsets[k]:rf.offsets[k + 1]], cfg)
+            for k in range(len(rf.image_ids))])
 
     def rows_of(self, image_ids: list[str]) -> np.ndarray:
         """Row of each image (all must have features)."""

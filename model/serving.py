@@ -47,7 +47,7 @@ from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from model import serving_text, vqa_hook
 from model.config import ModelConfig
-from model.data import pad_rows
+from model.data import pad_rows, tag_sequence
 from model.mvp import MVP
 from model.train import load_weights
 from warehouse.hashing import file_sha256
@@ -158,7 +158,7 @@ def _value(row: dict, key: str):
 
 def _visual_batch(cfg: ModelConfig, images: list, tags: list):
     """encode_visual's arguments for the rows: padded tag sequences, regions and geometry."""
-    tag_ids, tag_mask = pad_rows([torch.tensor(serving_text.tag_ids(t or [], cfg))
+    tag_ids, tag_mask = pad_rows([torch.tensor(tag_sequence(t or [], cfg))
                                   for t in tags], cfg.pad_id)
     regions, region_mask = pad_rows([im.vectors for im in images], 0.0)
     geometry, _ = pad_rows([torch.from_numpy(im.geometry) for im in images], 0.0)

@@ -29,7 +29,7 @@ from features.nltk_setup import NltkDataMissing, nlp_record
 from features.text_concepts import extract
 from model.batch import assemble_text
 from model.config import ModelConfig
-from model.data import MAX_CONCEPTS, bpe, caption_tokens, pad_rows
+from model.data import caption_input, pad_rows
 from warehouse.catalog import connect
 
 
@@ -87,23 +87,12 @@ class ConceptVocabulary:
             mentions = extract(text)
         except NltkDataMissing:
             mentions = None
-        chosen: list[tuple[int, int, int]] = []   # (concept id, start, end)
         found = sorted((m.start, m.end, self.ids[m.tuple]) for m in mentions or ()
                        if m.tuple in self.ids)
-        for s, e, c in found:
-            if len(chosen) < MAX_CONCEPTS and all(c != x for x, _, _ in chosen):
-                chosen.append((c, s, e))
-        L = cfg.max_text_len
-        chosen = chosen[:max(0, L - 3)]  # leave room for one word, as the data path does
-        ids, _ = caption_tokens(text, [(s, e) for _, s, e in chosen], budget=L - 2 - len(chosen))
-        return EncodedText([cfg.cls_id, *ids], [cfg.concept_offset + c for c, _, _ in chosen],
-                           None if mentions is None else [self.texts[c] for c, _, _ in chosen])
-
-
-def tag_ids(labels: list[str], cfg: ModelConfig) -> list[int]:
-    """`[CLS] BPE of each distinct label (first-seen order)... [SEP]`, cut to max_tags."""
-    ids = [t for label in dict.fromkeys(x for x in labels if x) for t in bpe(label)]
-    return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
+        tokens, concept_ids, _, chosen = caption_input(text, [(c, s, e) for s, e, c in found],
+                                                       cfg)
+        return EncodedText(tokens, concept_ids,
+                           None if mentions is None else [self.texts[c] for c in chosen])
 
 
 def text_batch(cfg: ModelConfig, texts: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,17 @@ def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSW
     return sorted(counts, key=lambda a: (-counts[a], a))[:max_answers]
 
 
+def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig) -> list[int]:
+    """`[CLS] question words [SEP] tag words [SEP]` within max_text_len (METHOD.md: the tags
+    are appended to the question); the question keeps its whole words first, tags fill what
+    is left (tag_words: the image's tag BPE ids). Fine-tuning and serving both use it."""
+    L = cfg.max_text_len
+    words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
+    tags = list(tag_words[:L - 3 - len(words)])
+    tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
+    return [cfg.cls_id, *words, *tail]
+
+
 class VQAData(Dataset):
     """One item per question of an image that has region features in `feature_set_id`.
     `answer_vocab` None builds it from these questions (pass None for the training split only)."""
@@ -98,13 +109,11 @@ class VQAData(Dataset):
         self.n_out_of_vocab = sum(1 for a, t in zip(self.answers, self.targets) if a and not t)
 
     def _build_text(self) -> None:
-        cfg, L = self.cfg, self.cfg.max_text_len
+        cfg = self.cfg
         self.tokens = []
         for question, row in zip(self.questions, self.image_of):
-            words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
-            tags = self.images.tag_words(int(row))[:L - 3 - len(words)].tolist()
-            tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
-            self.tokens.append(np.array([cfg.cls_id, *words, *tail], np.int64))
+            self.tokens.append(np.array(question_tokens(
+                question, self.images.tag_words(int(row)).tolist(), cfg), np.int64))
 
     def __len__(self) -> int:
         return len(self.question_ids)

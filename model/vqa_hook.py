@@ -15,8 +15,8 @@ import importlib.util
 
 import torch
 
-from model.config import ModelConfig
-from model.data import caption_tokens, pad_rows
+from model.data import pad_rows
+from model.vqa_data import question_tokens
 
 MODULE = "model.vqa"
 ENTRY_POINTS = ("load_vqa", "answer")
@@ -34,16 +34,6 @@ def require() -> None:
     if not available():
         raise ModuleNotFoundError(f"a VQA checkpoint can be served only where {MODULE} defines "
                                   f"{' and '.join(ENTRY_POINTS)} (see model/vqa_hook.py)")
-
-
-def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig) -> list[int]:
-    """`[CLS] question words [SEP] tag words [SEP]` within max_text_len; the question keeps its
-    whole words first, tags fill what is left (tag_words: the image's tag BPE ids)."""
-    L = cfg.max_text_len
-    words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
-    tags = list(tag_words[:L - 3 - len(words)])
-    tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
-    return [cfg.cls_id, *words, *tail]
 
 
 class Answerer:
