@@ -78,32 +78,34 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-def _validate(c: ModelConfig) -> None:
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
+def require(ok: bool, msg: str) -> None:
+    """Config validation: a ConfigError with `msg` unless `ok`."""
+    if not ok:
+        raise ConfigError(msg)
 
+
+def _validate(c: ModelConfig) -> None:
     for name in ("hidden", "heads", "mlp_ratio", "max_regions", "feat_dim", "embed_dim",
                  "word_vocab"):
         v = getattr(c, name)
-        need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        require(isinstance(v, int) and not isinstance(v, bool) and v > 0,
              f"{name} must be a positive integer, got {v!r}")
     for name in ("text_layers", "visual_layers", "cross_layers", "n_concepts"):
         v = getattr(c, name)
-        need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
              f"{name} must be a non-negative integer, got {v!r}")
-    need(c.hidden % c.heads == 0,
+    require(c.hidden % c.heads == 0,
          f"hidden ({c.hidden}) must be divisible by heads ({c.heads})")
     # [CLS] + [SEP] + at least one token on each stream
-    need(isinstance(c.max_text_len, int) and c.max_text_len >= 3,
+    require(isinstance(c.max_text_len, int) and c.max_text_len >= 3,
          f"max_text_len must be an integer >= 3 ([CLS], a token, [SEP]), got {c.max_text_len!r}")
-    need(isinstance(c.max_tags, int) and c.max_tags >= 2,
+    require(isinstance(c.max_tags, int) and c.max_tags >= 2,
          f"max_tags must be an integer >= 2 ([CLS] and [SEP]), got {c.max_tags!r}")
-    need(isinstance(c.dropout, (int, float)) and 0.0 <= c.dropout < 1.0,
+    require(isinstance(c.dropout, (int, float)) and 0.0 <= c.dropout < 1.0,
          f"dropout must be in [0, 1), got {c.dropout!r}")
-    need(isinstance(c.temperature_init, (int, float)) and 0.0 < c.temperature_init <= 1.0,
+    require(isinstance(c.temperature_init, (int, float)) and 0.0 < c.temperature_init <= 1.0,
          f"temperature_init must be in (0, 1], got {c.temperature_init!r}")
-    need(0 <= c.cls_id < c.word_vocab and 0 <= c.sep_id < c.word_vocab and c.cls_id != c.sep_id,
+    require(0 <= c.cls_id < c.word_vocab and 0 <= c.sep_id < c.word_vocab and c.cls_id != c.sep_id,
          f"cls_id ({c.cls_id}) and sep_id ({c.sep_id}) must be distinct word ids "
          f"below word_vocab ({c.word_vocab})")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 
-from model.config import ConfigError, load_section
+from model.config import ConfigError, load_section, require  # noqa: F401 (re-exported)
 
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
 STAGE_LOSSES = {
@@ -89,29 +89,25 @@ class TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
-
-    need(c.stage in STAGES, f"stage must be one of {STAGES}, got {c.stage!r}")
+    require(c.stage in STAGES, f"stage must be one of {STAGES}, got {c.stage!r}")
     for name in LOSSES + ("lr", "weight_decay", "clip_norm"):
         v = getattr(c, name)
-        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
              f"{name} must be a non-negative number, got {v!r}")
-    need(c.lr > 0, f"lr must be positive, got {c.lr!r}")
+    require(c.lr > 0, f"lr must be positive, got {c.lr!r}")
     for name, low in (("warmup_steps", 0), ("total_steps", 1), ("grad_accum", 1),
                       ("batch_size", 1), ("seed", 0)):
         v = getattr(c, name)
-        need(isinstance(v, int) and not isinstance(v, bool) and v >= low,
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= low,
              f"{name} must be an integer >= {low}, got {v!r}")
-    need(c.warmup_steps <= c.total_steps,
+    require(c.warmup_steps <= c.total_steps,
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
-    need(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
+    require(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
     for name in ("text_mcr", "concepts", "hard_negatives"):
         v = getattr(c, name)
-        need(isinstance(v, bool), f"{name} must be true/false, got {v!r}")
-    need(bool(c.losses), f"stage {c.stage} has no loss left to train (weights "
+        require(isinstance(v, bool), f"{name} must be true/false, got {v!r}")
+    require(bool(c.losses), f"stage {c.stage} has no loss left to train (weights "
                          f"{ {k: c.weight(k) for k in STAGE_LOSSES[c.stage]} }, "
                          f"concepts={c.concepts})")
 
