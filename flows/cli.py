@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     from warehouse.store import WarehouseError
     try:
         return args.func(args)
-    except (InputError, WarehouseError, ReadOnlyViolation, LookupError, ValueError) as e:
+    except (InputError, WarehouseError, ReadOnlyViolation, LookupError, ValueError,
+            FileNotFoundError) as e:
         if os.environ.get("MVP_DEBUG"):
             raise
         print(f"mvp {args.command}: error: {e}  (MVP_DEBUG=1 shows the traceback)",

@@ -13,3 +13,4 @@ def test_a_line_per_interval_and_at_the_end(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["stage1: step 3/4 loss 2 vsc 1 | 0.15 steps/s, 7 s left",
                      "stage1: step 4/4 loss 1 | 0.19 steps/s, 0 s left"]
+
