@@ -44,18 +44,40 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from warehouse.catalog import run_read_only
-    columns, rows = run_read_only(args.warehouse, args.query)
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps(dict(zip(columns, row)), default=str))
-    elif args.format == "csv":
-        import csv
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows(rows)
-    else:
-        print_table(columns, rows)
+    from contextlib import closing
+
+    import duckdb
+
+    from warehouse.catalog import QueryTimeout, stream_read_only
+    from warehouse.text_table import format_table
+    try:
+        columns, batches = stream_read_only(args.warehouse, args.query, timeout=args.timeout,
+                                            memory_limit=args.memory_limit)
+        with closing(batches):  # rows print as they arrive: no result is held whole
+            if args.format == "json":
+                for batch in batches:
+                    for row in batch:
+                        print(json.dumps(dict(zip(columns, row)), default=str))
+            elif args.format == "csv":
+                import csv
+                w = csv.writer(sys.stdout, lineterminator="\n")
+                w.writerow(columns)
+                for batch in batches:
+                    w.writerows(batch)
+            else:  # the first batch sets the column widths; later rows are padded to them
+                def cells(row):
+                    return ["" if v is None else str(v) for v in row]
+                first = next(batches, [])
+                print(format_table(columns, first))
+                widths = [len(c) for c in columns]
+                for row in first:
+                    widths = [max(w, len(v)) for w, v in zip(widths, cells(row))]
+                for batch in batches:
+                    for row in batch:
+                        print("  ".join(v.ljust(w) for v, w in zip(cells(row), widths)).rstrip())
+    except (QueryTimeout, duckdb.Error) as e:  # one line (DuckDB appends a "LINE 1:" excerpt)
+        print(f"mvp sql: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -146,7 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sql", help="run one read-only SQL query over the warehouse")
     sp.add_argument("query")
     warehouse_arg(sp)
-    sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    from warehouse.catalog import BATCH_ROWS, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S
+    sp.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                    help=f"table (default; column widths from the first {BATCH_ROWS} rows), "
+                         "csv or json lines")
+    sp.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help="seconds the query may run, reading its rows included; 0: no limit "
+                         "(default %(default)g)")
+    sp.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
+                    help="DuckDB memory limit, e.g. 512MB or 4GB; larger sorts and joins spill "
+                         "to a private temporary folder (default %(default)s)")
     sp.set_defaults(func=cmd_sql)
 
     sp = sub.add_parser("tables", help="list tables with row counts")
