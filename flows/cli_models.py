@@ -3,6 +3,7 @@ commands). Each runs the Prefect flow of the same name as its deployment."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from model.train_config import STAGES, train_override
 
@@ -11,7 +12,20 @@ Look at it in the UIs:  make serve   (then open the printed Prefect UI and MLflo
                                       they read the same .prefect/ and mlflow.db this run wrote)"""
 
 
+def check_checkpoints(*paths) -> None:
+    """Read the local checkpoints a command was given before its flow starts, so that a
+    missing, foreign or unsafe file is a one-line error (exit 2) rather than a failed flow run's
+    tracebacks. Reading is safe: checkpoints load weights-only (model/checkpoint.py)."""
+    from model.checkpoint import load_checkpoint
+    for path in paths:
+        if path is not None:
+            load_checkpoint(path)
+
+
 def cmd_pretrain(args) -> int:
+    last = Path(args.out_dir) / args.stage / "last.pt"
+    # a missing resume file is pretrain's own error ("nothing to resume")
+    check_checkpoints(args.init_from, last if args.resume and last.exists() else None)
     from flows.pretrain import pretrain_flow
     pretrain_flow(warehouse=args.warehouse, stage=args.stage, config=args.config,
                   feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
@@ -30,6 +44,8 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from model.model_source import is_local
+    check_checkpoints(args.model if is_local(args.model) else None)
     from flows.evaluate import evaluate_flow
     evaluate_flow(model=args.model, warehouse=args.warehouse, split=args.split,
                   k_text=args.k_text, k_image=args.k_image, out=args.out)
@@ -37,6 +53,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    check_checkpoints(args.init_from)
     from flows.finetune import finetune_flow
     finetune_flow(task=args.task, init_from=args.init_from, warehouse=args.warehouse,
                   config=args.config, steps=args.steps, out_dir=args.out_dir)

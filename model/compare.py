@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
-import torch
 
 from model import pipeline
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import PretrainData
 from model.evaluate import evaluate_retrieval, load_model
@@ -76,7 +76,7 @@ VARIANTS = (
     Variant("no-concepts", (Stage("stage1", 0.5, _NO_CONCEPTS),
                             Stage("stage2", 0.5, _NO_CONCEPTS))),
     Variant("no-wpg", (_STAGE1, Stage("stage2", 0.5, {"wpg": 0}))),
-    Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"hard_negatives": False}))),
+    Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"negatives": "random"}))),
     Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
@@ -120,7 +120,7 @@ def vqa_chance(warehouse, trained: dict, dataset: str, split: str = "test") -> d
     the most common answer per question type ("type_prior"), on the questions scored."""
     from model.vqa import baselines
     from model.vqa_data import VQAData
-    state = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    state = load_checkpoint(trained["checkpoint"])
     cfg = ModelConfig(**state["model_config"])
     train = VQAData(warehouse, cfg.feature_set, cfg, split="train", dataset=dataset)
     held_out = VQAData(warehouse, cfg.feature_set, cfg, train.answer_vocab, split, dataset)
@@ -147,7 +147,7 @@ def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_t
                         k_image: int = 64) -> dict:
     """pipeline.evaluate_step; for a model pre-trained without concepts, its retrieval metrics on
     the split without concepts and tags (a cached step too)."""
-    state = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    state = load_checkpoint(trained["checkpoint"])
     if state["train_config"].get("concepts", True):
         return pipeline.evaluate_step(root, warehouse, trained, split, k_text, k_image)
     inputs = {"step": "evaluate", "concepts": False, "split": split, "k": [k_text, k_image],

@@ -48,6 +48,7 @@ from torch import nn
 
 from features.vocabulary import latest_vocab
 from model.batch import PretrainBatch, assemble_text
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import PretrainData
 from model.masking import IGNORE, mask_with_concepts
@@ -55,7 +56,7 @@ from model.mvp import MVP, TextOutput, VisualOutput
 from model.pretrain import _pick_feature_set
 from model.retrieval import chance_recall_at_1, recall_at_k, rerank
 from model.task import PretrainTask
-from model.train import _read, load_weights
+from model.train import load_weights
 from model.train_config import TrainConfig
 from warehouse.store import Warehouse
 
@@ -226,7 +227,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
 
 def load_model(checkpoint) -> tuple[MVP, str | None]:
     """An MVP built from a checkpoint's own model_config, and the stage it was trained in."""
-    state = checkpoint if isinstance(checkpoint, dict) else _read(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = MVP(ModelConfig(**state["model_config"]))
     load_weights(model, state)
     return model, (state.get("train_config") or {}).get("stage")

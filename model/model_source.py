@@ -13,8 +13,13 @@ from pathlib import Path
 import yaml
 
 
+def is_local(model: str) -> bool:
+    """Whether `model` names a checkpoint file rather than an MLflow model URI."""
+    return "://" not in model and not model.startswith(("models:/", "runs:/"))
+
+
 def resolve_model(model: str, tracking_uri: str | None = None) -> dict:
-    if "://" not in model and not model.startswith(("models:/", "runs:/")):
+    if is_local(model):
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint {model}")

@@ -58,9 +58,8 @@ def _flow_run_name() -> str | None:
 def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str]:
     """Datasets with questions (of `split`) on images that have features in the VQA model's
     feature set (easy-vqa has no val split, for one)."""
-    import torch
-    cfg = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
-    feature_set = cfg["model_config"]["feature_set"]
+    from model.checkpoint import load_checkpoint
+    feature_set = load_checkpoint(trained["checkpoint"])["model_config"]["feature_set"]
     con = connect(warehouse)
     try:
         rows = con.execute("SELECT DISTINCT q.dataset FROM questions q SEMI JOIN image_features f "
@@ -74,8 +73,8 @@ def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str
 
 def lineage(warehouse, checkpoint: str) -> dict:
     """Tags that say what a registered model was made from."""
-    import torch
-    cfg = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_config"]
+    from model.checkpoint import load_checkpoint
+    cfg = load_checkpoint(checkpoint)["model_config"]
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     snap = wh.current()
     return {"feature_set": cfg["feature_set"], "vocab": cfg["vocab_version"],

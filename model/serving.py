@@ -29,7 +29,10 @@ geometry, so the vectors are those training saw. The text path is the training o
 (serving_text.py). The package holds everything it needs: the weights-only checkpoint, the
 feature-set record, the concept vocabulary, the backbone's weights file when the feature set was
 extracted from a local file (random init is seeded and needs none), and an optional VQA
-checkpoint; the code comes from the installed `mvp` package (pip requirements of the model).
+checkpoint. It is logged as MLflow models-from-code: the package holds the short code file
+model/serving_code.py, not a pickled Python object, and that file imports this module from the
+installed `mvp` package (pip requirements of the model). Loading a package therefore runs only
+the project's code, and its checkpoints load weights-only (model/checkpoint.py).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ import torch
 from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from model import serving_text, vqa_hook
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import pad_rows, tag_sequence
 from model.mvp import MVP
@@ -77,12 +81,13 @@ OUTPUT_SCHEMA = Schema([
     ColSpec("string", "answer", required=False),
 ])
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
+CODE = Path(__file__).with_name("serving_code.py")   # what a package runs: set_model(...)
 
 
 class MVPServingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         art = context.artifacts
-        state = torch.load(art["checkpoint"], map_location="cpu", weights_only=False)
+        state = load_checkpoint(art["checkpoint"])
         self.cfg = ModelConfig(**state["model_config"])
         self.model = MVP(self.cfg)
         load_weights(self.model, state)
@@ -165,14 +170,10 @@ def _visual_batch(cfg: ModelConfig, images: list, tags: list):
     return tag_ids, tag_mask, regions, geometry, region_mask
 
 
-def _slim_checkpoint(checkpoint, folder: Path) -> Path:
+def _slim_checkpoint(state: dict, folder: Path) -> Path:
     """The weights and configs of a training checkpoint (no optimizer or RNG state)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if not state.get("model_config"):
-        raise ValueError(f"{checkpoint}: no model_config; not an MVP training checkpoint")
-    path = folder / "model.pt"
-    torch.save({k: state.get(k) for k in ("model", "model_config", "train_config")}, path)
-    return path
+    return save_checkpoint({k: state.get(k) for k in ("model", "model_config", "train_config")},
+                           folder / "model.pt")
 
 
 def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str | None = None,
@@ -183,7 +184,8 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
     `backbone_weights`: the backbone checkpoint file when the feature set was extracted from a
     local file (its hash must be the recorded one)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    state_cfg = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_config"]
+    state = load_checkpoint(checkpoint)
+    state_cfg = state["model_config"]
     feature_set = feature_set or state_cfg.get("feature_set")
     vocab = vocab or state_cfg.get("vocab_version")
     if not feature_set or not vocab:
@@ -194,7 +196,7 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
                          "only compute vectors for extracted feature sets")
     with tempfile.TemporaryDirectory(prefix="mvp-serving-") as tmp:
         tmp = Path(tmp)
-        artifacts = {"checkpoint": str(_slim_checkpoint(checkpoint, tmp))}
+        artifacts = {"checkpoint": str(_slim_checkpoint(state, tmp))}
         (tmp / "feature_set.json").write_text(json.dumps(spec.row(), sort_keys=True))
         artifacts["feature_set"] = str(tmp / "feature_set.json")
         artifacts["vocabulary"] = str(serving_text.ConceptVocabulary.from_warehouse(
@@ -209,14 +211,14 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
             artifacts["backbone_weights"] = str(backbone_weights)
         if vqa_checkpoint is not None:
             vqa_hook.require()
-            vqa_cfg = torch.load(vqa_checkpoint, map_location="cpu",
-                                 weights_only=False)["model_config"]
+            vqa_cfg = load_checkpoint(vqa_checkpoint)["model_config"]
             if vqa_cfg.get("feature_set") != spec.id:
                 raise ValueError(f"the VQA checkpoint was built for feature set "
                                  f"{vqa_cfg.get('feature_set')}, the package serves {spec.id}")
             artifacts["vqa_checkpoint"] = str(vqa_checkpoint)
         return mlflow.pyfunc.log_model(
-            name=artifact_path, python_model=MVPServingModel(), artifacts=artifacts,
+            # models-from-code: the package holds CODE, not a CloudPickle of a Python object
+            name=artifact_path, python_model=str(CODE), artifacts=artifacts,
             signature=SIGNATURE, input_example=input_example,
             registered_model_name=registered_model_name,
             pip_requirements=["mvp"],  # the project package: model/, features/, warehouse/

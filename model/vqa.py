@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
 from model import tracking
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig, load_config
 from model.data import DeterministicSampler, bpe
 from model.mvp import MVP
@@ -94,8 +95,7 @@ class VQAModel(nn.Module):
 
 def load_vqa(checkpoint: str | Path | dict) -> VQAModel:
     """A fine-tuned VQAModel from a checkpoint written by `finetune_vqa` (on CPU)."""
-    state = checkpoint if isinstance(checkpoint, dict) else torch.load(
-        checkpoint, map_location="cpu", weights_only=False)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     vocab = state["model"]["_extra_state"]["answer_vocab"]
     model = VQAModel(MVP(ModelConfig(**state["model_config"])), vocab)
     model.load_state_dict(state["model"])
@@ -194,8 +194,7 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
     "checkpoint", "run_id", "final" (last step's log), "eval", "baselines", "n_answers"}."""
     mlflow = tracking.mlflow
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    init_state = None if init_from is None else torch.load(init_from, map_location="cpu",
-                                                           weights_only=False)
+    init_state = None if init_from is None else load_checkpoint(init_from)
     cfg = _model_config(wh, config, init_state, feature_set)
     base = load_train_config(config)
     total = base.total_steps if steps is None else steps

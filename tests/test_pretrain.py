@@ -5,6 +5,7 @@ import mlflow
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint
 from model.pretrain import pretrain
 
 
@@ -61,10 +62,10 @@ def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
         assert len(_history(client, s2["run_id"], key)) == 3, key
 
     # stage2 started from stage1's weights, not from a fresh init
-    a = torch.load(s1["checkpoint"], weights_only=False)["model"]
+    a = load_checkpoint(s1["checkpoint"])["model"]
     s2_fresh = pretrain(wh, "stage2", config="tiny", steps=0, out_dir=tmp_path / "w",
                         tracking_uri=uri, init_from=s1["checkpoint"])
-    b = torch.load(s2_fresh["checkpoint"], weights_only=False)["model"]
+    b = load_checkpoint(s2_fresh["checkpoint"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -96,7 +97,7 @@ def test_mvp_pretrain_command_runs_the_flow(built, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     assert main(["pretrain", "--warehouse", str(wh), "--stage", "stage1", "--config", "tiny",
                  "--steps", "2", "--out-dir", str(tmp_path / "runs")]) == 0
-    ckpt = torch.load(tmp_path / "runs" / "stage1" / "last.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "runs" / "stage1" / "last.pt")
     assert ckpt["step"] == 2 and ckpt["data_position"]["index"] == 16  # 2 batches of 8
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mvp-pretrain").experiment_id])
@@ -109,12 +110,12 @@ def test_a_variant_and_retrieval_fine_tuning(built, tmp_path):
     wh = built[0]
     uri = f"sqlite:///{built[3]}/variants.db"
     out = pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp_path / "no-wpg",
-                   tracking_uri=uri, train_overrides={"wpg": 0, "hard_negatives": False},
+                   tracking_uri=uri, train_overrides={"wpg": 0, "negatives": "random"},
                    run_name="joint-no-wpg")
     assert "wpg" not in out["final"] and {"itm", "mlm", "mcr"} <= set(out["final"])
     run = mlflow.MlflowClient(uri).get_run(out["run_id"])
     assert run.info.run_name == "joint-no-wpg"
-    assert run.data.params["train.wpg"] == "0" and run.data.params["train.hard_negatives"] == "False"
+    assert run.data.params["train.wpg"] == "0" and run.data.params["train.negatives"] == "random"
     assert run.data.params["train.losses"] == "vsc,mcr,itm,mlm"
     with pytest.raises(ValueError, match="retrieval fine-tunes a pre-trained model"):
         pretrain(wh, "retrieval", config="tiny", steps=1, out_dir=tmp_path / "r", tracking_uri=uri)

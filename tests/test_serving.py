@@ -6,15 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from model import vqa_hook
 from model.batch import assemble_text
+from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import PretrainData
 from model.mvp import MVP
@@ -32,7 +35,7 @@ def served(tmp_path_factory, tiny_feature_store):
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run["run_id"]):
         info = log_pyfunc(run["checkpoint"], wh)
-    state = torch.load(run["checkpoint"], weights_only=False)
+    state = load_checkpoint(run["checkpoint"])
     model = MVP(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
@@ -120,6 +123,17 @@ def test_grid_bytes_and_cli_agree(served, tmp_path):
     assert cli[0]["match_score"] == pytest.approx(here["match_score"][0], abs=1e-6)
     assert cli[1]["box_source"] == "given" and cli[1]["n_regions"] == 2
     assert cli[1]["text_embedding"] is None
+
+
+def test_the_package_is_code_and_a_weights_only_checkpoint(served):
+    """Models-from-code: no pickled Python object in the package, and its checkpoint needs
+    nothing outside torch's weights-only allowlist."""
+    local = Path(mlflow.artifacts.download_artifacts(served["info"].model_uri))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("serving_code.py") and "python_model" not in flavor
+    assert not list(local.rglob("*.pkl"))
+    checkpoint = local / flavor["artifacts"]["checkpoint"]["path"]
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []
 
 
 def test_a_row_without_image_is_refused(served):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from features.extract import extract_features
+from model.checkpoint import load_checkpoint
 from model.config import load_config
 from model.data import bpe
 from model.mvp import MVP
@@ -119,8 +120,8 @@ def test_finetune_from_pretraining_lowers_the_loss_and_is_tracked(shapes):
     # steps=0: the checkpoint is the initial state, the encoders exactly the pre-trained ones
     start = finetune_vqa(wh, pre["checkpoint"], config="tiny", steps=0, out_dir=tmp / "ft0",
                          tracking_uri=uri, eval_split=None)
-    pre_w = torch.load(pre["checkpoint"], weights_only=False)["model"]
-    ft_w = torch.load(start["checkpoint"], weights_only=False)["model"]
+    pre_w = load_checkpoint(pre["checkpoint"])["model"]
+    ft_w = load_checkpoint(start["checkpoint"])["model"]
     assert all(torch.equal(pre_w[k], ft_w[f"mvp.{k}"]) for k in pre_w)
 
     r = finetune_vqa(wh, pre["checkpoint"], config="tiny", steps=20, out_dir=tmp / "ft",

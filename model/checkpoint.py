@@ -1,0 +1,74 @@
+"""Checkpoints: the one place that writes and reads them.
+
+    save_checkpoint({"model": ..., "model_config": ..., ...}, "runs/x/last.pt")
+    state = load_checkpoint("runs/x/last.pt")        # a dict, or CheckpointError
+
+A checkpoint is a dict of tensors and plain values (dicts, lists, tuples, str, numbers, None),
+read with torch.load(weights_only=True): unpickling a file never runs code from it, so a file
+someone handed over cannot do more than fail to load. Whatever goes in (RNG states, configs)
+must therefore be stored as tensors or plain values (see model/train.py Trainer.save).
+
+`save_checkpoint` adds the key "format": FORMAT. A file with another format is refused; a file
+without the key (written before it existed, or by hand with torch.save) is read when it loads
+weights-only and holds the keys asked for.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+FORMAT = "mvp-checkpoint/1"
+WEIGHTS = ("model", "model_config")   # what building a model from a checkpoint needs
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable mvp checkpoint. The message is one line naming the file."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` (tensors and plain values only) with the format marker. Atomic: a kill
+    mid-write leaves the previous file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**state, "format": FORMAT}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, needs: tuple[str, ...] = WEIGHTS) -> dict:
+    """The checkpoint at `path`, on the CPU, holding (non-None) every key of `needs`.
+    FileNotFoundError when there is no file; CheckpointError when it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # torch's notes on a foreign file's pickle protocol
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, a broken zip, not a pickle...: many kinds
+        # torch's weights-only unpickler names the first class/function it refused to call
+        refused = re.search(r"GLOBAL (\S+)", str(e)) if isinstance(
+            e, pickle.UnpicklingError) else None
+        if refused:
+            raise CheckpointError(f"{path}: refused: contains objects that are not plain "
+                                  f"weights ({refused.group(1)})") from e
+        detail = "" if isinstance(e, pickle.UnpicklingError) else str(e).strip()
+        detail = type(e).__name__ + (f": {detail.splitlines()[0][:200]}" if detail else "")
+        raise CheckpointError(f"{path}: unreadable: not a complete file written by torch.save "
+                              f"({detail})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an mvp checkpoint (a {type(state).__name__}, "
+                              "not a dict)")
+    if state.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{path}: format {state['format']!r}; this code reads {FORMAT}")
+    missing = [k for k in needs if state.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: not an mvp checkpoint (missing "
+                              f"{', '.join(repr(k) for k in missing)})")
+    return state
