@@ -15,7 +15,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export MVP_PROJECT_DIR := $(CURDIR)
 export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: install demo test bench serve deploy pipeline clean
+.PHONY: install demo test test-portable bench serve deploy pipeline clean
 
 install: $(STAMP)
 
@@ -31,6 +31,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The numeric tests under each thread count and kernel choice they must hold for (a fresh clone on
+# another CPU differs in exactly these): one thread, two, PyTorch's portable kernels, AVX2 oneDNN.
+NUMERIC_TESTS := tests/test_losses.py tests/test_masking.py tests/test_model.py tests/test_train.py \
+                 tests/test_variants.py tests/test_overfit.py tests/test_ddp.py tests/test_retrieval.py \
+                 tests/test_roi.py
+test-portable: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
 
 # Prefect server + worker and MLflow server on loopback (Ctrl-C stops them); then, in another
 # terminal, `make deploy` and `make pipeline` run the pipeline through the worker.

@@ -12,26 +12,13 @@ re-ranking, no MLM). The gallery holds every image of the split once; each capti
 is its own. Ties and chance levels: see model/retrieval.py.
 
 MLM accuracy masks the split's captions with the training rule (model/masking.py
-`mask_with_concepts`: 15% of words, 80/10/10, concepts covering a masked word masked too) drawn
-with a generator seeded by (`seed`, caption id), so two models (and any batch size) are scored
-on the same positions; each caption is fused with its own (unmasked) image. The baseline always
-predicts the most frequent word token of the TRAIN captions.
+`mask_with_concepts`) drawn with a generator seeded by (`seed`, caption id), so two models (and
+any batch size) are scored on the same positions. Each caption is fused with its own image, and
+again with another image of the batch (`mlm_accuracy_shuffled_image`): the gap is what the image
+contributes. The baseline always predicts the most frequent word token of the TRAIN captions.
 
-Issue-4 acceptance run (demo warehouse, `small` model; the CPU run uses a short schedule, a copy
-of configs/small.yaml with `train: lr 5e-4, warmup_steps 10, total_steps 300` (stage 1) and
-`lr 5e-4, warmup_steps 2, total_steps 10` (stage 2), since VSC sits at ln(batch) for the first
-~120 steps at that lr and ~350 at the preset's 1e-4):
-
-    python -c "from model.pretrain import pretrain as p; \
-      p('/tmp/demo/warehouse', 'stage1', config='/tmp/h2/small_s1b.yaml', steps=150, \
-        out_dir='/tmp/h2/runs', tracking_uri='sqlite:////tmp/h2/mlflow.db'); \
-      p('/tmp/demo/warehouse', 'stage2', config='/tmp/h2/small_s2c.yaml', steps=10, \
-        out_dir='/tmp/h2/runs', tracking_uri='sqlite:////tmp/h2/mlflow.db')"
-    python -m model.evaluate /tmp/h2/runs/stage2/last.pt --warehouse /tmp/demo/warehouse \
-        --k-text 16 --k-image 8
-
-(The recorded run reached stage-1 step 150 as 100 steps under total_steps 100, then resumed with
-total_steps 300; on a GPU the preset schedule, 2000 + 1500 steps, takes about 3 minutes.)
+ITM on held-out pairs: every caption with its own image and with one other gallery image drawn
+uniformly (seeded): loss, accuracy on each side, and the mean p(match) of each.
 """
 from __future__ import annotations
 
@@ -51,6 +38,7 @@ from model.batch import PretrainBatch, assemble_text
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import PretrainData
+from model.diagnostics import other_image
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
 from model.pretrain import _pick_feature_set
@@ -158,12 +146,36 @@ def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = 128, k_imag
     out = {"n_images": n_image, "n_captions": n_text, "chance_t2i_r1": chance["t2i"],
            "chance_i2t_r1": chance["i2t"], **recall_at_k(sim, text_image)}
     if rerank_itm:
+        out.update(itm_heldout(model, emb))
         t2i, i2t = rerank(sim, itm_scorer(model, emb), k_text=k_text, k_image=k_image,
                           batch_size=batch_size)
         out.update({f"rerank_{k}": v
                     for k, v in recall_at_k(t2i, text_image, i2t_sim=i2t).items()})
         out.update(rerank_k_text=min(k_text, n_text), rerank_k_image=min(k_image, n_image))
     return out
+
+
+@torch.no_grad()
+def itm_heldout(model: MVP, emb: SplitEmbeddings, seed: int = 0,
+                batch_size: int = 256) -> dict:
+    """ITM on every caption with its own image and with a uniformly drawn other image."""
+    n_text, n_image = len(emb.text_image), emb.images.g.shape[0]
+    if n_image < 2:
+        return {}
+    gold = emb.text_image.cpu()
+    shift = torch.randint(1, n_image, (n_text,), generator=torch.Generator().manual_seed(seed))
+    texts = torch.arange(n_text).repeat(2)
+    images = torch.cat([gold, (gold + shift) % n_image])      # the second half: never the gold
+    label = torch.cat([torch.ones(n_text), torch.zeros(n_text)])
+    score = itm_scorer(model, emb)
+    p = torch.cat([score(texts[s:s + batch_size], images[s:s + batch_size])
+                   for s in range(0, len(texts), batch_size)])
+    correct = ((p > 0.5).float() == label).float()
+    return {"itm_loss": F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), label).item(),
+            "itm_acc_positive": correct[:n_text].mean().item(),
+            "itm_acc_random_negative": correct[n_text:].mean().item(),
+            "itm_p_match_positive": p[:n_text].mean().item(),
+            "itm_p_match_random_negative": p[n_text:].mean().item()}
 
 
 def majority_word(data: PretrainData) -> int:
@@ -197,7 +209,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
         majority_token = majority_word(data)
     # the task's random-replacement ranges, so the masks follow the training rule exactly
     task = PretrainTask(model, TrainConfig(mask_prob=mask_prob))
-    correct = baseline = total = 0
+    correct = shuffled = baseline = total = 0
     was_training = model.training
     model.eval()
     try:
@@ -211,16 +223,22 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
             ids, mask, concept_start = _text_input(model, batch)
             visual = model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
                                          batch.geometry, batch.region_mask)
-            fused = model.fuse(model.encode_text(ids, mask), visual)
+            text = model.encode_text(ids, mask)
             sel = labels != IGNORE
             target = labels[sel]
-            pred = model.mlm_logits(fused.text_hidden[:, :concept_start][sel]).argmax(-1)
-            correct += (pred == target).sum().item()
+            for images in (None, other_image(batch.image_index)):
+                fused = model.fuse(text, visual if images is None else visual.take(images))
+                pred = model.mlm_logits(fused.text_hidden[:, :concept_start][sel]).argmax(-1)
+                if images is None:
+                    correct += (pred == target).sum().item()
+                else:
+                    shuffled += (pred == target).sum().item()
             baseline += (target == majority_token).sum().item()
             total += target.numel()
     finally:
         model.train(was_training)
     return {"mlm_accuracy": correct / max(total, 1),
+            "mlm_accuracy_shuffled_image": shuffled / max(total, 1),
             "mlm_majority_baseline": baseline / max(total, 1),
             "mlm_majority_token": majority_token, "mlm_masked_tokens": total}
 

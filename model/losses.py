@@ -60,31 +60,36 @@ def mlm(token_logits: torch.Tensor, token_labels: torch.Tensor,
     return _masked_ce(token_logits, token_labels)
 
 
-def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
-                  image_ids: torch.Tensor | None = None, hard: bool = True,
-                  text_ids: torch.Tensor | None = None):
-    """Build the ITM batch: B positives plus B in-batch negatives, the hardest by default.
+NEGATIVE_MODES = ("hard", "sampled", "random")
 
-    sim: [B, B] text-image similarity (the VSC matrix; read without gradient).
+
+def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
+                  image_ids: torch.Tensor | None = None, mode: str = "hard",
+                  text_ids: torch.Tensor | None = None):
+    """Build the ITM batch: B positives plus in-batch negatives.
+
+    sim: [B, B] text-image similarity logits (the VSC matrix; read without gradient).
     image_ids: optional [B] ids of each pair's image: texts of the same image (COCO has 5 per
     image) are not negatives of each other, so such pairs are excluded like the diagonal.
     text_ids: optional [B] ids of each pair's caption TEXT (equal ids = the same words): an image
     whose own caption reads exactly like text i matches text i as far as anyone can tell, so such
-    pairs are excluded too (synthetic and templated captions repeat a lot; as hardest negatives
-    they would teach ITM that true matches are wrong). Dropped for a row or column it would leave
-    without a partner.
-    hard: True picks each partner by argmax of `sim`; False draws it uniformly among the allowed
-    partners (the "random negatives" ablation; `sim` then only has to give the shape).
+    pairs are excluded too (templated captions repeat a lot). Dropped for a row or column it would
+    leave without a partner.
 
-    Direction split: the rows are ordered by a random permutation drawn from `generator` (with no
-    generator: the identity, i.e. rows in batch order); the first B // 2 of that order are TEXT rows
-    paired with their hardest image (argmax over the row), the remaining B - B // 2 are IMAGE
-    columns paired with their hardest text (argmax over the column). Draw order: the permutation,
-    then (hard=False) U[0, 1) scores [B, B] for the texts' images and [B, B] for the images' texts.
+    mode:
+    - "hard" (MVP's authors): B negatives. The rows are ordered by a random permutation drawn from
+      `generator` (none: batch order); the first B // 2 are TEXT rows paired with their most
+      similar allowed image, the other B - B // 2 IMAGE columns with their most similar text.
+    - "sampled" (ALBEF): 2B negatives, one image for every text and one text for every image,
+      each drawn with probability softmax(sim) over the allowed partners.
+    - "random": B negatives split as in "hard", each partner uniform among the allowed ones.
+    Draw order: the permutation (hard, random), then the partners' draws (sampled, random).
 
-    Returns (text_index [2B], image_index [2B], label [2B]) long: entries 0..B-1 are the positives
-    (i, i, 1) in batch order, entries B..2B-1 the negatives (label 0) in permutation order.
+    Returns (text_index, image_index, label) long, length 2B (3B for "sampled"): entries 0..B-1
+    are the positives (i, i, 1) in batch order, the rest the negatives (label 0).
     """
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"negative mode must be one of {NEGATIVE_MODES}, got {mode!r}")
     b = sim.shape[0]
     device = sim.device
     gen_device = generator.device if generator is not None else device
@@ -97,29 +102,37 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
         same_text = excluded | (text_ids[:, None] == text_ids[None, :])
         if not (same_text.all(1).any() or same_text.all(0).any()):
             excluded = same_text
-    if generator is None:
-        order = torch.arange(b, device=device)
-    else:
-        order = torch.randperm(b, generator=generator, device=gen_device).to(device)
+    arange = torch.arange(b, device=device)
 
-    def partner(scores: torch.Tensor) -> torch.Tensor:
-        """For each row, the column of the highest score among the allowed ones."""
-        return scores.masked_fill(excluded, float("-inf")).argmax(1)
+    def draw(weights: torch.Tensor) -> torch.Tensor:
+        """One allowed column per row, with probability proportional to `weights` (>= 0)."""
+        weights = weights.masked_fill(excluded, 0.0)
+        return torch.multinomial(weights.to(gen_device), 1, generator=generator).to(device)[:, 0]
 
     with torch.no_grad():
-        if hard:
-            scores = sim.detach().float()
-            image_of_text, text_of_image = partner(scores), partner(scores.t())
-        else:   # excluded is symmetric, so one mask serves rows and columns
-            image_of_text, text_of_image = (
-                partner(torch.rand((b, b), generator=generator, device=gen_device).to(device))
-                for _ in range(2))
-    text_rows, image_cols = order[: b // 2], order[b // 2:]
-    arange = torch.arange(b, device=device)
-    text_index = torch.cat([arange, text_rows, text_of_image[image_cols]])
-    image_index = torch.cat([arange, image_of_text[text_rows], image_cols])
+        scores = sim.detach().float()
+        if mode == "sampled":
+            # softmax over the allowed partners; the max-shift keeps exp finite at any scale
+            image_of_text = draw((scores - scores.max(1, keepdim=True).values).exp())
+            text_of_image = draw((scores.t() - scores.t().max(1, keepdim=True).values).exp())
+            text_index = torch.cat([arange, arange, text_of_image])
+            image_index = torch.cat([arange, image_of_text, arange])
+        else:
+            if generator is None:
+                order = arange
+            else:
+                order = torch.randperm(b, generator=generator, device=gen_device).to(device)
+            if mode == "hard":
+                image_of_text = scores.masked_fill(excluded, float("-inf")).argmax(1)
+                text_of_image = scores.t().masked_fill(excluded, float("-inf")).argmax(1)
+            else:   # excluded is symmetric, so one mask serves rows and columns
+                image_of_text, text_of_image = (draw(torch.ones(b, b, device=device))
+                                                for _ in range(2))
+            text_rows, image_cols = order[: b // 2], order[b // 2:]
+            text_index = torch.cat([arange, text_rows, text_of_image[image_cols]])
+            image_index = torch.cat([arange, image_of_text[text_rows], image_cols])
     label = torch.cat([torch.ones(b, dtype=torch.long, device=device),
-                       torch.zeros(b, dtype=torch.long, device=device)])
+                       torch.zeros(len(text_index) - b, dtype=torch.long, device=device)])
     return text_index, image_index, label
 
 

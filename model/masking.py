@@ -72,10 +72,11 @@ def mask_with_concepts(token_ids: torch.Tensor, token_special: torch.Tensor,
                        concept_mask: torch.Tensor | None = None):
     """Mask the text side: caption tokens (MLM) and phrase concepts (text-side MCR), without leakage.
 
-    A concept like (man, ride, horse) would give away a masked "horse" token, so a concept is masked
-    WHENEVER one of the tokens of its span is selected (also when that token's 10% "keep" applies);
-    a concept with no selected token is selected on its own with probability `prob`. Selected
-    concepts get the same 80/10/10, random ids drawn from `concept_range`.
+    A concept like (man, ride, horse) would give away a masked "horse" token, so a concept is
+    ALWAYS replaced by [MASK] when one of the tokens of its span is selected (whatever that token's
+    80/10/10 action; a kept or randomised concept would reveal the word, as the authors'
+    `random_phrases` also rules). A concept with no selected token is selected on its own with
+    probability `prob` and gets the usual 80/10/10, random ids drawn from `concept_range`.
 
     token_ids:     [B, L] long caption token ids.
     token_special: [B, L] bool, True where a token is never selected (specials, padding).
@@ -104,4 +105,7 @@ def mask_with_concepts(token_ids: torch.Tensor, token_special: torch.Tensor,
         concept_selected = concept_selected & concept_mask
     masked_concepts, concept_labels = _corrupt(concept_ids, concept_selected, mask_id,
                                                concept_range, generator)
+    # after the draws, so the random stream is the same with or without forced concepts
+    masked_concepts = torch.where(forced & concept_selected, torch.full_like(concept_ids, mask_id),
+                                  masked_concepts)
     return masked_tokens, token_labels, masked_concepts, concept_labels

@@ -11,9 +11,10 @@ its own method so that stage 1 never runs, or builds gradients for, the cross en
 Heads:
 - VSC: g_t = normalize(W_t h_text[CLS]), g_v = normalize(W_v h_vis[CLS]); `similarity` scales the
   cosine matrix by a learnable 1/temperature (init 1/0.07, clamped at 100 as in CLIP).
-- MLM head, tied to the word rows of the shared table, predicting over the WORD vocabulary only.
-  It serves MLM (fused caption positions) and MCR (visual tag positions): tags are the BPE words of
-  region labels, so they are word tokens too. Concepts and specials are never prediction targets.
+- MLM head (fused caption positions) and MCR head (visual tag positions), each its own transform
+  and bias over one decoder: the word rows of the shared table (tags are the BPE words of region
+  labels, so they are word tokens too), as the authors' `half_mlm`. Concepts and specials are never
+  prediction targets of these heads.
 - ITM: 2-way classifier on the pooled fused [CLS] (BERT-style tanh pooler).
 
 Ids follow the layout in `model/config.py`: the caller passes concept ids already offset by
@@ -107,10 +108,17 @@ class MVP(nn.Module):
         # MLM transform as in BERT; the decoder matrix is the embedding's word rows (no copy)
         self.mlm_transform = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H))
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.word_vocab))
+        self.mcr_transform = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H))
+        self.mcr_bias = nn.Parameter(torch.zeros(cfg.word_vocab))
         self.pooler = nn.Sequential(nn.Linear(H, H), nn.Tanh())
         self.itm_head = nn.Linear(H, 2)
 
         self.apply(self._init_weights)
+        # Fusion must learn text x image interactions through attention. With q, k at std 0.02
+        # every logit q.k is ~0, attention is uniform and ITM waits hundreds of steps on that
+        # saddle; at std 1/sqrt(H) logits start at O(1) and attention can select from step 0.
+        for block in self.cross_encoder.blocks:
+            nn.init.normal_(block.attn.qkv.weight[: 2 * H], std=H ** -0.5)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -191,6 +199,10 @@ class MVP(nn.Module):
         """[..., hidden] -> [..., word_vocab]. Gather the masked positions first: the word
         vocabulary is wide, so scoring every position wastes memory."""
         return F.linear(self.mlm_transform(hidden), self.word_embeddings, self.mlm_bias)
+
+    def mcr_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., hidden] -> [..., word_vocab] from the visual encoder's tag positions."""
+        return F.linear(self.mcr_transform(hidden), self.word_embeddings, self.mcr_bias)
 
     def itm_logits(self, fused: FusedOutput) -> torch.Tensor:
         """[B, 2]: class 1 = the text matches the image."""

@@ -39,6 +39,7 @@ from model import distributed as dist
 from model import tracking
 from model.config import load_config
 from model.data import DeterministicSampler, PretrainData
+from model.diagnostics import diagnose
 from model.mvp import MVP
 from model.progress import Progress
 from model.task import PretrainTask
@@ -82,14 +83,15 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
              seed: int | None = None, checkpoint_every: int = 500,
              device: str | None = None, train_overrides: dict | None = None,
              run_name: str | None = None, experiment: str = EXPERIMENT,
-             parent_run_id: str | None = None) -> dict:
+             parent_run_id: str | None = None, diagnose_every: int = 50) -> dict:
     """Train `stage` up to global step `steps` (default: the config's total_steps). `seed`
     (default: the config's) seeds the model init, the task's masks and the data order.
     `train_overrides` update the preset's `train:` section (validated by TrainConfig; `stage`
     and `seed` arguments win). The checkpoint is <out_dir>/<stage>/last.pt: give variants of
     one stage their own out_dir. stage2 starts from <out_dir>/stage1/last.pt unless told
     otherwise; retrieval needs init_from (or resume). MLflow: run `run_name` (default the
-    stage) in `experiment`, nested under `parent_run_id` when given."""
+    stage) in `experiment`, nested under `parent_run_id` when given; `diag/*` metrics
+    (model/diagnostics.py) every `diagnose_every` steps and at the end (0: never)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     spec = _pick_feature_set(wh, feature_set)
     vocab = vocab or latest_vocab(wh)
@@ -150,7 +152,8 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
         progress = Progress(run_name or stage, stop, start=trainer.step,
                             keys=("loss",) + tcfg.losses)
         final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log,
-                      progress.step if main else (lambda step, log: None))
+                      progress.step if main else (lambda step, log: None),
+                      diagnose_every if main else 0)
         trainer.save(ckpt, data_position=position)
         model_uri = None
         if main:
@@ -163,9 +166,11 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
 
 
 def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt: Path,
-          checkpoint_every: int, log, progress) -> dict:
+          checkpoint_every: int, log, progress, diagnose_every: int = 0) -> dict:
     """Optimizer steps until `stop`, epoch after epoch; `position` is kept current (it is what
-    a checkpoint records, in samples of the global batch). Returns the last step's log."""
+    a checkpoint records, in samples of the global batch). Every `diagnose_every` steps and at
+    the last, model/diagnostics.py on the step's first micro-batch. Returns the last step's
+    log."""
     tcfg, last = trainer.tcfg, {}
     rank, world = dist.rank(), dist.world_size()
     while trainer.step < stop:
@@ -192,6 +197,9 @@ def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt:
             position["index"] += n
             last.update(samples_per_s=n / (time.perf_counter() - t0), data_wait_s=wait)
             log(last, step=trainer.step)
+            if diagnose_every and (trainer.step % diagnose_every == 0 or trainer.step == stop):
+                log(diagnose(trainer.task, group[0].to(trainer.device), trainer.step),
+                    step=trainer.step)
             progress(trainer.step, last)
             if checkpoint_every and trainer.step % checkpoint_every == 0:
                 trainer.save(ckpt, data_position=position)

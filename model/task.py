@@ -47,8 +47,8 @@ _TEXT = ("embed", "text_pos", "text_ln", "text_encoder")
 _VISUAL = ("embed", "tag_pos", "visual_segment", "region_embed", "visual_ln", "visual_encoder")
 REACHES = {
     "vsc": _TEXT + _VISUAL + ("text_proj", "visual_proj", "logit_scale"),
-    "mcr": _VISUAL + ("mlm_transform", "mlm_bias"),
-    "text_mcr": _TEXT + ("mlm_transform",),
+    "mcr": _VISUAL + ("mcr_transform", "mcr_bias"),
+    "text_mcr": _TEXT + ("mcr_transform",),
     "itm": _TEXT + _VISUAL + ("cross_encoder", "pooler", "itm_head"),
     "mlm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
     "wpg": _TEXT + _VISUAL + ("cross_encoder",),
@@ -66,6 +66,7 @@ class PretrainTask(nn.Module):
         if cfg.n_concepts < 1:
             raise ValueError("the pre-training task needs a concept vocabulary (n_concepts >= 1)")
         self.model, self.tcfg = model, tcfg
+        self.step = 0   # the optimizer step, set by the Trainer: the negative curriculum reads it
         # CLIP's BPE puts sot/eot at the end of its vocabulary: random replacements stay below them
         self.word_range = (0, min(cfg.cls_id, cfg.sep_id))
         self.concept_range = (cfg.concept_offset, cfg.vocab_size)
@@ -77,8 +78,7 @@ class PretrainTask(nn.Module):
         m, cfg, p = self.model, self.model.cfg, self.tcfg.mask_prob
         need = set(self.tcfg.losses)
         out: dict[str, torch.Tensor] = {}
-        if not self.tcfg.concepts:
-            batch = _without_concepts(batch, cfg)
+        batch = self.visible(batch)
 
         # ---- masking (draw order fixed: text, then tags) ----
         word_special = (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
@@ -92,7 +92,8 @@ class PretrainTask(nn.Module):
                                        mask_id=cfg.mask_id)
 
         # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
-        text_ids, text_mask, concept_start = self._text(batch, batch.token_ids, batch.concept_ids)
+        text_ids, text_mask, concept_start = self.text_input(batch, batch.token_ids,
+                                                             batch.concept_ids)
         if need & {"vsc", "itm", "wpg"}:
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
@@ -107,9 +108,9 @@ class PretrainTask(nn.Module):
                                        batch.region_mask)
         if "mcr" in need:
             sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
-            out["mcr"] = losses.mcr(m.mlm_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
+            out["mcr"] = losses.mcr(m.mcr_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
         if need & {"text_mcr", "mlm"}:
-            m_text = m.encode_text(*self._text(batch, m_tokens, m_concepts)[:2])
+            m_text = m.encode_text(*self.text_input(batch, m_tokens, m_concepts)[:2])
         if "text_mcr" in need:
             C = batch.concept_ids.shape[1]
             h = m_text.hidden[:, concept_start:concept_start + C]
@@ -123,7 +124,8 @@ class PretrainTask(nn.Module):
             # ids of the caption texts: rows of identical tokens share one
             text_ids = torch.unique(batch.token_ids, dim=0, return_inverse=True)[1]
             ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index,
-                                             hard=self.tcfg.hard_negatives, text_ids=text_ids)
+                                             mode=self.tcfg.negatives_at(self.step),
+                                             text_ids=text_ids)
             fused = m.fuse(text.take(ti), visual.take(vi))
             out["itm"] = losses.itm(m.itm_logits(fused), y)
             pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)
@@ -143,17 +145,21 @@ class PretrainTask(nn.Module):
         out["loss"] = sum(self.tcfg.weight(k) * v for k, v in out.items())
         return out
 
-    def _text(self, batch: PretrainBatch, token_ids, concept_ids):
+    def visible(self, batch: PretrainBatch) -> PretrainBatch:
+        """The batch as this task's model sees it (no concepts or tags with `concepts: false`)."""
+        return batch if self.tcfg.concepts else _without_concepts(batch, self.model.cfg)
+
+    def text_input(self, batch: PretrainBatch, token_ids, concept_ids):
+        """(ids, mask, concept start) of the text encoder's input for these tokens/concepts."""
         cfg = self.model.cfg
         return assemble_text(token_ids, batch.token_mask, concept_ids, batch.concept_mask,
                              cfg.sep_id, cfg.pad_id)
 
     def _concept_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., hidden] -> [..., n_concepts]: the MLM transform scored against the CONCEPT rows of
-        the shared table (the model's MLM head covers words only; concepts are targets only in
-        text-side MCR)."""
+        """[..., hidden] -> [..., n_concepts]: the MCR transform scored against the CONCEPT rows of
+        the shared table (concepts are targets only in text-side MCR)."""
         m = self.model
-        return F.linear(m.mlm_transform(hidden), m.embed.weight[m.cfg.concept_offset:])
+        return F.linear(m.mcr_transform(hidden), m.embed.weight[m.cfg.concept_offset:])
 
 
 def _without_concepts(batch: PretrainBatch, cfg) -> PretrainBatch:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 from pathlib import Path
 from typing import Iterable
@@ -35,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import distributed as dist
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.mvp import param_groups
 from model.train_config import TrainConfig
 
@@ -77,6 +77,8 @@ class Trainer:
         totals: dict[str, float] = {}
         samples = 0
         self.task.train()
+        if hasattr(self.task, "step"):   # tasks with a schedule of their own (ITM's curriculum)
+            self.task.step = self.step
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.device) if hasattr(batch, "to") else batch
             # DDP averages gradients once per step, on the last micro-batch's backward
@@ -137,8 +139,8 @@ class Trainer:
             "task_generator": self.generator.get_state(),
             "torch": torch.get_rng_state(),   # dropout on CPU
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": random.getstate(),   # (version, tuple of ints, None): plain values
+            "numpy": _numpy_state(),
         })
         if not dist.is_main():
             return
@@ -154,15 +156,11 @@ class Trainer:
             "data_position": data_position,
             "rng": rng,   # one entry per rank
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_checkpoint(state, path)
 
     def load(self, path: str | Path) -> dict | None:
         """Restore the full training state saved by `save`; returns its data_position."""
-        state = _read(path)
+        state = load_checkpoint(path, needs=("model", "optimizer", "scheduler", "rng"))
         load_weights(self.task, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -177,18 +175,21 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         return state["data_position"]
 
 
-def _read(path) -> dict:
-    # weights_only=False: the checkpoint holds Python/NumPy RNG states; we only read our own files
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _numpy_state() -> tuple:
+    """np.random.get_state() with its key array as a tensor: a checkpoint holds no NumPy
+    objects, so it loads weights-only (model/checkpoint.py)."""
+    name, keys, *rest = np.random.get_state()   # rest: position, has_gauss, cached_gaussian
+    return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
 
 
 def load_weights(task_or_model: nn.Module, checkpoint: str | Path | dict) -> None:
     """Load only the model weights of a checkpoint (stage2 starts from stage1 this way, with a
     fresh optimizer and schedule). Strict: a checkpoint of another architecture is an error."""
-    state = checkpoint if isinstance(checkpoint, dict) else _read(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = getattr(task_or_model, "model", task_or_model)
     model.load_state_dict(state["model"])

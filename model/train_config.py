@@ -14,8 +14,10 @@ The loss weights multiply each task's loss in the sum; a loss of weight 0 is not
 (`joint` with wpg=0 is "without WPG"). Variants:
 - `concepts: false`: no concept tokens in the text, no tags on the visual side (only [CLS] [SEP]);
   MCR and WPG have nothing to work on and are dropped from the stage's losses.
-- `hard_negatives: false`: ITM negatives drawn uniformly among the other images of the batch
-  instead of the hardest by VSC similarity.
+- `negatives`: how ITM picks in-batch negatives (model/losses.py `itm_negatives`): `hard` (the
+  most similar, MVP's authors), `sampled` (softmax of similarity, ALBEF; the `albef` stage's
+  default) or `random`; `easy_negative_steps: N` uses `sampled` for the first N steps (a
+  curriculum: hardest negatives from a random start are mostly noise or true matches).
 `TrainConfig.losses` is the resulting loss set.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import yaml
 
 
 from model.config import ConfigError, load_section, require  # noqa: F401 (re-exported)
+from model.losses import NEGATIVE_MODES
 
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
 STAGE_LOSSES = {
@@ -55,20 +58,27 @@ class TrainConfig:
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
     #                            weight); off by default until measured to help (issue 4 §4)
     concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
-    hard_negatives: bool = True  # false: uniformly random in-batch ITM negatives
+    negatives: str | None = None  # hard | sampled | random; None: sampled for albef, else hard
+    easy_negative_steps: int = 0  # ITM uses sampled negatives before this step, then `negatives`
     mask_prob: float = 0.15
     lr: float = 5e-5           # the paper's AdamW learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 0      # linear warmup to lr, then cosine decay to 0 at total_steps
     total_steps: int = 1000    # optimizer steps
     grad_accum: int = 1        # micro-batches per optimizer step
-    clip_norm: float = 1.0     # global gradient-norm clip; 0 disables
+    clip_norm: float = 10.0    # global gradient-norm clip (the authors' DeepSpeed config); 0: none
     batch_size: int = 1024     # micro-batch size over all processes (each of N DDP ranks
     #                            takes 1/N of it); global batch = batch_size * grad_accum
     seed: int = 0
 
     def __post_init__(self):
+        if self.negatives is None:
+            object.__setattr__(self, "negatives", "sampled" if self.stage == "albef" else "hard")
         _validate(self)
+
+    def negatives_at(self, step: int) -> str:
+        """The ITM negative mode of optimizer step `step` (the curriculum's)."""
+        return "sampled" if step < self.easy_negative_steps else self.negatives
 
     def weight(self, loss: str) -> float:
         """Weight of a loss; text-side MCR shares MCR's."""
@@ -96,7 +106,7 @@ def _validate(c: TrainConfig) -> None:
              f"{name} must be a non-negative number, got {v!r}")
     require(c.lr > 0, f"lr must be positive, got {c.lr!r}")
     for name, low in (("warmup_steps", 0), ("total_steps", 1), ("grad_accum", 1),
-                      ("batch_size", 1), ("seed", 0)):
+                      ("batch_size", 1), ("seed", 0), ("easy_negative_steps", 0)):
         v = getattr(c, name)
         require(isinstance(v, int) and not isinstance(v, bool) and v >= low,
              f"{name} must be an integer >= {low}, got {v!r}")
@@ -104,7 +114,9 @@ def _validate(c: TrainConfig) -> None:
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
     require(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
-    for name in ("text_mcr", "concepts", "hard_negatives"):
+    require(c.negatives in NEGATIVE_MODES,
+            f"negatives must be one of {NEGATIVE_MODES}, got {c.negatives!r}")
+    for name in ("text_mcr", "concepts"):
         v = getattr(c, name)
         require(isinstance(v, bool), f"{name} must be true/false, got {v!r}")
     require(bool(c.losses), f"stage {c.stage} has no loss left to train (weights "

@@ -1,13 +1,14 @@
-"""VQA fine-tuning (METHOD.md §4): an answer classifier on the pooled fused output, initialised
-from the MLM head, trained with soft-score BCE; evaluation by answer and question type.
+"""VQA fine-tuning (METHOD.md §4): an answer classifier on the fused [CLS] hidden state,
+initialised from the MLM head, trained with soft-score BCE; evaluation by answer and question type.
 
     out = finetune_vqa("runs/demo/warehouse", "runs/pretrain/stage2/last.pt", config="small",
                        steps=500)                               # runs/finetune/vqa/last.pt
     evaluate_vqa(out["checkpoint"], "runs/demo/warehouse", "test")["vqa_acc"]
     answer(load_vqa(out["checkpoint"]), batch)                   # ["yes", "3", ...]
 
-Head: `transform` (a copy of the model's MLM transform: Linear, GELU, LayerNorm) then `classifier`
-Linear(hidden, n_answers). Row a of the classifier is the mean of the tied word-embedding rows of
+Head, as the authors' `BiImageBertForVQA`: dropout 0.3 on the fused [CLS] hidden state (not the
+tanh pooler, which only ITM trains), then `transform` (a copy of the model's MLM transform:
+Linear, GELU, LayerNorm) and `classifier` Linear(hidden, n_answers). Row a of the classifier is the mean of the tied word-embedding rows of
 answer a's BPE pieces, its bias the mean of the MLM bias at those pieces; the decoder is linear,
 so at step 0 the logit of a equals the mean of the MLM head's logits for a's pieces on the same
 input (exactly the MLM score for a one-piece answer such as "yes", "2", "red"). The MVP's own MLM
@@ -46,6 +47,7 @@ from warehouse.store import Warehouse
 from warehouse.version import code_version
 
 EXPERIMENT = "mvp-finetune"
+HEAD_DROPOUT = 0.3   # the authors' run_vqa.py setting
 
 
 class VQAModel(nn.Module):
@@ -57,6 +59,7 @@ class VQAModel(nn.Module):
         if not answer_vocab:
             raise ValueError("empty answer vocabulary: no training question has an answer")
         self.mvp, self.answer_vocab = mvp, list(answer_vocab)
+        self.dropout = nn.Dropout(HEAD_DROPOUT)
         self.transform = copy.deepcopy(mvp.mlm_transform)
         self.classifier = nn.Linear(mvp.cfg.hidden, len(self.answer_vocab))
         with torch.no_grad():
@@ -75,7 +78,8 @@ class VQAModel(nn.Module):
         text = m.encode_text(batch.token_ids, batch.token_mask)
         visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
                                  batch.region_mask)
-        return self.classifier(self.transform(m.fuse(text, visual).pooled))
+        cls = m.fuse(text, visual).hidden[:, 0]
+        return self.classifier(self.transform(self.dropout(cls)))
 
     def forward(self, batch: VQABatch, generator: torch.Generator | None = None) -> dict:
         logits = self.logits(batch)

@@ -55,9 +55,10 @@ def test_every_variant_trains_its_losses_under_one_parent(compared):
     steps = {n: int(r.data.params["train.total_steps"]) for n, r in trained.items()}
     assert steps == {n: BUDGET if n in ("mvp-joint-joint", "albef-albef") else BUDGET // 2
                      for n in LOSSES}
-    assert trained["no-hard-negatives-stage2"].data.params["train.hard_negatives"] == "False"
-    assert trained["mvp-sequential-stage2"].data.params["train.hard_negatives"] == "True"
+    assert trained["no-hard-negatives-stage2"].data.params["train.negatives"] == "random"
+    assert trained["mvp-sequential-stage2"].data.params["train.negatives"] == "hard"
     assert trained["albef-albef"].data.params["train.concepts"] == "False"
+    assert trained["albef-albef"].data.params["train.negatives"] == "sampled"
     # no-wpg and no-hard-negatives continue mvp-sequential's stage 1, trained once
     stage1 = out["variants"]["mvp-sequential"]["steps"]["mvp-sequential-stage1"]["folder"]
     for name in ("no-wpg", "no-hard-negatives"):
@@ -94,11 +95,10 @@ def test_table_has_a_row_per_variant_and_the_chance_level(compared):
 
 
 def _cfg(out):
-    import torch
-
+    from model.checkpoint import load_checkpoint
     from model.config import ModelConfig
     step = out["variants"]["mvp-joint"]["steps"]["mvp-joint-joint"]
-    return ModelConfig(**torch.load(step["checkpoint"], weights_only=False)["model_config"])
+    return ModelConfig(**load_checkpoint(step["checkpoint"])["model_config"])
 
 
 def test_rerun_of_the_flow_trains_nothing(compared):

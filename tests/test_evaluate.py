@@ -7,8 +7,8 @@ import torch
 from model.batch import assemble_text
 from model.config import load_config
 from model.data import PretrainData
-from model.evaluate import (embed_split, evaluate, itm_scorer, majority_word, mlm_accuracy,
-                            results_rows)
+from model.evaluate import (embed_split, evaluate, itm_heldout, itm_scorer, majority_word,
+                            mlm_accuracy, results_rows)
 from model.mvp import MVP
 from model.task import PretrainTask
 from model.train import Trainer
@@ -76,6 +76,49 @@ def test_mlm_accuracy_is_scored_on_the_same_positions_as_the_baseline(built):
         first["mlm_majority_baseline"] > 0
 
 
+def test_held_out_itm_pairs_each_caption_with_its_image_and_another(built, monkeypatch):
+    _, model, data, _ = built
+    emb = embed_split(model, data)
+    seen = []
+    real = itm_scorer
+
+    def recording(model, emb):
+        score = real(model, emb)
+
+        def wrapped(texts, images):
+            seen.extend(zip(texts.tolist(), images.tolist()))
+            return score(texts, images)
+        return wrapped
+    monkeypatch.setattr("model.evaluate.itm_scorer", recording)
+    m = itm_heldout(model, emb, batch_size=10)
+    gold = emb.text_image.tolist()
+    assert len(seen) == 2 * len(data)
+    assert [(t, i) for t, i in seen[:len(data)]] == list(enumerate(gold))
+    assert all(t == k and i != gold[k] for k, (t, i) in enumerate(seen[len(data):]))
+    # a scorer that always says "match" is right on every positive and no negative
+    monkeypatch.setattr("model.evaluate.itm_scorer",
+                        lambda model, emb: lambda t, i: torch.full((len(t),), 0.9))
+    always = itm_heldout(model, emb)
+    assert always["itm_acc_positive"] == 1.0 and always["itm_acc_random_negative"] == 0.0
+    assert all(0 <= m[k] <= 1 for k in m if k != "itm_loss") and m["itm_loss"] > 0
+
+
+def test_mlm_with_another_image_is_scored_on_the_same_positions(built):
+    _, model, data, _ = built
+    m = mlm_accuracy(model, data, seed=3)
+    assert 0 <= m["mlm_accuracy_shuffled_image"] <= 1
+    # a model whose fused text ignores the image (zero region features AND geometry weights,
+    # no region attention): matched and shuffled agree exactly
+    blind = MVP(model.cfg)
+    blind.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        blind.region_embed.weight.zero_()
+        blind.region_embed.bias.zero_()
+        blind.visual_segment.weight.zero_()
+    b = mlm_accuracy(blind, data, seed=3)
+    assert b["mlm_accuracy"] == b["mlm_accuracy_shuffled_image"]
+
+
 def test_evaluate_a_model_on_the_test_split(built):
     wh, model, _, _ = built
     m = evaluate(model, wh, split="test", k_text=4, k_image=2, batch_size=4)
@@ -86,8 +129,11 @@ def test_evaluate_a_model_on_the_test_split(built):
     assert m["chance_t2i_r1"] == pytest.approx(1 / n_images)
     counts = torch.bincount(torch.from_numpy(held_out.image_of)).double()
     assert m["chance_i2t_r1"] == pytest.approx((counts / len(held_out)).mean().item())
-    for key in RECALLS + [f"rerank_{k}" for k in RECALLS] + ["mlm_accuracy",
-                                                              "mlm_majority_baseline"]:
+    # with one test image there is no other image to pair a caption with
+    itm = ["itm_acc_positive", "itm_acc_random_negative"] if n_images > 1 else []
+    assert (("itm_loss" in m) == (n_images > 1))
+    for key in RECALLS + [f"rerank_{k}" for k in RECALLS] + [
+            "mlm_accuracy", "mlm_majority_baseline", "mlm_accuracy_shuffled_image"] + itm:
         assert 0.0 <= m[key] <= 1.0, key
     assert m["rerank_k_image"] == min(2, n_images) and m["stage"] == "model"
     rows = dict(results_rows(m))

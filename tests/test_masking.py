@@ -83,17 +83,27 @@ def _mask_caption(batch, seed):
                               concept_mask=concept_mask)
 
 
+def _forced(labels, spans):
+    """[B, C] True where a token of concept c's span was selected for MLM."""
+    tok_sel = labels != -100
+    return torch.stack([tok_sel[:, s:e].any(1) for s, e in spans[0].tolist()], dim=1)
+
+
 def test_concept_masked_whenever_a_token_of_its_span_is():
     batch = _caption_batch(64, 0)
     _, special, concepts, spans, _ = batch
-    unforced_selected = unforced_total = 0
+    unforced_selected = unforced_total = n_forced = 0
     for seed in range(50):
-        _, labels, _, c_labels = _mask_caption(batch, seed)
+        _, labels, c_out, c_labels = _mask_caption(batch, seed)
         tok_sel = labels != -100
         con_sel = c_labels != -100
+        forced_all = _forced(labels, spans)
         for c, (start, end) in enumerate(spans[0].tolist()[:4]):
-            forced = tok_sel[:, start:end].any(1)
+            forced = forced_all[:, c]
             assert con_sel[forced, c].all(), f"leak: concept {c}, seed {seed}"
+            # never kept or randomised: either would reveal the masked word
+            assert (c_out[forced, c] == MASK).all(), f"leak: concept {c}, seed {seed}"
+            n_forced += forced.sum().item()
             unforced_selected += con_sel[~forced, c].sum().item()
             unforced_total += (~forced).sum().item()
         assert not con_sel[:, 4].any()  # padding concept
@@ -101,13 +111,14 @@ def test_concept_masked_whenever_a_token_of_its_span_is():
         assert not tok_sel[special].any()
     # concepts with no masked token are masked on their own at ~15%
     assert abs(unforced_selected / unforced_total - 0.15) < 0.02
+    assert n_forced > 500   # the leak check above saw many forced concepts
 
 
 def test_concept_corruption_split_and_range():
     batch = _caption_batch(4000, 1)
     ids, _, concepts, _, _ = batch
     out, labels, c_out, c_labels = _mask_caption(batch, 7)
-    sel = c_labels != -100
+    sel = (c_labels != -100) & ~_forced(labels, batch[3])   # forced ones are always [MASK]
     n = sel.sum().item()
     to_mask = (c_out == MASK) & sel
     kept = (c_out == concepts) & sel

@@ -68,7 +68,7 @@ def test_output_shapes(model, cfg):
     assert torch.allclose(v.g.norm(dim=-1), torch.ones(B))
     assert model.mlm_logits(f.text_hidden).shape == (B, LT, cfg.word_vocab)
     n_tags = int(v.tag_mask.sum())
-    assert model.mlm_logits(v.tag_hidden[v.tag_mask]).shape == (n_tags, cfg.word_vocab)
+    assert model.mcr_logits(v.tag_hidden[v.tag_mask]).shape == (n_tags, cfg.word_vocab)
     assert model.itm_logits(f).shape == (B, 2)
     sim = model.similarity(t.g, v.take(torch.tensor([0, 1])).g)
     assert sim.shape == (B, 2)
@@ -115,13 +115,41 @@ def test_mlm_head_is_tied_to_word_rows(model, cfg):
     model.zero_grad()
 
 
+def test_mcr_has_its_own_head_over_the_shared_decoder(model, cfg):
+    """MCR and MLM share the decoder (the word rows) but not the transform or the bias, as the
+    authors' `half_mlm`: a step on MCR alone leaves the MLM transform and bias untouched."""
+    assert model.mcr_transform[0].weight.data_ptr() != model.mlm_transform[0].weight.data_ptr()
+    model.zero_grad()
+    model.mcr_logits(torch.randn(4, cfg.hidden)).sum().backward()
+    assert model.mcr_transform[0].weight.grad.abs().sum() > 0
+    assert model.mcr_bias.grad.abs().sum() > 0
+    assert model.embed.weight.grad[: cfg.word_vocab].abs().sum() > 0   # the tied decoder
+    assert model.mlm_transform[0].weight.grad is None and model.mlm_bias.grad is None
+    h = torch.randn(3, cfg.hidden)
+    assert not torch.allclose(model.mcr_logits(h), model.mlm_logits(h))
+    model.zero_grad(set_to_none=True)
+
+
+def test_fusion_attention_starts_selective(cfg):
+    """Query/key projections of the cross encoder start at std 1/sqrt(H), so attention logits are
+    O(1) at step 0 (at the 0.02 of the other layers they are ~0 and attention is uniform)."""
+    torch.manual_seed(0)
+    model = MVP(cfg)
+    H = cfg.hidden
+    for block in model.cross_encoder.blocks:
+        qk = block.attn.qkv.weight[: 2 * H]
+        assert abs(qk.std().item() - H ** -0.5) < 0.2 * H ** -0.5
+        assert abs(block.attn.qkv.weight[2 * H:].std().item() - 0.02) < 0.005   # values as before
+    assert abs(model.text_encoder.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.005
+
+
 def test_stage1_does_not_touch_cross_encoder(cfg):
     model = MVP(cfg)
     b = make_batch(cfg)
     t = model.encode_text(b["ids"], b["mask"])
     v = model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"], b["geometry"],
                             b["region_mask"])
-    loss = model.similarity(t.g, v.g).logsumexp(1).mean() + model.mlm_logits(v.tag_hidden).mean()
+    loss = model.similarity(t.g, v.g).logsumexp(1).mean() + model.mcr_logits(v.tag_hidden).mean()
     loss.backward()
     stage2_only = ("cross_encoder.", "pooler.", "itm_head.")
     for name, p in model.named_parameters():

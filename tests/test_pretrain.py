@@ -60,6 +60,12 @@ def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
     assert [s for s, _ in _history(client, s2["run_id"], "itm")] == [1, 2, 3]
     for key in ("lr", "grad_norm", "samples_per_s", "data_wait_s", "mlm", "wpg"):
         assert len(_history(client, s2["run_id"], key)) == 3, key
+    # the cross-modal diagnostics, at the last step (every 50 by default)
+    for key in ("grad_norm_itm", "grad_norm_mlm", "grad_norm_wpg", "itm_acc_positive",
+                "itm_acc_random_negative", "itm_acc_chosen_negative", "mlm_acc_matched",
+                "mlm_acc_shuffled"):
+        assert [s for s, _ in _history(client, s2["run_id"], f"diag/{key}")] == [3], key
+    assert not any(k.startswith("diag/") for k in r1.data.metrics)   # stage1 has no fusion
 
     # stage2 started from stage1's weights, not from a fresh init
     a = load_checkpoint(s1["checkpoint"])["model"]

@@ -19,10 +19,10 @@ VARIANTS = [   # (stage, train overrides, losses computed)
     ("joint", {"wpg": 0}, {"vsc", "mcr", "itm", "mlm"}),
     ("joint", {"itm": 0}, {"vsc", "mcr", "mlm", "wpg"}),    # WPG then fuses the positives itself
     ("joint", {"concepts": False}, {"vsc", "itm", "mlm"}),
-    ("stage2", {"hard_negatives": False}, {"vsc", "mcr", "itm", "mlm", "wpg"}),
+    ("stage2", {"negatives": "random"}, {"vsc", "mcr", "itm", "mlm", "wpg"}),
     ("albef", {}, {"vsc", "itm", "mlm"}),
     ("retrieval", {}, {"vsc", "itm"}),
-    ("retrieval", {"hard_negatives": False}, {"vsc", "itm"}),
+    ("retrieval", {"negatives": "random"}, {"vsc", "itm"}),
 ]
 
 
@@ -55,6 +55,21 @@ def test_a_loss_of_weight_zero_is_not_computed(monkeypatch):
     trainer, cfg = make_trainer("joint")
     with pytest.raises(AssertionError, match="wpg computed"):
         trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+
+
+def test_the_trainer_walks_the_negative_curriculum(monkeypatch):
+    """easy_negative_steps: 2 -> the first two optimizer steps draw sampled negatives, then the
+    configured mode; the task learns the step from the Trainer."""
+    modes, real = [], losses.itm_negatives
+
+    def record(*args, **kwargs):
+        modes.append(kwargs["mode"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(losses, "itm_negatives", record)
+    trainer, cfg = make_trainer("joint", easy_negative_steps=2)
+    for index in range(4):
+        trainer.train_step([synthetic_batch(cfg, 0, index)])
+    assert modes == ["sampled", "sampled", "hard", "hard"]
 
 
 def _other_concepts_and_tags(batch, cfg):
@@ -94,10 +109,10 @@ ALLOWED_IMAGES = {0: {2, 3}, 1: {2, 3}, 2: {0, 1, 3}, 3: {0, 1, 2}}   # of each 
 ALLOWED_TEXTS = {0: {2, 3}, 1: {2, 3}, 2: {0, 1, 3}, 3: {0, 1, 2}}    # of each image
 
 
-def _negatives(hard: bool, seed: int):
+def _negatives(mode: str, seed: int):
     """(text -> image chosen for text rows, image -> text chosen for image columns)."""
     t, i, y = losses.itm_negatives(SIM, torch.Generator().manual_seed(seed), SAME_IMAGE,
-                                   hard=hard)
+                                   mode=mode)
     assert y.tolist() == [1] * 4 + [0] * 4 and t[:4].tolist() == i[:4].tolist() == [0, 1, 2, 3]
     return dict(zip(t[4:6].tolist(), i[4:6].tolist())), dict(zip(i[6:].tolist(), t[6:].tolist()))
 
@@ -110,7 +125,7 @@ def test_hardest_negatives_on_a_crafted_similarity():
     assert i.tolist() == [0, 1, 2, 3, 3, 3, 2, 3]
     hardest_image, hardest_text = {0: 3, 1: 3, 2: 1, 3: 0}, {0: 3, 1: 2, 2: 3, 3: 1}
     for seed in range(20):   # whatever the direction split, every negative is the hardest one
-        by_text, by_image = _negatives(True, seed)
+        by_text, by_image = _negatives("hard", seed)
         assert all(hardest_image[k] == v for k, v in by_text.items())
         assert all(hardest_text[k] == v for k, v in by_image.items())
 
@@ -118,7 +133,7 @@ def test_hardest_negatives_on_a_crafted_similarity():
 def test_random_negatives_are_uniform_among_the_allowed_partners():
     images, texts = {k: Counter() for k in range(4)}, {k: Counter() for k in range(4)}
     for seed in range(400):
-        by_text, by_image = _negatives(False, seed)
+        by_text, by_image = _negatives("random", seed)
         for k, v in by_text.items():
             images[k][v] += 1
         for k, v in by_image.items():
@@ -132,10 +147,42 @@ def test_random_negatives_are_uniform_among_the_allowed_partners():
     assert images[0][2] > 0
 
 
+def test_sampled_negatives_follow_the_softmax_of_similarity():
+    """ALBEF's rule: every text gets one image and every image one text (2B negatives), each
+    drawn with probability softmax(sim) over the allowed partners."""
+    sim = SIM / 4   # a temperature that keeps every allowed partner likely enough to be seen
+    images, texts = {k: Counter() for k in range(4)}, {k: Counter() for k in range(4)}
+    n = 3000
+    for seed in range(n):
+        t, i, y = losses.itm_negatives(sim, torch.Generator().manual_seed(seed), SAME_IMAGE,
+                                       mode="sampled")
+        assert y.tolist() == [1] * 4 + [0] * 8
+        assert t[4:8].tolist() == [0, 1, 2, 3] and i[8:].tolist() == [0, 1, 2, 3]
+        for k in range(4):
+            images[k][i[4 + k].item()] += 1
+            texts[k][t[8 + k].item()] += 1
+    for k in range(4):
+        allowed_i, allowed_t = sorted(ALLOWED_IMAGES[k]), sorted(ALLOWED_TEXTS[k])
+        assert set(images[k]) == set(allowed_i) and set(texts[k]) == set(allowed_t)
+        p_image = sim[k, allowed_i].softmax(0)
+        p_text = sim[allowed_t, k].softmax(0)
+        for j, p in zip(allowed_i, p_image.tolist()):
+            assert abs(images[k][j] / n - p) < 0.03, (k, j, images[k][j] / n, p)
+        for j, p in zip(allowed_t, p_text.tolist()):
+            assert abs(texts[k][j] / n - p) < 0.03, (k, j, texts[k][j] / n, p)
+
+
 def test_train_config_variants_validate():
     assert {"albef", "retrieval"} <= set(STAGES)
-    tcfg = load_train_config("tiny", stage="joint", wpg=0, concepts=False, hard_negatives=False)
-    assert tcfg.losses == ("vsc", "itm", "mlm") and tcfg.to_dict()["hard_negatives"] is False
+    tcfg = load_train_config("tiny", stage="joint", wpg=0, concepts=False, negatives="random")
+    assert tcfg.losses == ("vsc", "itm", "mlm") and tcfg.to_dict()["negatives"] == "random"
+    # ALBEF's negatives by default for the albef stage, MVP's hardest elsewhere
+    assert TrainConfig(stage="albef").negatives == "sampled"
+    assert TrainConfig(stage="stage2").negatives == "hard"
+    curriculum = TrainConfig(stage="stage2", easy_negative_steps=3)
+    assert [curriculum.negatives_at(s) for s in range(5)] == ["sampled"] * 3 + ["hard"] * 2
+    with pytest.raises(ConfigError, match="negatives must be one of"):
+        TrainConfig(negatives="hardest")
     with pytest.raises(ConfigError, match="no loss left"):
         TrainConfig(stage="stage1", vsc=0, concepts=False)
     with pytest.raises(ConfigError, match="concepts must be true/false"):

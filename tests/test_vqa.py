@@ -102,11 +102,16 @@ def test_head_starts_as_the_mlm_decoder(shapes):
         fused = mvp.fuse(mvp.encode_text(b.token_ids, b.token_mask),
                          mvp.encode_visual(b.tag_ids, b.tag_mask, b.regions, b.geometry,
                                            b.region_mask))
-        mlm = mvp.mlm_logits(fused.pooled)
+        mlm = mvp.mlm_logits(fused.hidden[:, 0])   # the fused [CLS], as the authors' head
         logits = model.logits(b)
     assert len(bpe("yes")) == 1 and len(bpe("slice of pizza")) == 3
     for k, a in enumerate(vocab):
         torch.testing.assert_close(logits[:, k], mlm[:, list(bpe(a))].mean(-1))
+    # dropout 0.3 on [CLS] in training only: train mode changes the logits, eval mode does not
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model.logits(b), logits)
+    assert model.dropout.p == 0.3
     # the model's own MLM head is a separate copy: fine-tuning the head leaves it alone
     assert model.transform[0].weight.data_ptr() != mvp.mlm_transform[0].weight.data_ptr()
 
