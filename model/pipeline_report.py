@@ -177,7 +177,8 @@ def _most_phrases(data) -> int:
     return max(range(len(counts)), key=lambda i: (counts[i], -i)) if counts else 0
 
 
-RESULT_COLUMNS = ["model", "t2i R@1", "i2t R@1", "t2i R@1 rerank", "i2t R@1 rerank", "MLM acc"]
+RESULT_COLUMNS = ["model", "t2i R@1", "i2t R@1", "t2i R@1 rerank", "i2t R@1 rerank", "MLM acc",
+                  "MLM acc, other image", "ITM acc pos / random neg"]
 
 
 def results_table(test: dict) -> tuple[list[str], list[tuple]]:
@@ -191,10 +192,12 @@ def results_table(test: dict) -> tuple[list[str], list[tuple]]:
         rows.append((f"{name} (chance t2i {100 * m.get('chance_t2i_r1', 0):.1f})",
                      pct(m, "t2i_r1"), pct(m, "i2t_r1"), pct(m, "rerank_t2i_r1"),
                      pct(m, "rerank_i2t_r1"),
-                     f"{pct(m, 'mlm_accuracy')} (majority {pct(m, 'mlm_majority_baseline')})"))
+                     f"{pct(m, 'mlm_accuracy')} (majority {pct(m, 'mlm_majority_baseline')})",
+                     pct(m, "mlm_accuracy_shuffled_image"),
+                     f"{pct(m, 'itm_acc_positive')} / {pct(m, 'itm_acc_random_negative')}"))
     for dataset, m in test["vqa"].items():
         rows.append((f"vqa {dataset}: accuracy {100 * m['vqa_acc']:.1f} on "
-                     f"{m['n_questions']} questions", "", "", "", "", ""))
+                     f"{m['n_questions']} questions", *[""] * (len(RESULT_COLUMNS) - 1)))
     return RESULT_COLUMNS, rows
 
 

@@ -129,8 +129,9 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         asked = [k for k, r in enumerate(rows) if _value(r, "question")]
         if asked and self.vqa is not None:
             sel = torch.tensor(asked)
-            answers = self.vqa.answer([rows[k]["question"] for k in asked],
-                                      *(x[sel] for x in visual_inputs))
+            questions = [rows[k]["question"] for k in asked]
+            concepts = [self.vocabulary.encode(q, self.cfg).concept_ids for q in questions]
+            answers = self.vqa.answer(questions, concepts, *(x[sel] for x in visual_inputs))
             for k, a in zip(asked, answers):
                 out.at[k, "answer"] = a
         return out

@@ -7,9 +7,10 @@
 Every source format lands in the same `questions` table (the vqa, easy_vqa and shapes readers
 normalise VQA v2 / easy-vqa / shapes into it), so one class serves them all.
 
-Text: `[CLS] question words [SEP] tag words [SEP]` of at most max_text_len: the image's tags
-(its distinct region labels, as on the visual side) are appended to the question as the paper
-does for VQA (METHOD.md §4); the question keeps its whole words first, tags fill what is left.
+Text: `[CLS] question words, its phrase concepts [SEP] tag words [SEP]` of at most max_text_len:
+the question's concepts (parsed as captions are, against the model's concept vocabulary) as the
+authors' VQA, and the image's tags (its distinct region labels, as on the visual side) appended
+as the paper does (METHOD.md §4).
 The visual side (tags, regions, geometry) is model.data.ImageSide, exactly as in pre-training.
 
 Answers: the vocabulary is built from the TRAINING questions: answers ranked by how many
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset
 from model.batch import TensorBatch
 from model.config import ModelConfig
 from model.data import ImageSide, caption_tokens, pad_rows, require_model_feature_set
+from model.serving_text import ConceptVocabulary
 from model.vqa_metrics import vqa_score
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
@@ -61,15 +63,19 @@ def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSW
     return sorted(counts, key=lambda a: (-counts[a], a))[:max_answers]
 
 
-def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig) -> list[int]:
-    """`[CLS] question words [SEP] tag words [SEP]` within max_text_len (METHOD.md: the tags
-    are appended to the question); the question keeps its whole words first, tags fill what
-    is left (tag_words: the image's tag BPE ids). Fine-tuning and serving both use it."""
+def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig,
+                    concept_ids: list[int] = ()) -> list[int]:
+    """`[CLS] question words, its phrase concepts [SEP] tag words [SEP]` within max_text_len
+    (METHOD.md: concepts in the text as the authors' VQA, tags appended to the question).
+    Priority when it does not fit: concepts (at most max_text_len // 4), whole question words,
+    then tags (tag_words: the image's tag BPE ids; concept_ids: already offset into the shared
+    table). Fine-tuning and serving both use it."""
     L = cfg.max_text_len
-    words, _ = caption_tokens(question, [], budget=L - 3)  # room for [CLS] [SEP] [SEP]
-    tags = list(tag_words[:L - 3 - len(words)])
+    concepts = list(concept_ids[:L // 4])
+    words, _ = caption_tokens(question, [], budget=L - 3 - len(concepts))  # [CLS] [SEP] [SEP]
+    tags = list(tag_words[:L - 3 - len(words) - len(concepts)])
     tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
-    return [cfg.cls_id, *words, *tail]
+    return [cfg.cls_id, *words, *concepts, *tail]
 
 
 class VQAData(Dataset):
@@ -100,7 +106,7 @@ class VQAData(Dataset):
         self.answer_vocab = (answer_vocabulary(self.answers, max_answers)
                              if answer_vocab is None else list(answer_vocab))
         self._build_targets()
-        self._build_text()
+        self._build_text(wh)
 
     def _build_targets(self) -> None:
         index = {a: k for k, a in enumerate(self.answer_vocab)}
@@ -108,12 +114,15 @@ class VQAData(Dataset):
                         for per_q in self.answers]
         self.n_out_of_vocab = sum(1 for a, t in zip(self.answers, self.targets) if a and not t)
 
-    def _build_text(self) -> None:
+    def _build_text(self, wh: Warehouse) -> None:
         cfg = self.cfg
+        vocabulary = (ConceptVocabulary.from_warehouse(wh, cfg.vocab_version)
+                      if cfg.vocab_version else None)
         self.tokens = []
         for question, row in zip(self.questions, self.image_of):
+            concepts = vocabulary.encode(question, cfg).concept_ids if vocabulary else []
             self.tokens.append(np.array(question_tokens(
-                question, self.images.tag_words(int(row)).tolist(), cfg), np.int64))
+                question, self.images.tag_words(int(row)).tolist(), cfg, concepts), np.int64))
 
     def __len__(self) -> int:
         return len(self.question_ids)

@@ -1,12 +1,12 @@
 """The optional VQA head of a served model: a packaged VQA checkpoint answered by model/vqa.py.
 
     answerer = load(path_or_None)          # None: the package has no VQA head
-    answerer.answer(questions, tags, visual) -> list[str]
+    answerer.answer(questions, concept_ids, tags, visual) -> list[str]
 
 Serving must not depend on the VQA code being there, so model.vqa is looked up when a package
 that holds a VQA checkpoint is logged or loaded (`load_vqa` and `answer` are what it uses).
-The question text is built as the fine-tuning data path builds it (model/vqa_data.py):
-`[CLS] question words [SEP] tag words [SEP]`, the image's tags appended (METHOD.md §4).
+The question text is built as the fine-tuning data path builds it (model/vqa_data.py
+`question_tokens`): question words and concepts, then the image's tags (METHOD.md §4).
 """
 from __future__ import annotations
 
@@ -42,15 +42,17 @@ class Answerer:
         self.model = vqa_module.load_vqa(checkpoint_path)
 
     @torch.no_grad()
-    def answer(self, questions: list[str], tag_ids: torch.Tensor, tag_mask: torch.Tensor,
-               regions: torch.Tensor, geometry: torch.Tensor, region_mask: torch.Tensor
-               ) -> list[str]:
-        """Answers for questions on images given as encode_visual's (padded) inputs."""
+    def answer(self, questions: list[str], concept_ids: list[list[int]], tag_ids: torch.Tensor,
+               tag_mask: torch.Tensor, regions: torch.Tensor, geometry: torch.Tensor,
+               region_mask: torch.Tensor) -> list[str]:
+        """Answers for questions (with their concept ids, offset) on images given as
+        encode_visual's (padded) inputs."""
         from model.vqa_data import VQABatch
         cfg, B = self.model.cfg, len(questions)
         words = [ids[m][1:-1].tolist() for ids, m in zip(tag_ids, tag_mask)]  # no [CLS]/[SEP]
-        tokens, token_mask = pad_rows([torch.tensor(question_tokens(q, w, cfg))
-                                       for q, w in zip(questions, words)], cfg.pad_id)
+        tokens, token_mask = pad_rows([torch.tensor(question_tokens(q, w, cfg, c))
+                                       for q, w, c in zip(questions, words, concept_ids)],
+                                      cfg.pad_id)
         batch = VQABatch(token_ids=tokens, token_mask=token_mask, tag_ids=tag_ids,
                          tag_mask=tag_mask, regions=regions, geometry=geometry,
                          region_mask=region_mask, image_index=torch.arange(B),

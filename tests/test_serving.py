@@ -23,7 +23,9 @@ from model.data import PretrainData
 from model.mvp import MVP
 from model.pretrain import pretrain
 from model.serving import log_pyfunc
+from model.serving_text import ConceptVocabulary
 from warehouse.catalog import connect
+from warehouse.store import Warehouse
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
         h = vqa_model.transform(m.fuse(m.encode_text(batch.token_ids, batch.token_mask),
                                        m.encode_visual(batch.tag_ids, batch.tag_mask,
                                                        batch.regions, batch.geometry,
-                                                       batch.region_mask)).pooled)
+                                                       batch.region_mask)).hidden[:, 0])
         vqa_model.classifier.bias.copy_(-vqa_model.classifier.weight @ h.mean(0))
     checkpoint = tmp_path / "vqa.pt"
     torch.save({"model": vqa_model.state_dict(), "model_config": cfg.to_dict()}, checkpoint)
@@ -196,4 +198,8 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     expected = answer(vqa_model, batch)
     assert served_answers == expected and len(set(expected)) > 1, expected
     tags = data.images.tag_words(int(data.image_of[0])).tolist()
-    assert vqa_hook.question_tokens(data.questions[0], tags, cfg) == data.tokens[0].tolist()
+    vocabulary = ConceptVocabulary.from_warehouse(Warehouse(served["wh"]), cfg.vocab_version)
+    concepts = vocabulary.encode(data.questions[0], cfg).concept_ids
+    assert vqa_hook.question_tokens(data.questions[0], tags, cfg, concepts) == \
+        data.tokens[0].tolist()
+    assert any(any(t >= cfg.concept_offset for t in row) for row in data.tokens)  # concepts in
