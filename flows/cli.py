@@ -105,6 +105,14 @@ def cmd_history(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from warehouse.verify import verify
+    report = verify(args.warehouse)
+    for line in report.lines():
+        print(line)
+    return 0 if report.passed else 1
+
+
 def cmd_features(args) -> int:
     from flows.feature_store import run_features
     run_features(dask_address=args.dask_address, warehouse=args.warehouse,
@@ -187,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("history", help="list the builds (manifests) of the warehouse")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_history)
+
+    sp = sub.add_parser("verify", help="check the snapshot chain and every part of the current "
+                                       "snapshot (exists, size, sha256); exit 1 if any is bad")
+    warehouse_arg(sp)
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("features", help="extract region features into a feature set "
                                          "(Prefect flow)")

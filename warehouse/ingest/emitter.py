@@ -11,11 +11,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warehouse.ingest.checks import (DEFAULT_MAX_IMAGE_PIXELS, BadRecord, check_box, clean_text,
-                                     inspect_image, resolve_under)
+from warehouse.ingest.checks import (DEFAULT_MAX_IMAGE_PIXELS, MAX_PATH_CHARS, BadRecord,
+                                     check_box, check_number, check_row, check_string,
+                                     clean_text, inspect_image, resolve_under, shown)
 from warehouse.ingest.staging import StagingWriter
 
-RAW_LIMIT = 2000  # characters of a rejected record kept for a person to read
+RAW_LIMIT = 2000    # characters of a rejected record kept for a person to read
+REASON_LIMIT = 500  # characters of a reject's reason, source file name and record reference
 
 
 def image_id(dataset: str, source_id) -> str:
@@ -24,21 +26,36 @@ def image_id(dataset: str, source_id) -> str:
 
 def stable_id(*parts) -> str:
     """A short content hash for records whose source gives no id (e.g. captions in a TSV)."""
-    return hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+    return hashlib.sha1("\x1f".join(_id_part(p) for p in parts).encode("utf-8", "surrogatepass")
                         ).hexdigest()[:16]
+
+
+def _id_part(part) -> str:
+    try:
+        return str(part)
+    except RecursionError:  # nested too deeply to be a valid field: its record is rejected
+        return shown(part)
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, as valid UTF-8 (what a reject row says about a record
+    must never be what fails the build)."""
+    return text[:limit].encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _raw_text(raw) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bytes):
-        text = raw.decode("utf-8", errors="backslashreplace")
+        text = raw[:4 * RAW_LIMIT].decode("utf-8", errors="backslashreplace")
     elif isinstance(raw, str):
         text = raw
     else:
-        text = json.dumps(raw, ensure_ascii=True, default=str)
-    text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
-    return text[:RAW_LIMIT]
+        try:
+            text = json.dumps(raw, ensure_ascii=True, default=str)
+        except (RecursionError, ValueError):  # too deeply nested, or an int too long to print
+            text = shown(raw)
+    return _storable(text, RAW_LIMIT)
 
 
 @dataclass
@@ -69,7 +86,12 @@ class Emitter:
         self._seq += 1
         return self._seq
 
-    def _stage(self, table: str, row: dict, source_file: str, record_ref: str) -> None:
+    def _stage(self, table: str, row: dict, source_file: str, record_ref: str, raw=None) -> None:
+        try:
+            check_row(table, row)
+        except BadRecord as e:
+            self.reject(source_file, record_ref, str(e), raw if raw is not None else row, table)
+            return
         row.update(dataset=row.get("dataset", self.dataset), ingest_id=self.ingest_id,
                    _seq=self._next_seq(), _source_file=source_file, _record_ref=str(record_ref))
         self.counts.add_read(table)
@@ -80,6 +102,9 @@ class Emitter:
                ) -> None:
         """A record that cannot be accepted. `table` is what it would have become (for counts)."""
         self.counts.add_read(table)
+        reason = _storable(reason, REASON_LIMIT)
+        source_file, record_ref = (_storable(str(s), REASON_LIMIT) for s in (source_file,
+                                                                             record_ref))
         self.counts.rejected[reason] = self.counts.rejected.get(reason, 0) + 1
         self.staging.add("rejects", {
             "id": stable_id(self.dataset, source_file, record_ref, reason),
@@ -98,6 +123,11 @@ class Emitter:
                "path": str(path) if path is not None else None}
         if path is None:
             self.reject(source_file, record_ref, "missing image path", raw, "images")
+            return iid
+        try:
+            check_string(str(path), "image path", MAX_PATH_CHARS)  # before the OS sees it
+        except BadRecord as e:
+            self.reject(source_file, record_ref, str(e), raw, "images")
             return iid
         if self._pool is None:
             self._finish_image(self._inspect(Path(path)), row, source_file, record_ref, raw)
@@ -139,7 +169,7 @@ class Emitter:
                         "images")
             return
         row["width"], row["height"], row["sha256"] = result
-        self._stage("images", row, source_file, record_ref)
+        self._stage("images", row, source_file, record_ref, raw)
 
     def image_row(self, row: dict, source_file: str, record_ref) -> None:
         """An image whose width, height and sha256 the caller already knows (generators)."""
@@ -154,7 +184,7 @@ class Emitter:
             self.reject(source_file, record_ref, str(e), raw, "captions")
             return
         self._stage("captions", {"id": caption_id, "image_id": image_id, "text": text,
-                                 "split": split, "box": box}, source_file, record_ref)
+                                 "split": split, "box": box}, source_file, record_ref, raw)
 
     def region(self, region_id: str, image_id: str, box, label: str | None, source: str,
                source_file: str, record_ref, raw=None, score: float | None = None,
@@ -162,7 +192,8 @@ class Emitter:
         try:
             x1, y1, x2, y2 = check_box(box)
             if label is not None and not isinstance(label, str):
-                raise BadRecord(f"label is not a string: {label!r}")
+                raise BadRecord(f"label is not a string: {type(label).__name__}")
+            score = None if score is None else check_number(score, "score")
         except BadRecord as e:
             self.reject(source_file, record_ref, str(e), raw, "regions")
             return
@@ -170,8 +201,7 @@ class Emitter:
                                 "y1": y1, "x2": x2, "y2": y2,
                                 "label": label.strip().lower() if label else None,
                                 "attributes": attributes, "source": source,
-                                "score": None if score is None else float(score)},
-                    source_file, record_ref)
+                                "score": score}, source_file, record_ref, raw)
 
     def question(self, question_id: str, image_id: str, text, answers: dict[str, int] | None,
                  split: str | None, source_file: str, record_ref, raw=None) -> None:
@@ -184,7 +214,7 @@ class Emitter:
                        if answers else [])
         self._stage("questions", {"id": question_id, "image_id": image_id, "question": text,
                                   "answers": answer_list, "split": split},
-                    source_file, record_ref)
+                    source_file, record_ref, raw)
 
     def relation(self, relation_id: str, image_id: str, subject_id: str, predicate: str,
                  object_id: str, source_file: str, record_ref, raw=None) -> None:
@@ -195,7 +225,7 @@ class Emitter:
             return
         self._stage("relations", {"id": relation_id, "image_id": image_id,
                                   "subject_id": subject_id, "predicate": predicate,
-                                  "object_id": object_id}, source_file, record_ref)
+                                  "object_id": object_id}, source_file, record_ref, raw)
 
     def rows(self, table: str, columns: dict[str, list], source_file: str) -> None:
         """Column-wise rows from a trusted generator (already valid; still merged and deduped)."""

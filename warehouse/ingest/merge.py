@@ -116,8 +116,8 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
     table (relative to the root) and the per-table outcome counts."""
     snap = wh.current()
     # bounded memory whatever the build size: DuckDB spills sorts and joins past the limit
-    con = duckdb.connect(config={"memory_limit": MERGE_MEMORY_LIMIT, "threads": 2})
-    con.execute(f"SET temp_directory = '{spill_dir}'")
+    con = duckdb.connect(config={"memory_limit": MERGE_MEMORY_LIMIT, "threads": 2,
+                                 "temp_directory": str(spill_dir)})  # a path, never SQL text
     con.execute("SET preserve_insertion_order = false")
     new_parts: dict[str, list[str]] = {}
     outcomes: dict[str, TableOutcome] = {}

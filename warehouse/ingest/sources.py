@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from warehouse.ingest.emitter import Emitter
+from warehouse.ingest.checks import MAX_LINE_BYTES
+from warehouse.ingest.emitter import RAW_LIMIT, Emitter
 
 
 class InputError(RuntimeError):
@@ -67,6 +68,8 @@ def load_json(path: Path):
         raise InputError(f"input file not found: {path}") from None
     except (OSError, ValueError) as e:
         raise InputError(f"input file {path} is unreadable: {e}") from None
+    except RecursionError:  # one document: a value too deep to parse makes the file unreadable
+        raise InputError(f"input file {path} is unreadable: JSON nested too deeply") from None
 
 
 def require_file(path: Path) -> Path:
@@ -81,19 +84,21 @@ def require_file(path: Path) -> Path:
 
 
 def require_text_file(path: Path) -> Path:
-    """require_file, plus: a file with NUL bytes near its start is binary, not text."""
+    """require_file, plus: a file with NUL bytes on most of its first lines is binary, not text
+    (a NUL on one line is one bad record, rejected on its own)."""
     if path.is_dir():
         raise InputError(f"input file {path} is unreadable: it is a folder")
     require_file(path)
     with open(path, "rb") as f:
-        if b"\x00" in f.read(1 << 16):
-            raise InputError(f"input file {path} is not a text file (it contains binary data)")
+        lines = f.read(1 << 16).split(b"\n")
+    if 2 * sum(b"\x00" in line for line in lines) > len(lines):
+        raise InputError(f"input file {path} is not a text file (it contains binary data)")
     return path
 
 
 def utf8_lines(path: Path, emit: Emitter, table: str):
     """(record ref, raw bytes, text) of each line; a line that is not UTF-8 becomes a reject."""
-    for number, raw in iter_lines(path):
+    for number, raw in iter_lines(path, emit, table):
         ref = f"line {number}"
         try:
             yield ref, raw, raw.decode("utf-8")
@@ -109,20 +114,31 @@ def json_object(text: str, emit: Emitter, source_file: str, ref: str, raw, table
     except ValueError as e:
         emit.reject(source_file, ref, f"malformed JSON line: {e}", raw, table)
         return None
+    except RecursionError:
+        emit.reject(source_file, ref, "malformed JSON line: nested too deeply", raw, table)
+        return None
     if not isinstance(rec, dict):
         emit.reject(source_file, ref, "malformed JSON line: not an object", raw, table)
         return None
     return rec
 
 
-def iter_lines(path: Path) -> Callable:
+def iter_lines(path: Path, emit: Emitter, table: str) -> Callable:
     """(line number, raw bytes) for each non-empty line, so readers can reject one bad line
-    (not UTF-8, malformed JSON) without losing the rest."""
+    (too long, not UTF-8, malformed JSON) without losing the rest."""
     require_file(path)
 
     def lines():
         with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                if raw.strip():
+            number = 0
+            while raw := f.readline(MAX_LINE_BYTES + 1):  # bounded: a huge line is not read whole
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    head = raw[:RAW_LIMIT]
+                    while raw and not raw.endswith(b"\n"):  # skip to the end of the line
+                        raw = f.readline(1 << 20)
+                    emit.reject(path.name, f"line {number}",
+                                f"line longer than {MAX_LINE_BYTES} bytes", head, table)
+                elif raw.strip():
                     yield number, raw.rstrip(b"\r\n")
     return lines()

@@ -56,7 +56,7 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
     root = ctx.images_root().resolve()
     columns, n_fields, good_rows, first = (0, 1), 2, 0, True
 
-    for number, raw in iter_lines(path):
+    for number, raw in iter_lines(path, emit, "captions"):
         ref = f"line {number}"
         # surrogateescape keeps undecodable bytes so a bad caption can be rejected on its own
         line = raw.decode("utf-8", errors="surrogateescape")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from warehouse.ingest.checks import BadRecord, resolve_under, xywh_to_xyxy
+from warehouse.ingest.checks import BadRecord, resolve_under, shown, xywh_to_xyxy
 from warehouse.ingest.emitter import Emitter, image_id
 from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
 
@@ -110,7 +110,7 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
             emit.reject(name, ref, "instance annotation lacks id or image_id", raw, "regions")
             continue
         if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
-            emit.reject(name, ref, f"unknown category id {ann.get('category_id')!r}", raw,
+            emit.reject(name, ref, f"unknown category id {shown(ann.get('category_id'))}", raw,
                         "regions")
             continue
         try:

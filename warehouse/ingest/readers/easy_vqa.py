@@ -88,7 +88,7 @@ def _image_files(folder: Path) -> dict[int, Path]:
     files = {}
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.suffix == ".png" and p.stem.isdigit():
+            if p.suffix == ".png" and p.stem.isascii() and p.stem.isdigit():  # int() refuses other digits
                 files[int(p.stem)] = p
     return files
 

@@ -78,7 +78,7 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
             filepath = img.get("filepath") or ""
             try:
                 if not isinstance(filepath, str):
-                    raise BadRecord(f"filepath is not a string: {filepath!r}")
+                    raise BadRecord(f"filepath is not a string: {type(filepath).__name__}")
                 filename = img.get("filename")
                 rel = (f"{filepath.rstrip('/')}/{filename}"
                        if filepath and isinstance(filename, str) else filename)

@@ -12,7 +12,6 @@ Region ids are "vinvl:r:" + hash(image id, rect, class).
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -62,15 +61,6 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
                 emit.reject(name, oref, "malformed object: not a JSON object", obj, "regions")
                 continue
             rect, label, conf = obj.get("rect"), obj.get("class"), obj.get("conf")
-            if conf is not None:
-                try:
-                    conf = float(conf)
-                    if not math.isfinite(conf):
-                        raise ValueError
-                except (TypeError, ValueError):
-                    emit.reject(name, oref, f"score is not a number: {obj.get('conf')!r}", obj,
-                                "regions")
-                    continue
             emit.region("vinvl:r:" + stable_id(iid, rect, label), iid, rect, label, "detector",
                         name, oref, obj, score=conf)
     if parsed == 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from warehouse.ingest.checks import shown
 from warehouse.ingest.emitter import Emitter, image_id
 from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
 
@@ -122,11 +123,12 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
                 continue
             iid = q.get("image_id")
             if not isinstance(iid, int) or isinstance(iid, bool):
-                if isinstance(iid, str) and iid.isdigit():
+                # ASCII digits only, and few: int() refuses other digits and very long ones
+                if isinstance(iid, str) and iid.isascii() and iid.isdigit() and len(iid) <= 30:
                     iid = int(iid)
                 else:
                     annotations.pop(q["question_id"], None)
-                    emit.reject(name, ref, f"question has no valid image_id: {iid!r}", q,
+                    emit.reject(name, ref, f"question has no valid image_id: {shown(iid)}", q,
                                 "questions")
                     continue
             found = annotations.pop(q["question_id"], None)
@@ -135,8 +137,9 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
             if found is not None:
                 ann = found[0]
                 raw["annotation"] = ann
-                if ann.get("image_id") is not None and str(ann["image_id"]) != str(iid):
-                    emit.reject(name, ref, f"annotation image_id {ann['image_id']!r} differs "
+                other = ann.get("image_id")
+                if other is not None and (not _is_id(other) or str(other) != str(iid)):
+                    emit.reject(name, ref, f"annotation image_id {shown(other)} differs "
                                 f"from the question's {iid!r}", raw, "questions")
                     continue
                 answers = _answers(ann)

@@ -1,0 +1,226 @@
+"""Snapshots link to their parent and record their parts' size and sha256: a stale or misplaced
+snapshot file is refused instead of read, cleanup never deletes a part that any snapshot
+references, and a changed part is caught (its size on every read, its hash by `mvp verify`)."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from warehouse import store
+from warehouse.catalog import connect
+from warehouse.ingest.pipeline import ingest
+from warehouse.store import Warehouse, WarehouseError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Three ingests, so snapshots 1..3 each add parts to every table."""
+    root = tmp_path_factory.mktemp("integrity")
+    for n in (4, 8, 12):
+        ingest("shapes", root / "img", root / "wh", n_images=n, workers=1)
+    return root / "wh"
+
+
+@pytest.fixture
+def wh(base, tmp_path):
+    shutil.copytree(base, tmp_path / "wh")
+    return tmp_path / "wh"
+
+
+def _snapshot_file(wh, version: int) -> Path:
+    return wh / "_snapshots" / f"{version:08d}.json"
+
+
+def _live(wh) -> set[str]:
+    return {p for parts in Warehouse(wh).current().tables.values() for p in parts}
+
+
+def _place_copy(wh, of: int, at: int, renumber: bool) -> None:
+    """A stale copy of snapshot `of` written as snapshot `at`, as a restore or sync tool might
+    leave it; `renumber` also rewrites its version field to match its new name."""
+    data = json.loads(_snapshot_file(wh, of).read_text())
+    if renumber:
+        data["version"] = at
+    _snapshot_file(wh, at).write_text(json.dumps(data))
+
+
+def _strip_to_legacy(wh) -> None:
+    """Rewrite every snapshot as code before parent links and part records wrote them."""
+    for path in (wh / "_snapshots").glob("*.json"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({k: data[k] for k in ("version", "tables", "builds")}))
+
+
+def _images(wh) -> int:
+    con = connect(wh)
+    try:
+        return con.execute("SELECT count(*) FROM images").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _part(wh, table: str) -> Path:
+    return Path(Warehouse(wh).files(table)[0])
+
+
+def _mvp_verify(wh) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--warehouse", str(wh)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("renumber", [False, True])
+def test_stale_copy_at_the_next_number_is_refused(wh, tmp_path, renumber):
+    live = _live(wh)
+    assert _images(wh) == 12
+    _place_copy(wh, of=1, at=4, renumber=renumber)
+    with pytest.raises(WarehouseError, match="00000004.json") as refused:
+        Warehouse(wh).current()  # not silently snapshot 1's 4 images
+    assert isinstance(refused.value, store.BrokenChain)
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(WarehouseError, match="00000004.json"):
+        connect(wh)
+    # the next ingest neither cleans up against the stale copy nor publishes on top of it
+    with pytest.raises(WarehouseError, match="00000004.json"):
+        ingest("shapes", tmp_path / "img", wh, n_images=16, workers=1)
+    with pytest.raises(WarehouseError), Warehouse(wh).lock():
+        Warehouse(wh).remove_orphans(grace_s=0)
+    assert all((wh / p).is_file() for p in live)
+    assert not _snapshot_file(wh, 5).exists()
+
+    _snapshot_file(wh, 4).unlink()  # repaired: the real newest snapshot is read again
+    assert _images(wh) == 12
+
+
+@pytest.mark.parametrize("at", [5, 9])
+def test_stale_copy_ahead_of_a_gap_is_refused(wh, tmp_path, at):
+    live = _live(wh)
+    _place_copy(wh, of=1, at=at, renumber=True)
+    with pytest.raises(store.WarehouseError, match=f"{at:08d}.json"):
+        Warehouse(wh).current()
+    with pytest.raises(WarehouseError):
+        ingest("shapes", tmp_path / "img", wh, n_images=16, workers=1)
+    assert all((wh / p).is_file() for p in live)
+
+
+def test_gap_filled_with_an_old_copy_is_refused(wh, tmp_path):
+    live = _live(wh)
+    _snapshot_file(wh, 2).unlink()
+    _place_copy(wh, of=1, at=2, renumber=True)
+    with pytest.raises(WarehouseError, match="00000003.json does not follow 00000002.json"):
+        Warehouse(wh).current()
+    with pytest.raises(WarehouseError):
+        ingest("shapes", tmp_path / "img", wh, n_images=16, workers=1)
+    assert all((wh / p).is_file() for p in live)
+    assert _mvp_verify(wh).returncode == 1
+
+
+def test_cleanup_keeps_every_part_any_snapshot_references(wh):
+    """Legacy snapshots carry no links, so a renumbered stale copy cannot be told from a real
+    commit; cleanup still frees nothing that an older snapshot file references."""
+    live = _live(wh)
+    _strip_to_legacy(wh)
+    _place_copy(wh, of=1, at=4, renumber=True)
+    long_ago = time.time() - 86_400  # a day old: past the grace period, only references count
+    for part in (wh / "tables").rglob("*.parquet"):
+        os.utime(part, (long_ago, long_ago))
+    with Warehouse(wh).lock():
+        assert Warehouse(wh).remove_orphans() == 0
+    assert all((wh / p).is_file() for p in live)
+
+
+def test_cleanup_keeps_young_orphans_within_the_grace_period(wh):
+    store_ = Warehouse(wh)
+    orphan = wh / "tables" / "images" / "unknown-0000.parquet"
+    shutil.copyfile(_part(wh, "images"), orphan)
+    with store_.lock():
+        assert store_.remove_orphans() == 0  # unreferenced, but only just written
+    assert orphan.is_file()
+    hour_ago = time.time() - store.ORPHAN_GRACE_S - 60
+    os.utime(orphan, (hour_ago, hour_ago))
+    with store_.lock():
+        assert store_.remove_orphans() == 1
+    assert not orphan.exists()
+
+    shutil.copyfile(_part(wh, "images"), orphan)
+    with store_.lock():
+        assert store_.remove_orphans(grace_s=0) == 1
+    assert not orphan.exists() and _images(wh) == 12
+
+
+def test_snapshots_link_their_parent_and_record_their_parts(wh, tmp_path):
+    for version in (2, 3):
+        data = json.loads(_snapshot_file(wh, version).read_bytes())
+        parent = _snapshot_file(wh, version - 1).read_bytes()
+        assert data["parent"] == {"version": version - 1,
+                                  "sha256": hashlib.sha256(parent).hexdigest()}
+    assert json.loads(_snapshot_file(wh, 1).read_bytes())["parent"] is None
+    snap = Warehouse(wh).current()
+    assert set(snap.parts) == _live(wh)
+    for rel, record in snap.parts.items():
+        assert record == {"size": (wh / rel).stat().st_size,
+                          "sha256": hashlib.sha256((wh / rel).read_bytes()).hexdigest()}
+    # a part published from a staging folder is recorded too
+    store_ = Warehouse(wh)
+    with store_.staging("test-publish") as folder:
+        part = folder / "test-publish.parquet"
+        shutil.copyfile(_part(wh, "images"), part)
+        snap = store_.publish({"images": [part]}, {"kind": "test"})
+    assert snap.parts["tables/images/test-publish.parquet"] == \
+        snap.parts[Warehouse(wh).relative(_part(wh, "images"))]
+    assert Warehouse(wh).current().version == 4
+
+
+def test_legacy_snapshots_are_read_reported_unverified_and_extended(wh, tmp_path):
+    _strip_to_legacy(wh)
+    assert _images(wh) == 12
+    from warehouse.verify import verify
+    report = verify(wh)
+    assert report.passed and report.ok == 0 and len(report.unverified) == len(_live(wh))
+    ingest("shapes", tmp_path / "img", wh, n_images=16, workers=1)
+    snap = Warehouse(wh).current()
+    assert snap.version == 4 and snap.parent["version"] == 3
+    assert _images(wh) == 16
+    report = verify(wh)
+    assert report.passed and report.ok == len(snap.parts) > 0
+    # a legacy snapshot may not follow a linked one: that is a stale copy
+    _place_copy(wh, of=3, at=5, renumber=True)
+    with pytest.raises(store.WarehouseError, match="00000005.json has no parent link"):
+        Warehouse(wh).current()
+
+
+def test_clean_warehouse_verifies(wh):
+    proc = _mvp_verify(wh)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 bad" in proc.stdout and "0 unverified" in proc.stdout
+
+
+def test_flipped_byte_is_reported_by_mvp_verify(wh):
+    part = _part(wh, "captions")
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
+    part.write_bytes(bytes(data))
+    proc = _mvp_verify(wh)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = [line for line in proc.stdout.splitlines() if line.startswith("BAD")]
+    assert len(bad) == 1 and "captions" in bad[0] and part.name in bad[0]
+    assert "tables: captions" in proc.stdout
+
+
+@pytest.mark.parametrize("change", ["truncate", "extend"])
+def test_part_of_another_size_is_refused_on_read(wh, change):
+    part = _part(wh, "captions")
+    data = part.read_bytes()
+    part.write_bytes(data[:-1] if change == "truncate" else data + b"\0")
+    with pytest.raises(WarehouseError, match=part.name) as refused:
+        connect(wh)
+    assert "captions" in str(refused.value)
+    proc = _mvp_verify(wh)
+    assert proc.returncode == 1 and "captions" in proc.stdout
