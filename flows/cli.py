@@ -25,6 +25,28 @@ def _quiet_offline_defaults() -> None:
         os.environ.setdefault("NLTK_DATA", str(Path.cwd() / ".nltk_data"))
 
 
+def _guard_prefect_temporary_server() -> None:
+    """Without PREFECT_API_URL, Prefect runs flows against a temporary server (a uvicorn child
+    process) that it stops at exit; a watchdog stops it when this process dies without exiting
+    (kill -9)."""
+    from prefect.settings import PREFECT_API_URL
+    if PREFECT_API_URL.value():
+        return  # a configured server: Prefect starts none
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from flows.orphans import guard
+    start = SubprocessASGIServer._run_uvicorn_command  # Prefect's one Popen of that server
+    if getattr(start, "guarded", False):
+        return  # main() ran before in this process
+
+    def start_guarded(self):
+        process = start(self)
+        guard(process)
+        return process
+    start_guarded.guarded = True
+    SubprocessASGIServer._run_uvicorn_command = start_guarded
+
+
 def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
     from warehouse.text_table import format_table
     (out or sys.stdout).write(format_table(columns, rows) + "\n")
@@ -152,6 +174,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvp", description=__doc__)
+    p.set_defaults(prefect=True)  # a command runs a Prefect flow unless it sets prefect=False
     sub = p.add_subparsers(dest="command", required=True)
 
     def warehouse_arg(sp):
@@ -186,20 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
                     help="DuckDB memory limit, e.g. 512MB or 4GB; larger sorts and joins spill "
                          "to a private temporary folder (default %(default)s)")
-    sp.set_defaults(func=cmd_sql)
+    sp.set_defaults(func=cmd_sql, prefect=False)
 
     sp = sub.add_parser("tables", help="list tables with row counts")
     warehouse_arg(sp)
-    sp.set_defaults(func=cmd_tables)
+    sp.set_defaults(func=cmd_tables, prefect=False)
 
     sp = sub.add_parser("history", help="list the builds (manifests) of the warehouse")
     warehouse_arg(sp)
-    sp.set_defaults(func=cmd_history)
+    sp.set_defaults(func=cmd_history, prefect=False)
 
     sp = sub.add_parser("verify", help="check the snapshot chain and every part of the current "
                                        "snapshot (exists, size, sha256); exit 1 if any is bad")
     warehouse_arg(sp)
-    sp.set_defaults(func=cmd_verify)
+    sp.set_defaults(func=cmd_verify, prefect=False)
 
     sp = sub.add_parser("features", help="extract region features into a feature set "
                                          "(Prefect flow)")
@@ -255,13 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "until Ctrl-C")
     sp.add_argument("--prefect-port", type=int, default=4200)
     sp.add_argument("--mlflow-port", type=int, default=5000)
-    sp.set_defaults(func=cmd_serve)
+    sp.set_defaults(func=cmd_serve, prefect=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_offline_defaults()
     args = build_parser().parse_args(argv)
+    if args.prefect and not getattr(args, "no_prefect", False):
+        _guard_prefect_temporary_server()
     from warehouse.catalog import ReadOnlyViolation
     from warehouse.ingest.sources import InputError
     from warehouse.store import WarehouseError

@@ -1,6 +1,6 @@
 """Start the real services on loopback: a Prefect server, a Prefect process worker and an MLflow
 tracking + registry server, for tests and for `make serve`. Each returns a handle that stops its
-process group cleanly."""
+process group cleanly; a watchdog stops the group if this process dies first (kill -9)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from flows.orphans import guard
 
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
                "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
@@ -70,6 +72,7 @@ def _spawn(name: str, url: str, args: list[str], env: dict, log: Path,
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(args, env=service_env(env), stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
+    guard(proc, group=True, grace=20)  # the whole group: mlflow and the worker start children
     service = Service(name, url, proc)
     if health is not None:
         try:
