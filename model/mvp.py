@@ -134,11 +134,13 @@ class MVP(nn.Module):
         may pad BETWEEN a row's words and its concepts (assemble_text lines concepts up after the
         batch's longest caption); positions count real tokens only, so a row's encoding does not
         depend on the rows it is batched with."""
-        B, L = ids.shape
-        _check(L <= self.cfg.max_text_len,
-               f"text length {L} > max_text_len {self.cfg.max_text_len}")
         _check(mask.shape == ids.shape, f"text mask {tuple(mask.shape)} != ids {tuple(ids.shape)}")
         mask = mask.bool()
+        # the padded width may exceed max_text_len (words padded to the longest caption, then
+        # concepts); what must fit the position table is each row's count of real tokens
+        longest = int(mask.sum(1).max()) if len(mask) else 0
+        _check(longest <= self.cfg.max_text_len,
+               f"text length {longest} > max_text_len {self.cfg.max_text_len}")
         pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # [B, Lt]; pads are masked anyway
         x = self.drop(self.text_ln(self.embed(ids) + self.text_pos(pos)))
         h = self.text_encoder(x, mask)

@@ -8,11 +8,15 @@ a question, region labels, boxes) in; embeddings, match scores and an answer out
 
 Request columns (all optional, but each row needs `image` or `image_path`):
     image       binary  the encoded image file (PNG, JPEG...; base64 in JSON requests)
-    image_path  string  or a path readable by the server
+    image_path  string  or a regular file under $MVP_SERVING_IMAGE_ROOT on the server (read at
+                        load; unset: no paths, bytes only). Every refusal (outside the root,
+                        `..`, a symlink out, missing, not a regular file) is "image_path not
+                        allowed", so answers tell nothing about other files
     boxes       array<array<double>>  regions [x1, y1, x2, y2] in image pixels, best first;
                         none: the feature set's grid (its box policy for images without regions)
     tags        array<string>  region labels (the visual concepts); none: an empty tag sequence
-    text        string  a caption to embed and match against the image
+    text        string  a caption to embed and match against the image (cut to what the
+                        model reads, serving_text.readable)
     question    string  answered when the package holds a VQA head (model/vqa_hook.py)
 MLflow's JSON request reader (scoring server, `mlflow models predict`) cannot take a null in a
 binary or array column: in a JSON request give `image`, `boxes`, `tags` in every row or in none,
@@ -22,6 +26,10 @@ Response columns per row:
     cosine           g_t . g_v (dual encoder)   match_score     ITM p(match) (cross encoder)
     concepts         the caption's concepts fed to the model (null: NLTK data missing)
     n_regions, box_source ("given" | "grid"), answer (null without a VQA head or question)
+    error            null, or one line saying why this row has no answer ("row 2: text must be
+                     a string"); the other rows are answered. Limits: MAX_IMAGE_BYTES per file,
+                     MAX_IMAGE_PIXELS per image, $MVP_SERVING_TIME_BUDGET_S per request (rows
+                     not started by then get an error)
 
 The image path is the feature set's own recipe (features.extract.encode_image): the same
 backbone and weights (the recorded hash is checked at load), image size, RoIAlign, projection and
@@ -38,8 +46,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +72,9 @@ from warehouse.store import Warehouse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR  # noqa: E402
 from mlflow.types.schema import Array, ColSpec, Schema  # noqa: E402
 
 INPUT_SCHEMA = Schema([
@@ -70,18 +85,32 @@ INPUT_SCHEMA = Schema([
     ColSpec("string", "text", required=False),
     ColSpec("string", "question", required=False),
 ])
-OUTPUT_SCHEMA = Schema([
-    ColSpec(Array("float"), "image_embedding"),
+OUTPUT_SCHEMA = Schema([   # a row with an `error` has only that
+    ColSpec(Array("float"), "image_embedding", required=False),
     ColSpec(Array("float"), "text_embedding", required=False),
     ColSpec("double", "cosine", required=False),
     ColSpec("double", "match_score", required=False),
     ColSpec(Array("string"), "concepts", required=False),
-    ColSpec("long", "n_regions"),
-    ColSpec("string", "box_source"),
+    ColSpec("long", "n_regions", required=False),
+    ColSpec("string", "box_source", required=False),
     ColSpec("string", "answer", required=False),
+    ColSpec("string", "error", required=False),   # None, or why this row has no answer
 ])
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 CODE = Path(__file__).with_name("serving_code.py")   # what a package runs: set_model(...)
+
+IMAGE_ROOT_ENV = "MVP_SERVING_IMAGE_ROOT"   # image_path is read only under it; unset: none
+TIME_BUDGET_ENV = "MVP_SERVING_TIME_BUDGET_S"
+DEFAULT_TIME_BUDGET_S = 30.0        # rows not started by then get an error (MLflow gives up at 60)
+BATCH_ROWS = 64                     # rows the model runs on at once
+MAX_IMAGE_BYTES = 32 << 20          # an encoded image file
+MAX_IMAGE_PIXELS = 36_000_000       # 6000 x 6000 decoded; PIL's own bomb limit is ~179M
+NOT_ALLOWED = "image_path not allowed"   # one answer for every refusal: exists or not
+log = logging.getLogger(__name__)
+
+
+class RowError(Exception):
+    """A request row the model cannot answer; its message becomes that row's `error`."""
 
 
 class MVPServingModel(mlflow.pyfunc.PythonModel):
@@ -98,60 +127,152 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         self.backbone = backbone_for_feature_set(self.spec, art.get("backbone_weights"))
         self.vocabulary = serving_text.ConceptVocabulary.read(art["vocabulary"])
         self.vqa = vqa_hook.load(art.get("vqa_checkpoint"))
+        root = os.environ.get(IMAGE_ROOT_ENV)
+        self.image_root = Path(root).resolve() if root else None   # None: image bytes only
+        self.time_budget = float(os.environ.get(TIME_BUDGET_ENV, DEFAULT_TIME_BUDGET_S))
 
     @torch.inference_mode()
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = model_input.to_dict("records")
-        if not rows:
-            return pd.DataFrame(columns=OUTPUT_SCHEMA.input_names())
-        images = [self._image(k, row) for k, row in enumerate(rows)]
-        visual_inputs = _visual_batch(self.cfg, images, [_value(r, "tags") for r in rows])
-        visual = self.model.encode_visual(*visual_inputs)
+        deadline = time.monotonic() + self.time_budget
+        parsed, errors = [], []
+        for k, row in enumerate(rows):   # a bad row gets its error; the others are answered
+            try:
+                if time.monotonic() > deadline:
+                    raise RowError("request time budget exceeded")
+                parsed.append(self._row(row))
+                errors.append(None)
+            except RowError as e:
+                parsed.append(None)
+                errors.append(_one_line(f"row {k}: {e}"))
+            except Exception as e:   # our bug, not the request's: the trace stays in the log
+                log.exception("row %d of a request failed", k)
+                parsed.append(None)
+                errors.append(f"row {k}: internal error ({type(e).__name__})")
+        n, none = len(rows), [None] * len(rows)   # object columns: None stays None, not NaN
         out = pd.DataFrame({
-            "image_embedding": [g.tolist() for g in visual.g.float()],
-            "text_embedding": None, "cosine": np.nan, "match_score": np.nan, "concepts": None,
-            "n_regions": [len(im.boxes) for im in images],
-            "box_source": [im.box_source for im in images], "answer": None})
-        with_text = [k for k, r in enumerate(rows) if _value(r, "text")]
+            "image_embedding": none, "text_embedding": none, "cosine": np.full(n, np.nan),
+            "match_score": np.full(n, np.nan), "concepts": none, "n_regions": none,
+            "box_source": none, "answer": none, "error": pd.Series(errors, dtype=object)},
+            columns=OUTPUT_SCHEMA.input_names())
+        good = [k for k, p in enumerate(parsed) if p is not None]
+        for start in range(0, len(good), BATCH_ROWS):   # memory bounded however many rows
+            at = good[start:start + BATCH_ROWS]
+            try:
+                self._answer([parsed[k] for k in at], at, out)
+            except Exception:   # a short message to the client, the trace to the server log
+                log.exception("a request batch failed")
+                raise MlflowException("the model failed on this batch (see the server log)",
+                                      INTERNAL_ERROR) from None
+        if all(e is None for e in errors):   # n_regions is a long column when every row has it
+            out["n_regions"] = out["n_regions"].astype("int64")
+        return out
+
+    def _row(self, row: dict) -> "_Row":
+        """A request row checked and decoded, or RowError naming what is wrong with it."""
+        text, question = _string(row, "text"), _string(row, "question")
+        tags = _value(row, "tags")
+        if tags is not None and (isinstance(tags, (str, bytes)) or not hasattr(tags, "__iter__")
+                                 or not all(isinstance(t, str) for t in tags)):
+            raise RowError("tags must be a list of strings")
+        return _Row(
+            image=self._image(row), tags=list(tags) if tags is not None else [],
+            # cut to what the model can read before NLTK and BPE see it
+            text=self.vocabulary.encode(serving_text.readable(text, self.cfg), self.cfg)
+            if text else None,
+            question=serving_text.readable(question, self.cfg) if question else None)
+
+    def _answer(self, rows: list["_Row"], at: list[int], out: pd.DataFrame) -> None:
+        """Fill rows `at` of `out` with the answers for `rows`."""
+        images = [r.image for r in rows]
+        visual_inputs = _visual_batch(self.cfg, images, [r.tags for r in rows])
+        visual = self.model.encode_visual(*visual_inputs)
+        for j, k in enumerate(at):
+            out.at[k, "image_embedding"] = visual.g[j].float().tolist()
+            out.at[k, "n_regions"] = len(images[j].boxes)
+            out.at[k, "box_source"] = images[j].box_source
+        with_text = [j for j, r in enumerate(rows) if r.text is not None]
         if with_text:
-            encoded = [self.vocabulary.encode(rows[k]["text"], self.cfg) for k in with_text]
+            encoded = [rows[j].text for j in with_text]
             ids, mask = serving_text.text_batch(self.cfg, encoded)
             text = self.model.encode_text(ids, mask)
             sel = torch.tensor(with_text)
             fused = self.model.fuse(text, visual.take(sel))
             p_match = self.model.itm_logits(fused).float().softmax(-1)[:, 1]
             cosine = (text.g * visual.g[sel]).sum(-1).float()
-            for j, k in enumerate(with_text):
-                out.at[k, "text_embedding"] = text.g[j].float().tolist()
-                out.at[k, "cosine"] = float(cosine[j])
-                out.at[k, "match_score"] = float(p_match[j])
-                out.at[k, "concepts"] = encoded[j].concepts
-        asked = [k for k, r in enumerate(rows) if _value(r, "question")]
+            for i, j in enumerate(with_text):
+                k = at[j]
+                out.at[k, "text_embedding"] = text.g[i].float().tolist()
+                out.at[k, "cosine"] = float(cosine[i])
+                out.at[k, "match_score"] = float(p_match[i])
+                out.at[k, "concepts"] = encoded[i].concepts
+        asked = [j for j, r in enumerate(rows) if r.question is not None]
         if asked and self.vqa is not None:
             sel = torch.tensor(asked)
-            questions = [rows[k]["question"] for k in asked]
+            questions = [rows[j].question for j in asked]
             concepts = [self.vocabulary.encode(q, self.cfg).concept_ids for q in questions]
             answers = self.vqa.answer(questions, concepts, *(x[sel] for x in visual_inputs))
-            for k, a in zip(asked, answers):
-                out.at[k, "answer"] = a
-        return out
+            for j, a in zip(asked, answers):
+                out.at[at[j], "answer"] = a
 
-    def _image(self, k: int, row: dict):
+    def _image(self, row: dict):
         from PIL import Image
         data, path = _value(row, "image"), _value(row, "image_path")
-        if data is None and not path:
-            raise ValueError(f"row {k}: give `image` (the file's bytes) or `image_path`")
+        if data is None and path is None:
+            raise RowError("give `image` (the file's bytes) or `image_path`")
+        if data is None:
+            data = self._read_image_file(path)
+        elif not isinstance(data, (bytes, bytearray)):
+            raise RowError("image must be the file's bytes")
+        if len(data) > MAX_IMAGE_BYTES:
+            raise RowError(f"image file too large ({len(data)} bytes)")
+        boxes = _boxes(_value(row, "boxes"))
         try:
-            with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            with Image.open(io.BytesIO(data)) as im:
+                pixels = im.width * im.height
+                if pixels > MAX_IMAGE_PIXELS:   # checked from the header, before decoding
+                    raise RowError(f"image too large ({pixels} pixels)")
                 im.load()
-                boxes = _value(row, "boxes")
-                boxes = None if boxes is None else np.asarray([list(b) for b in boxes],
-                                                              np.float32).reshape(-1, 4)
                 return encode_image(self.backbone, im, boxes, self.spec.grid,
                                     min(self.spec.max_regions, self.cfg.max_regions))
+        except Image.DecompressionBombError as e:   # PIL's own, larger limit, raised by open
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise RowError(f"image too large ({n[1] if n else 'too many'} pixels)") from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"row {k}: the image does not decode: {type(e).__name__}: {e}") \
-                from e
+            raise RowError(f"the image does not decode: {type(e).__name__}: {e}") from None
+
+    def _read_image_file(self, path) -> bytes:
+        """The bytes of a regular file under the image root. Every refusal is the same error,
+        so an answer tells nothing about what exists outside the root."""
+        if self.image_root is None or not isinstance(path, str):
+            raise RowError(NOT_ALLOWED)
+        try:
+            full = (self.image_root / path).resolve()   # `..` and symlinks resolved, then checked
+            # a FIFO or device could block the open or the read: regular files only
+            if not full.is_relative_to(self.image_root) or not stat.S_ISREG(full.stat().st_mode):
+                raise RowError(NOT_ALLOWED)
+            # non-blocking and no symlink: a FIFO or link swapped in after the checks cannot jam
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, ValueError, RuntimeError):   # missing, unreadable, NUL, symlink loop
+            raise RowError(NOT_ALLOWED) from None
+        with os.fdopen(fd, "rb") as f:
+            try:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise RowError(NOT_ALLOWED)
+                if st.st_size > MAX_IMAGE_BYTES:   # before reading any of it
+                    raise RowError(f"image file too large ({st.st_size} bytes)")
+                return f.read(MAX_IMAGE_BYTES + 1)   # +1: a file grown since is still refused
+            except OSError:
+                raise RowError(NOT_ALLOWED) from None
+
+
+@dataclass
+class _Row:
+    image: object            # features.extract.EncodedImage
+    tags: list
+    text: object             # serving_text.EncodedText or None
+    question: str | None
 
 
 def _value(row: dict, key: str):
@@ -160,6 +281,30 @@ def _value(row: dict, key: str):
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return None
     return v
+
+
+def _string(row: dict, key: str) -> str | None:
+    v = _value(row, key)
+    if v is not None and not isinstance(v, str):
+        raise RowError(f"{key} must be a string")
+    return v
+
+
+def _boxes(boxes) -> np.ndarray | None:
+    if boxes is None:
+        return None
+    try:
+        b = [[float(v) for v in box] for box in boxes]
+    except (TypeError, ValueError):
+        b = None
+    if b is None or any(len(box) != 4 for box in b):
+        raise RowError("boxes must be [x1, y1, x2, y2] numbers")
+    return np.asarray(b, np.float32).reshape(-1, 4)
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 def _visual_batch(cfg: ModelConfig, images: list, tags: list):

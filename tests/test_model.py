@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.batch import assemble_text
 from model.config import ConfigError, ModelConfig, load_config
+from model.data import pad_rows
 from model.mvp import MVP, param_groups
 
 B, LT, LG, R = 3, 12, 7, 5
@@ -206,6 +208,30 @@ def test_input_checks(model, cfg):
     with pytest.raises(ValueError, match="regions"):
         model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"][..., :-1], b["geometry"],
                             b["region_mask"])
+
+
+def test_a_batch_wider_than_max_text_len_is_fine_when_each_row_fits(model, cfg):
+    """A caption of many words batched with one of many concepts pads wider than max_text_len
+    (assemble_text lines concepts up after the longest caption); each row still fits."""
+    L = cfg.max_text_len
+    long_words = torch.randint(1000, 2000, (1, L - 2))
+    long_words[0, 0] = cfg.cls_id
+    words, word_mask = pad_rows([long_words[0], long_words[0, :5]], cfg.pad_id)
+    concepts, concept_mask = pad_rows([torch.zeros(0, dtype=torch.long),
+                                       torch.full((5,), cfg.concept_offset)], cfg.pad_id)
+    ids, mask, _ = assemble_text(words, word_mask, concepts, concept_mask, cfg.sep_id, cfg.pad_id)
+    assert ids.shape[1] > L and int(mask.sum(1).max()) <= L
+    model.eval()
+    with torch.no_grad():
+        wide = model.encode_text(ids, mask)
+        for row in range(2):   # each row reads as it does alone
+            one = assemble_text(words[row:row + 1, :int(word_mask[row].sum())],
+                                word_mask[row:row + 1, :int(word_mask[row].sum())],
+                                concepts[row:row + 1, :int(concept_mask[row].sum())],
+                                concept_mask[row:row + 1, :int(concept_mask[row].sum())],
+                                cfg.sep_id, cfg.pad_id)
+            alone = model.encode_text(one[0], one[1])
+            assert torch.allclose(wide.g[row], alone.g[0], atol=1e-5)
 
 
 def test_load_config_presets_and_overrides(tmp_path: Path):

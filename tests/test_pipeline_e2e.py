@@ -77,7 +77,8 @@ def _run(args, env, timeout=600):
     return proc.stdout + proc.stderr
 
 
-def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, make_image):
+def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, make_image,
+                                                           monkeypatch):
     assert _answers_html(services["prefect"].removesuffix("/api") + "/")  # Prefect UI
     assert _answers_html(services["mlflow"] + "/")                        # MLflow UI
     env = _client_env(services)
@@ -101,6 +102,7 @@ def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, 
         "pictures/loss_curves.png", "pictures/retrieval_examples.png", "pictures/grounding.png"}
 
     mlflow.set_tracking_uri(services["mlflow"])
+    monkeypatch.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp_path))   # image_path is read under it
     served = mlflow.pyfunc.load_model("models:/mvp-retrieval@champion")
     image = make_image(tmp_path / "red.png", size=(64, 48))
     answer = served.predict(pd.DataFrame({"image_path": [str(image)] * 2,

@@ -40,9 +40,11 @@ def served(tmp_path_factory, tiny_feature_store):
     state = load_checkpoint(run["checkpoint"])
     model = MVP(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    return {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
-            "info": info, "model": model.eval(), "tmp": tmp,
-            "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp))   # the warehouse's images are under it
+        yield {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
+               "info": info, "model": model.eval(), "tmp": tmp,
+               "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
 
 
 def _training_view(s, caption_index=0):
@@ -102,6 +104,7 @@ def test_grid_bytes_and_cli_agree(served, tmp_path):
     np.testing.assert_allclose(out["image_embedding"][0], out["image_embedding"][1], atol=1e-6)
     assert out["text_embedding"][1] is None and np.isnan(out["match_score"][1])
     assert out["answer"][0] is None  # a question, but no VQA head packaged
+    assert list(out["error"]) == [None, None]
 
     # MLflow's JSON reader cannot take a null in a binary or array column: a JSON request
     # gives such a column in every row or in none (model/serving.py)
@@ -125,6 +128,7 @@ def test_grid_bytes_and_cli_agree(served, tmp_path):
     assert cli[0]["match_score"] == pytest.approx(here["match_score"][0], abs=1e-6)
     assert cli[1]["box_source"] == "given" and cli[1]["n_regions"] == 2
     assert cli[1]["text_embedding"] is None
+    assert cli[0]["error"] is None and cli[1]["error"] is None
 
 
 def test_the_package_is_code_and_a_weights_only_checkpoint(served):
@@ -139,8 +143,9 @@ def test_the_package_is_code_and_a_weights_only_checkpoint(served):
 
 
 def test_a_row_without_image_is_refused(served):
-    with pytest.raises(Exception, match="row 0: give `image`"):
-        served["pyfunc"].predict(pd.DataFrame({"text": ["a red square"]}))
+    out = served["pyfunc"].predict(pd.DataFrame({"text": ["a red square"]}))
+    assert out["error"][0].startswith("row 0: give `image`")
+    assert out["image_embedding"][0] is None
 
 
 def test_vqa_hook_when_model_vqa_is_absent(served, monkeypatch):
