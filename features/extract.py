@@ -176,7 +176,8 @@ def backbone_for_feature_set(spec: FeatureSetSpec, weights_path: str | None = No
 
 # ---- one shard ---------------------------------------------------------------------------------
 def _backbone_for(spec: FeatureSetSpec) -> Backbone:
-    source = spec.pretrained_source or (None if spec.pretrained == "none" else spec.pretrained)
+    # "none" is passed on, not None: for EfficientNet None means its default ImageNet weights
+    source = spec.pretrained_source or spec.pretrained
     bb = load_backbone(spec.backbone, source, spec.image_size)
     if (bb.weights_sha256, bb.dim, bb.image_size) != (spec.weights_sha256, spec.dim,
                                                       spec.image_size):

@@ -29,7 +29,7 @@ class FeatureSetMismatch(ValueError):
 @dataclass(frozen=True)
 class FeatureSetSpec:
     kind: str                      # extracted | imported
-    backbone: str                  # OpenCLIP model name, or "vinvl"
+    backbone: str                  # OpenCLIP model name, "efficientnet-lite0", or "vinvl"
     pretrained: str                # tag, checkpoint file name, or "none"
     weights_sha256: str
     box_source: str                # box policy, e.g. "regions|grid"

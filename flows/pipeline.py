@@ -60,7 +60,7 @@ def _log(message: str) -> None:
 
 @flow(name="mvp-pipeline", log_prints=True)
 def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
-                  easy_vqa_images: int = 500, backbone: str = "ViT-B-32", min_count: int = 20,
+                  easy_vqa_images: int = 500, backbone: str = "efficientnet-lite0", min_count: int = 20,
                   config: str = "small", schedule: str = "sequential",
                   batch_size: int | None = 32, stage1_steps: int = 200, stage2_steps: int = 120,
                   retrieval_steps: int = 40, vqa_steps: int = 80, k_text: int = 16,

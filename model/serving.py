@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from features.backbone import EFFICIENTNETS, efficientnet_weights_file
 from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from model import serving_text, vqa_hook
@@ -322,6 +323,14 @@ def _slim_checkpoint(state: dict, folder: Path) -> Path:
                            folder / "model.pt")
 
 
+def packaged_weights(spec) -> str | None:
+    """The installed weights file of a feature set whose tower ships its weights as a package
+    (EfficientNet's ImageNet weights), else None."""
+    if spec.backbone in EFFICIENTNETS and spec.pretrained == "imagenet":
+        return efficientnet_weights_file(spec.backbone)
+    return None
+
+
 def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str | None = None,
                artifact_path: str = "model", vqa_checkpoint=None, input_example=None,
                backbone_weights=None, registered_model_name: str | None = None):
@@ -347,6 +356,8 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
         artifacts["feature_set"] = str(tmp / "feature_set.json")
         artifacts["vocabulary"] = str(serving_text.ConceptVocabulary.from_warehouse(
             wh, vocab).write(tmp / "vocabulary.json"))
+        if backbone_weights is None and packaged_weights(spec) is not None:
+            backbone_weights = packaged_weights(spec)
         if spec.pretrained != "none":
             if backbone_weights is None:
                 raise ValueError(f"feature set {spec.id} used weights {spec.pretrained!r}: pass "

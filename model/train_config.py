@@ -16,7 +16,7 @@ The loss weights multiply each task's loss in the sum; a loss of weight 0 is not
   MCR and WPG have nothing to work on and are dropped from the stage's losses.
 - `negatives`: how ITM picks in-batch negatives (model/losses.py `itm_negatives`): `hard` (the
   most similar, MVP's authors), `sampled` (softmax of similarity, ALBEF; the `albef` stage's
-  default) or `random`; `easy_negative_steps: N` uses `sampled` for the first N steps (a
+  default) or `random`; `easy_negative_steps: N` uses `random` for the first N steps (a
   curriculum: hardest negatives from a random start are mostly noise or true matches).
 `TrainConfig.losses` is the resulting loss set.
 """
@@ -59,7 +59,7 @@ class TrainConfig:
     #                            weight); off by default until measured to help (issue 4 §4)
     concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
     negatives: str | None = None  # hard | sampled | random; None: sampled for albef, else hard
-    easy_negative_steps: int = 0  # ITM uses sampled negatives before this step, then `negatives`
+    easy_negative_steps: int = 0  # ITM uses random negatives before this step, then `negatives`
     mask_prob: float = 0.15
     lr: float = 5e-5           # the paper's AdamW learning rate
     weight_decay: float = 0.01
@@ -78,7 +78,7 @@ class TrainConfig:
 
     def negatives_at(self, step: int) -> str:
         """The ITM negative mode of optimizer step `step` (the curriculum's)."""
-        return "sampled" if step < self.easy_negative_steps else self.negatives
+        return "random" if step < self.easy_negative_steps else self.negatives
 
     def weight(self, loss: str) -> float:
         """Weight of a loss; text-side MCR shares MCR's."""

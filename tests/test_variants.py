@@ -58,7 +58,7 @@ def test_a_loss_of_weight_zero_is_not_computed(monkeypatch):
 
 
 def test_the_trainer_walks_the_negative_curriculum(monkeypatch):
-    """easy_negative_steps: 2 -> the first two optimizer steps draw sampled negatives, then the
+    """easy_negative_steps: 2 -> the first two optimizer steps draw random negatives, then the
     configured mode; the task learns the step from the Trainer."""
     modes, real = [], losses.itm_negatives
 
@@ -69,7 +69,7 @@ def test_the_trainer_walks_the_negative_curriculum(monkeypatch):
     trainer, cfg = make_trainer("joint", easy_negative_steps=2)
     for index in range(4):
         trainer.train_step([synthetic_batch(cfg, 0, index)])
-    assert modes == ["sampled", "sampled", "hard", "hard"]
+    assert modes == ["random", "random", "hard", "hard"]
 
 
 def _other_concepts_and_tags(batch, cfg):
@@ -180,7 +180,7 @@ def test_train_config_variants_validate():
     assert TrainConfig(stage="albef").negatives == "sampled"
     assert TrainConfig(stage="stage2").negatives == "hard"
     curriculum = TrainConfig(stage="stage2", easy_negative_steps=3)
-    assert [curriculum.negatives_at(s) for s in range(5)] == ["sampled"] * 3 + ["hard"] * 2
+    assert [curriculum.negatives_at(s) for s in range(5)] == ["random"] * 3 + ["hard"] * 2
     with pytest.raises(ConfigError, match="negatives must be one of"):
         TrainConfig(negatives="hardest")
     with pytest.raises(ConfigError, match="no loss left"):
