@@ -1,0 +1,332 @@
+"""Kill-and-rerun matrix: does a `kill -9` at a random moment lose, duplicate or orphan anything?
+
+For each job (ingest shapes, concepts, features with mvp-tiny, pretrain stage1 tiny) and each mode
+the CLI offers (Prefect flow; `--no-prefect` for ingest; `python -m model.pretrain` with a small
+--checkpoint-every for pretrain, since `mvp pretrain` has no such flag):
+  1. restore the warehouse the job needs (earlier jobs run to completion, in chain order) and run
+     the command uninterrupted: the reference (its duration, row ids, final step);
+  2. K times (seeded): restore the same warehouse, start the command in its own process group,
+     SIGKILL the command's process at a time uniform in [0, reference duration), wait for the
+     project's watchdog (flows/orphans.py) to reap children, count processes still carrying the
+     trial's PREFECT_HOME/work dir, then rerun the command to completion and compare with the
+     reference: keys lost, keys duplicated (or unexpected) per table; for pretrain the final step
+     and whether the checkpoint loads.
+Every run uses one fixed work dir (ids may depend on paths), a fresh PREFECT_HOME per trial
+(shared by the killed run and its rerun, as for a user), a sqlite MLflow store in the work dir.
+Only loopback traffic; only process groups started here are signalled.
+
+    .venv/bin/python benchmarks/kill_matrix.py [--points 3] [--seed 0] [--budget-s 900]
+Exit 1 if any cell lost or duplicated rows, left orphans or failed its rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+MVP = str(Path(PY).parent / "mvp")
+
+# key columns per table: rows with the same key are duplicates; the build id (vocab,
+# feature_set) is part of the key, it is deterministic for the same input warehouse
+KEYS = {
+    "images": ["id"], "captions": ["id"], "regions": ["region_id"], "questions": ["id"],
+    "relations": ["id"], "rejects": ["id"], "feature_sets": ["id"],
+    "region_features": ["feature_set", "region_id"], "image_features": ["feature_set", "image_id"],
+    "concepts": ["vocab", "id"],
+    "caption_concepts": ["vocab", "caption_id", "concept_id", "token_start", "token_end"],
+    "image_concepts": ["vocab", "image_id", "concept_id", "source"],
+}
+
+
+def offline_env(prefect_home: Path, work: Path) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_HOME": str(prefect_home), "MVP_PROJECT_DIR": str(ROOT),
+            "NLTK_DATA": str(ROOT / ".nltk_data"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def commands(work: Path, args) -> dict:
+    """(job, mode) -> (command, rerun command or None: the same one)."""
+    wh = str(work / "wh")
+    ingest = [MVP, "ingest", "--dataset", "shapes", "--source", str(work / "src"),
+              "--warehouse", wh, "--n-images", str(args.n_images), "--seed", "0",
+              "--workers", "2"]
+    pre = ["--warehouse", wh, "--stage", "stage1", "--config", "tiny",
+           "--steps", str(args.steps), "--out-dir", str(work / "pretrain")]
+    return {
+        ("ingest", "prefect"): ingest,
+        ("ingest", "no-prefect"): ingest + ["--no-prefect"],
+        ("concepts", "prefect"): [MVP, "concepts", "--warehouse", wh, "--min-count", "2"],
+        ("features", "prefect"): [MVP, "features", "--warehouse", wh, "--backbone", "mvp-tiny",
+                                  "--shard-size", "50"],
+        ("pretrain", "prefect"): [MVP, "pretrain"] + pre,   # checkpoint every 500 (fixed)
+        ("pretrain", "no-prefect"): [PY, "-m", "model.pretrain"] + pre + [
+            "--checkpoint-every", str(args.checkpoint_every)],
+    }
+
+
+def restore(work: Path, snap: Path | None) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if snap is None:
+        work.mkdir(parents=True)
+    else:
+        shutil.copytree(snap, work, symlinks=True)
+
+
+def tagged_pids(tags: list[str]) -> list[tuple[int, str]]:
+    """Processes (not this one) whose command line or environment names one of `tags`."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            try:
+                env = (p / "environ").read_bytes().decode(errors="replace")
+            except OSError:
+                env = ""
+        except OSError:
+            continue
+        if any(t in cmd or t in env for t in tags):
+            found.append((int(p.name), cmd[:160]))
+    return found
+
+
+def start(cmd, env, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # the group this script started
+    except ProcessLookupError:
+        pass
+
+
+def run_to_end(cmd, env, log: Path, timeout: float) -> tuple[int, float]:
+    t = time.monotonic()
+    proc = start(cmd, env, log)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+        rc = -999
+    kill_group(proc)   # stragglers of a finished run are not this matrix's business
+    return rc, time.monotonic() - t
+
+
+def table_keys(wh: Path) -> dict:
+    """table -> (row count, set of keys)."""
+    from warehouse.catalog import connect
+    out = {}
+    con = connect(str(wh))
+    try:
+        for table, key in KEYS.items():
+            rows = con.execute(f"SELECT {', '.join(key)} FROM {table}").fetchall()
+            out[table] = (len(rows), set(rows))
+    finally:
+        con.close()
+    return out
+
+
+def compare_rows(ref: dict, got: dict) -> tuple[int, int, str]:
+    lost = dup = 0
+    notes = []
+    for table, (n_ref, keys_ref) in ref.items():
+        n, keys = got.get(table, (0, set()))
+        t_lost = len(keys_ref - keys)
+        t_dup = (n - len(keys)) + len(keys - keys_ref)   # repeated keys + keys the ref lacks
+        if t_lost or t_dup or n != n_ref:
+            notes.append(f"{table}: ref {n_ref} rows, got {n} ({len(keys)} distinct), "
+                         f"lost {t_lost}, dup/extra {t_dup}")
+        lost += t_lost
+        dup += t_dup
+    return lost, dup, "; ".join(notes)
+
+
+def checkpoint_state(work: Path):
+    from model.checkpoint import load_checkpoint
+    path = work / "pretrain" / "stage1" / "last.pt"
+    try:
+        return load_checkpoint(path), ""
+    except Exception as e:  # noqa: BLE001 - the report says what went wrong
+        return None, f"checkpoint does not load: {type(e).__name__}: {e}"
+
+
+def weights_equal(a: dict, b: dict) -> bool:
+    import torch
+    wa, wb = a.get("model") or {}, b.get("model") or {}
+    if not wa or wa.keys() != wb.keys():
+        return False
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--points", type=int, default=3, help="kill points per cell (K)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-s", type=float, default=900, help="skip cells past this")
+    p.add_argument("--n-images", type=int, default=300)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--checkpoint-every", type=int, default=5)
+    p.add_argument("--only", nargs="*", help="cells to run, e.g. ingest:no-prefect "
+                   "(earlier jobs still run once to build their input)")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder")
+    args = p.parse_args()
+
+    rng = random.Random(args.seed)
+    base = Path(tempfile.mkdtemp(prefix="mvp-kill-matrix-"))
+    work = base / "work"       # every run happens here: ids and paths stay the same
+    logs = base / "logs"
+    logs.mkdir()
+    cmds = commands(work, args)
+    t0 = time.monotonic()
+    results, skipped = [], []
+    state = {None: None}       # job -> snapshot dir of the warehouse after it (None: empty)
+    chain = [("ingest", None), ("concepts", "ingest"), ("features", "concepts"),
+             ("pretrain", "features")]
+    print(f"work dir {work}, logs {logs}", flush=True)
+
+    def left() -> float:
+        return args.budget_s - (time.monotonic() - t0)
+
+    for job, needs in chain:
+        if needs not in state:
+            skipped.append(f"{job}: input ({needs}) was not built")
+            continue
+        modes = [m for (j, m) in cmds if j == job]
+        for mode in modes:
+            cell = f"{job}:{mode}"
+            wanted = args.only is None or cell in args.only
+            is_builder = job not in state and mode == modes[0]
+            if not wanted and not is_builder:
+                continue
+            if left() <= 0:
+                skipped.append(f"{cell}: budget exceeded")
+                continue
+            cmd = cmds[(job, mode)]
+            # reference
+            restore(work, state[needs])
+            home = base / f"prefect-{job}-{mode}-ref"
+            rc, dur = run_to_end(cmd, offline_env(home, work), logs / f"{job}-{mode}-ref.log",
+                                 max(60, left()))
+            print(f"{cell} reference: rc {rc}, {dur:.1f}s", flush=True)
+            if rc != 0:
+                results.append((job, mode, 0, "-", "-", "-", "reference failed",
+                                f"rc {rc}, see {logs}"))
+                continue
+            if job == "pretrain":
+                ref_ckpt, _ = checkpoint_state(work)
+                ref = None
+            else:
+                ref = table_keys(work / "wh")
+            if is_builder:
+                snap = base / f"after-{job}"
+                shutil.copytree(work, snap, symlinks=True)
+                state[job] = snap
+            if not wanted:
+                continue
+            kills, lost, dup, orphans, rerun_ok, notes = 0, 0, 0, 0, True, []
+            for i in range(args.points):
+                if left() <= 0:
+                    notes.append(f"budget exceeded after {i} kills")
+                    skipped.append(f"{cell}: kills {i + 1}..{args.points} (budget)")
+                    break
+                at = rng.uniform(0, dur)
+                restore(work, state[needs])
+                home = base / f"prefect-{job}-{mode}-{i}"
+                env = offline_env(home, work)
+                log = logs / f"{job}-{mode}-{i}.log"
+                proc = start(cmd, env, log)
+                try:
+                    proc.wait(timeout=at)
+                    notes.append(f"#{i}: finished before the kill at {at:.1f}s")
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)   # kill -9 the command, not its group
+                    proc.wait()
+                    kills += 1
+                # the watchdog stops children SIGTERM, then SIGKILL after a 5 s grace
+                deadline = time.monotonic() + 12
+                tags = [str(home), str(work)]
+                while tagged_pids(tags) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                left_over = tagged_pids(tags)
+                if left_over:
+                    orphans += len(left_over)
+                    notes.append(f"#{i} killed at {at:.1f}s: {len(left_over)} orphans: "
+                                 + " | ".join(f"{pid} {c}" for pid, c in left_over[:4]))
+                kill_group(proc)   # clean up what is in our group before the rerun
+                rerun = list(cmd)
+                ck = work / "pretrain" / "stage1" / "last.pt"
+                resumed = job == "pretrain" and ck.exists()
+                if resumed:
+                    rerun.append("--resume")
+                rc, rdur = run_to_end(rerun, env, log, max(60, left() + 60))
+                print(f"{cell} #{i}: killed at {at:.1f}s, rerun{' --resume' if resumed else ''}"
+                      f" rc {rc} in {rdur:.1f}s", flush=True)
+                if rc != 0:
+                    rerun_ok = False
+                    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                    notes.append(f"#{i} killed at {at:.1f}s: rerun rc {rc}: "
+                                 + " / ".join(tail))
+                    continue
+                if job == "pretrain":
+                    got, err = checkpoint_state(work)
+                    if got is None:
+                        rerun_ok = False
+                        notes.append(f"#{i}: {err}")
+                    else:
+                        if got.get("step") != ref_ckpt.get("step"):
+                            rerun_ok = False
+                            notes.append(f"#{i}: final step {got.get('step')} != "
+                                         f"ref {ref_ckpt.get('step')}")
+                        if not weights_equal(got, ref_ckpt):
+                            notes.append(f"#{i} (killed at {at:.1f}s"
+                                         f"{', resumed' if resumed else ''}): weights differ "
+                                         "from the reference")
+                else:
+                    l_, d_, n_ = compare_rows(ref, table_keys(work / "wh"))
+                    lost += l_
+                    dup += d_
+                    if n_:
+                        notes.append(f"#{i} killed at {at:.1f}s: {n_}")
+            na = job == "pretrain"
+            results.append((job, mode, kills, "n/a" if na else lost, "n/a" if na else dup,
+                            orphans, "yes" if rerun_ok else "NO",
+                            (f"ref {dur:.1f}s" + (f", step {ref_ckpt.get('step')}" if na
+                                                  else "")
+                             + ("; " + "; ".join(notes) if notes else ""))))
+        # after the job's cells: the chain continues from its builder snapshot
+
+    from warehouse.text_table import format_table
+    print()
+    print(format_table(["job", "mode", "kills", "rows lost", "rows duplicated", "orphans",
+                        "rerun ok", "notes"], results))
+    for s in skipped:
+        print(f"skipped: {s}")
+    print(f"total {time.monotonic() - t0:.0f}s")
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    bad = any((isinstance(r[3], int) and r[3]) or (isinstance(r[4], int) and r[4]) or r[5]
+              or r[6] != "yes" for r in results)
+    return 1 if bad or any("reference failed" in str(r[6]) for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
