@@ -77,11 +77,9 @@ def mlm_image_gap(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[s
     m, cfg = task.model, task.model.cfg
     generator = torch.Generator().manual_seed(step)
     batch = task.visible(batch)
-    special = (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
-               | (batch.token_ids == cfg.sep_id))
     tokens, labels, concepts, _ = mask_with_concepts(
-        batch.token_ids, special, batch.concept_ids, batch.concept_spans, cfg.mask_id,
-        task.word_range, task.concept_range, generator, task.tcfg.mask_prob,
+        batch.token_ids, task.word_special(batch), batch.concept_ids, batch.concept_spans,
+        cfg.mask_id, task.word_range, task.concept_range, generator, task.tcfg.mask_prob,
         concept_mask=batch.concept_mask)
     ids, mask, concept_start = task.text_input(batch, tokens, concepts)
     text = m.encode_text(ids, mask)

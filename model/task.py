@@ -81,8 +81,7 @@ class PretrainTask(nn.Module):
         batch = self.visible(batch)
 
         # ---- masking (draw order fixed: text, then tags) ----
-        word_special = (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
-                        | (batch.token_ids == cfg.sep_id))
+        word_special = self.word_special(batch)
         m_tokens, token_labels, m_concepts, concept_labels = mask_with_concepts(
             batch.token_ids, word_special, batch.concept_ids, batch.concept_spans, cfg.mask_id,
             self.word_range, self.concept_range, generator, p, concept_mask=batch.concept_mask)
@@ -148,6 +147,12 @@ class PretrainTask(nn.Module):
     def visible(self, batch: PretrainBatch) -> PretrainBatch:
         """The batch as this task's model sees it (no concepts or tags with `concepts: false`)."""
         return batch if self.tcfg.concepts else _without_concepts(batch, self.model.cfg)
+
+    def word_special(self, batch: PretrainBatch) -> torch.Tensor:
+        """[B, L] True where a caption position is never masked: padding, [CLS], [SEP]."""
+        cfg = self.model.cfg
+        return (~batch.token_mask.bool() | (batch.token_ids == cfg.cls_id)
+                | (batch.token_ids == cfg.sep_id))
 
     def text_input(self, batch: PretrainBatch, token_ids, concept_ids):
         """(ids, mask, concept start) of the text encoder's input for these tokens/concepts."""

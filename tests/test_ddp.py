@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
+from model.checkpoint import load_checkpoint
 from model.distributed import rank_slice
 from test_train import make_trainer, synthetic_batch
 
@@ -75,7 +76,7 @@ def _worker(rank: int, world: int, init_file: str, out: str):
 def ddp_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -134,7 +135,7 @@ def test_torchrun_runs_the_entry_point(tmp_path, tiny_feature_store):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     assert sorted(p.name for p in (tmp_path / "runs" / "stage1").iterdir()) == ["last.pt"]
-    ckpt = torch.load(tmp_path / "runs" / "stage1" / "last.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "runs" / "stage1" / "last.pt")
     assert ckpt["step"] == 2 and ckpt["samples_seen"] == 16   # 2 global batches of 8
     assert ckpt["data_position"]["index"] == 16 and len(ckpt["rng"]) == 2
     client = mlflow.MlflowClient(uri)
