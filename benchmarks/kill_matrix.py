@@ -1,16 +1,20 @@
 """Kill-and-rerun matrix: does a `kill -9` at a random moment lose, duplicate or orphan anything?
 
-For each job (ingest shapes, concepts, features with mvp-tiny, pretrain stage1 tiny) and each mode
-the CLI offers (Prefect flow; `--no-prefect` for ingest; `python -m model.pretrain` with a small
---checkpoint-every for pretrain, since `mvp pretrain` has no such flag):
+For each job (ingest shapes, concepts, features with mvp-tiny, pretrain stage1 tiny, and the whole
+pipeline flow on tiny data) and each mode the CLI offers (Prefect flow; `--no-prefect` for the data
+commands; `python -m model.pretrain` beside `mvp pretrain`):
   1. restore the warehouse the job needs (earlier jobs run to completion, in chain order) and run
-     the command uninterrupted: the reference (its duration, row ids, final step);
+     the command uninterrupted: the reference (its duration, row ids, final step, registered
+     versions), and when its work phase began: Prefect's "Beginning flow run" line, since the
+     first ~20 s of a Prefect command start a temporary server and write nothing;
   2. K times (seeded): restore the same warehouse, start the command in its own process group,
-     SIGKILL the command's process at a time uniform in [0, reference duration), wait for the
-     project's watchdog (flows/orphans.py) to reap children, count processes still carrying the
-     trial's PREFECT_HOME/work dir, then rerun the command to completion and compare with the
-     reference: keys lost, keys duplicated (or unexpected) per table; for pretrain the final step
-     and whether the checkpoint loads.
+     wait for its work phase, SIGKILL the command's process at a time uniform over the
+     reference's work phase, wait for the project's watchdog (flows/orphans.py) to reap children,
+     count processes still carrying the trial's PREFECT_HOME/work dir, then rerun the command to
+     completion and compare with the reference: keys lost, keys duplicated (or unexpected) per
+     table, `mvp verify` on the warehouse; for pretrain the final step and whether the checkpoint
+     loads; for the pipeline also the registered model versions (one per model and training
+     step) and each model's champion.
 Every run uses one fixed work dir (ids may depend on paths), a fresh PREFECT_HOME per trial
 (shared by the killed run and its rerun, as for a user), a sqlite MLflow store in the work dir.
 Only loopback traffic; only process groups started here are signalled.
@@ -65,17 +69,34 @@ def commands(work: Path, args) -> dict:
               "--warehouse", wh, "--n-images", str(args.n_images), "--seed", "0",
               "--workers", "2"]
     pre = ["--warehouse", wh, "--stage", "stage1", "--config", "tiny",
-           "--steps", str(args.steps), "--out-dir", str(work / "pretrain")]
+           "--steps", str(args.steps), "--out-dir", str(work / "pretrain"),
+           "--checkpoint-every", str(args.checkpoint_every)]
+    concepts = [MVP, "concepts", "--warehouse", wh, "--min-count", "2"]
+    features = [MVP, "features", "--warehouse", wh, "--backbone", "mvp-tiny",
+                "--shard-size", "50"]
     return {
         ("ingest", "prefect"): ingest,
         ("ingest", "no-prefect"): ingest + ["--no-prefect"],
-        ("concepts", "prefect"): [MVP, "concepts", "--warehouse", wh, "--min-count", "2"],
-        ("features", "prefect"): [MVP, "features", "--warehouse", wh, "--backbone", "mvp-tiny",
-                                  "--shard-size", "50"],
-        ("pretrain", "prefect"): [MVP, "pretrain"] + pre,   # checkpoint every 500 (fixed)
-        ("pretrain", "no-prefect"): [PY, "-m", "model.pretrain"] + pre + [
-            "--checkpoint-every", str(args.checkpoint_every)],
+        ("concepts", "prefect"): concepts,
+        ("concepts", "no-prefect"): concepts + ["--no-prefect"],
+        ("features", "prefect"): features,
+        ("features", "no-prefect"): features + ["--no-prefect"],
+        ("pretrain", "prefect"): [MVP, "pretrain"] + pre,
+        ("pretrain", "no-prefect"): [PY, "-m", "model.pretrain"] + pre,
+        ("pipeline", "prefect"): [
+            MVP, "pipeline", "--warehouse", wh, "--n-images", str(args.pipeline_images),
+            "--easy-vqa-images", "0", "--backbone", "mvp-tiny", "--min-count", "2",
+            "--config", "tiny", "--stage1-steps", "20", "--stage2-steps", "20",
+            "--retrieval-steps", "10", "--vqa-steps", "10", "--k-text", "8", "--k-image", "4",
+            "--out-dir", str(work / "pipeline")],
     }
+
+
+WORK_STARTS = "Beginning flow run"  # Prefect's first line once the flow itself runs
+
+
+def work_phase_marker(mode: str) -> str | None:
+    return WORK_STARTS if mode == "prefect" else None
 
 
 def restore(work: Path, snap: Path | None) -> None:
@@ -118,28 +139,66 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_to_end(cmd, env, log: Path, timeout: float) -> tuple[int, float]:
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+def wait_for_marker(proc: subprocess.Popen, log: Path, offset: int, marker: str | None,
+                    timeout: float) -> float | None:
+    """Seconds from now until `marker` shows in `log` past `offset` (None: it never did before
+    the process ended or the timeout); no marker: 0."""
+    if marker is None:
+        return 0.0
     t = time.monotonic()
+    needle = marker.encode()
+    while time.monotonic() - t < timeout:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            if needle in f.read():
+                return time.monotonic() - t
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.1)
+    return None
+
+
+def run_to_end(cmd, env, log: Path, timeout: float,
+               marker: str | None = None) -> tuple[int, float, float]:
+    """(exit code, duration, seconds until the work phase began)."""
+    t = time.monotonic()
+    offset = log_size(log)
     proc = start(cmd, env, log)
+    began = wait_for_marker(proc, log, offset, marker, timeout)
     try:
-        rc = proc.wait(timeout=timeout)
+        rc = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - t)))
     except subprocess.TimeoutExpired:
         kill_group(proc)
         proc.wait()
         rc = -999
     kill_group(proc)   # stragglers of a finished run are not this matrix's business
-    return rc, time.monotonic() - t
+    return rc, time.monotonic() - t, began if began is not None else 0.0
 
 
-def table_keys(wh: Path) -> dict:
-    """table -> (row count, set of keys)."""
+BUILD_IDS = ("vocab", "feature_set")
+
+
+def table_keys(wh: Path, from_scratch: bool = False) -> dict:
+    """table -> (row count, set of keys). `from_scratch`: the warehouse was built anew by the
+    run, so a vocabulary's id (a hash over its input part files, whose names are unique per
+    write) differs from the reference's: build ids leave the key and their count is compared
+    instead (a second build of the same thing shows as repeated keys)."""
     from warehouse.catalog import connect
     out = {}
     con = connect(str(wh))
     try:
         for table, key in KEYS.items():
-            rows = con.execute(f"SELECT {', '.join(key)} FROM {table}").fetchall()
+            builds = [c for c in key if c in BUILD_IDS] if from_scratch else []
+            cols = [c for c in key if c not in builds] or key
+            rows = con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
             out[table] = (len(rows), set(rows))
+            for b in builds:
+                n = con.execute(f"SELECT count(DISTINCT {b}) FROM {table}").fetchone()[0]
+                out[f"{table}.{b}s"] = (n, set(range(n)))
     finally:
         con.close()
     return out
@@ -158,6 +217,40 @@ def compare_rows(ref: dict, got: dict) -> tuple[int, int, str]:
         lost += t_lost
         dup += t_dup
     return lost, dup, "; ".join(notes)
+
+
+def registered_versions(work: Path) -> dict:
+    """(model name, training step) -> [versions], and model name -> champion version."""
+    from mlflow import MlflowClient
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    versions, champions = {}, {}
+    for rm in client.search_registered_models():
+        champions[rm.name] = rm.aliases.get("champion")
+        for mv in client.search_model_versions(f"name = '{rm.name}'"):
+            key = (rm.name, mv.tags.get("pipeline_step"))
+            versions.setdefault(key, []).append(mv.version)
+    return {"versions": versions, "champions": champions}
+
+
+def compare_registry(ref: dict, got: dict) -> tuple[int, int, str]:
+    """Versions lost (a model/step the reference registered and the rerun did not) and
+    duplicated (a model/step registered twice); champions missing."""
+    lost = len(set(ref["versions"]) - set(got["versions"]))
+    dup = sum(len(v) - 1 for v in got["versions"].values())
+    no_champion = [n for n in ref["champions"] if not got["champions"].get(n)]
+    notes = []
+    if lost or dup:
+        notes.append(f"registry: lost {lost}, duplicated {dup}: {got['versions']}")
+    if no_champion:
+        notes.append(f"no champion: {', '.join(no_champion)}")
+    return lost, dup + len(no_champion), "; ".join(notes)
+
+
+def verify_problems(wh: Path) -> str:
+    from warehouse.verify import verify
+    report = verify(str(wh))
+    return "" if report.passed else "mvp verify: " + " / ".join(report.lines())
 
 
 def checkpoint_state(work: Path):
@@ -184,6 +277,7 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=900, help="skip cells past this")
     p.add_argument("--n-images", type=int, default=300)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--pipeline-images", type=int, default=60)
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--only", nargs="*", help="cells to run, e.g. ingest:no-prefect "
                    "(earlier jobs still run once to build their input)")
@@ -200,13 +294,21 @@ def main() -> int:
     results, skipped = [], []
     state = {None: None}       # job -> snapshot dir of the warehouse after it (None: empty)
     chain = [("ingest", None), ("concepts", "ingest"), ("features", "concepts"),
-             ("pretrain", "features")]
+             ("pretrain", "features"), ("pipeline", None)]
     print(f"work dir {work}, logs {logs}", flush=True)
+
+    wanted_jobs = {c.split(":")[0] for c in args.only} if args.only else {j for j, _ in chain}
+    needed = set(wanted_jobs)
+    for job, needs in reversed(chain):   # the jobs whose output a wanted job starts from
+        if job in needed and needs:
+            needed.add(needs)
 
     def left() -> float:
         return args.budget_s - (time.monotonic() - t0)
 
     for job, needs in chain:
+        if job not in needed:
+            continue
         if needs not in state:
             skipped.append(f"{job}: input ({needs}) was not built")
             continue
@@ -224,9 +326,11 @@ def main() -> int:
             # reference
             restore(work, state[needs])
             home = base / f"prefect-{job}-{mode}-ref"
-            rc, dur = run_to_end(cmd, offline_env(home, work), logs / f"{job}-{mode}-ref.log",
-                                 max(60, left()))
-            print(f"{cell} reference: rc {rc}, {dur:.1f}s", flush=True)
+            marker = work_phase_marker(mode)
+            rc, dur, began = run_to_end(cmd, offline_env(home, work),
+                                        logs / f"{job}-{mode}-ref.log", max(60, left()), marker)
+            print(f"{cell} reference: rc {rc}, {dur:.1f}s, work phase from {began:.1f}s",
+                  flush=True)
             if rc != 0:
                 results.append((job, mode, 0, "-", "-", "-", "reference failed",
                                 f"rc {rc}, see {logs}"))
@@ -235,7 +339,8 @@ def main() -> int:
                 ref_ckpt, _ = checkpoint_state(work)
                 ref = None
             else:
-                ref = table_keys(work / "wh")
+                ref = table_keys(work / "wh", from_scratch=job == "pipeline")
+            ref_registry = registered_versions(work) if job == "pipeline" else None
             if is_builder:
                 snap = base / f"after-{job}"
                 shutil.copytree(work, snap, symlinks=True)
@@ -248,15 +353,17 @@ def main() -> int:
                     notes.append(f"budget exceeded after {i} kills")
                     skipped.append(f"{cell}: kills {i + 1}..{args.points} (budget)")
                     break
-                at = rng.uniform(0, dur)
+                at = rng.uniform(0, dur - began)   # into the work phase
                 restore(work, state[needs])
                 home = base / f"prefect-{job}-{mode}-{i}"
                 env = offline_env(home, work)
                 log = logs / f"{job}-{mode}-{i}.log"
                 proc = start(cmd, env, log)
+                waited = wait_for_marker(proc, log, 0, marker, max(60, 3 * began))
                 try:
                     proc.wait(timeout=at)
-                    notes.append(f"#{i}: finished before the kill at {at:.1f}s")
+                    notes.append(f"#{i}: finished before the kill at {at:.1f}s into its work"
+                                 + ("" if waited is not None else " (no work phase seen)"))
                 except subprocess.TimeoutExpired:
                     os.kill(proc.pid, signal.SIGKILL)   # kill -9 the command, not its group
                     proc.wait()
@@ -277,8 +384,8 @@ def main() -> int:
                 resumed = job == "pretrain" and ck.exists()
                 if resumed:
                     rerun.append("--resume")
-                rc, rdur = run_to_end(rerun, env, log, max(60, left() + 60))
-                print(f"{cell} #{i}: killed at {at:.1f}s, rerun{' --resume' if resumed else ''}"
+                rc, rdur, _ = run_to_end(rerun, env, log, max(60, left() + 60))
+                print(f"{cell} #{i}: killed at {at:.1f}s into the work phase, rerun{' --resume' if resumed else ''}"
                       f" rc {rc} in {rdur:.1f}s", flush=True)
                 if rc != 0:
                     rerun_ok = False
@@ -301,15 +408,23 @@ def main() -> int:
                                          f"{', resumed' if resumed else ''}): weights differ "
                                          "from the reference")
                 else:
-                    l_, d_, n_ = compare_rows(ref, table_keys(work / "wh"))
+                    l_, d_, n_ = compare_rows(ref, table_keys(work / "wh",
+                                                              from_scratch=job == "pipeline"))
+                    if job == "pipeline":
+                        rl, rd, rn = compare_registry(ref_registry, registered_versions(work))
+                        l_, d_, n_ = l_ + rl, d_ + rd, "; ".join(x for x in (n_, rn) if x)
                     lost += l_
                     dup += d_
                     if n_:
                         notes.append(f"#{i} killed at {at:.1f}s: {n_}")
+                    broken = verify_problems(work / "wh")
+                    if broken:
+                        rerun_ok = False
+                        notes.append(f"#{i}: {broken}")
             na = job == "pretrain"
             results.append((job, mode, kills, "n/a" if na else lost, "n/a" if na else dup,
                             orphans, "yes" if rerun_ok else "NO",
-                            (f"ref {dur:.1f}s" + (f", step {ref_ckpt.get('step')}" if na
+                            (f"ref {dur:.1f}s (work from {began:.1f}s)" + (f", step {ref_ckpt.get('step')}" if na
                                                   else "")
                              + ("; " + "; ".join(notes) if notes else ""))))
         # after the job's cells: the chain continues from its builder snapshot

@@ -136,12 +136,18 @@ def cmd_verify(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from flows.feature_store import run_features
-    run_features(dask_address=args.dask_address, warehouse=args.warehouse,
-                 backbone=args.backbone, pretrained=args.pretrained,
-                 max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
-                 shard_size=args.shard_size, batch_size=args.batch_size,
-                 dataset=args.dataset, max_images=args.max_images)
+    kwargs = dict(warehouse=args.warehouse, backbone=args.backbone, pretrained=args.pretrained,
+                  max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
+                  shard_size=args.shard_size, batch_size=args.batch_size,
+                  dataset=args.dataset, max_images=args.max_images)
+    if args.no_prefect:
+        if args.dask_address:
+            raise ValueError("--dask-address runs shards as Prefect tasks: drop --no-prefect")
+        from features.extract import extract_features
+        print(extract_features(**kwargs))
+    else:
+        from flows.feature_store import run_features
+        run_features(dask_address=args.dask_address, **kwargs)
     return 0
 
 
@@ -160,9 +166,13 @@ def cmd_tag_regions(args) -> int:
 
 
 def cmd_concepts(args) -> int:
-    from flows.concepts import concepts_flow
-    concepts_flow(warehouse=args.warehouse, min_count=args.min_count, max_size=args.max_size,
-                  dataset=args.dataset)
+    kwargs = dict(min_count=args.min_count, max_size=args.max_size, dataset=args.dataset)
+    if args.no_prefect:
+        from features.vocabulary import build_vocabulary
+        print(build_vocabulary(args.warehouse, **kwargs))
+    else:
+        from flows.concepts import concepts_flow
+        concepts_flow(warehouse=args.warehouse, **kwargs)
     return 0
 
 
@@ -181,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--warehouse", default=DEFAULT_WAREHOUSE,
                         help=f"warehouse root folder (default {DEFAULT_WAREHOUSE})")
 
+    def no_prefect_arg(sp):
+        sp.add_argument("--no-prefect", action="store_true",
+                        help="run the same steps without Prefect (no flow run is recorded)")
+
     sp = sub.add_parser("ingest", help="read a data set into the warehouse (Prefect flow)")
     sp.add_argument("--dataset", required=True, choices=DATASETS)
     sp.add_argument("--source", help="input file or folder (shapes: where images are written)")
@@ -192,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
     sp.add_argument("--max-image-pixels", type=int, default=89_478_485,
                     help="images with more pixels are rejected as decompression bombs")
-    sp.add_argument("--no-prefect", action="store_true",
-                    help="run the same steps without Prefect (no flow run is recorded)")
+    no_prefect_arg(sp)
     sp.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("sql", help="run one read-only SQL query over the warehouse")
@@ -243,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="only this dataset's images")
     sp.add_argument("--max-images", type=int,
                     help="a fixed sample of this many images (of --dataset); rerun-stable")
+    no_prefect_arg(sp)
     sp.set_defaults(func=cmd_features)
 
     sp = sub.add_parser("import-vinvl", help="import VinVL's precomputed features.tsv as a "
@@ -270,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="captions a tuple must appear in (paper: 50)")
     sp.add_argument("--max-size", type=int, default=100_000, help="vocabulary size cap")
     sp.add_argument("--dataset", help="only this dataset's captions and regions")
+    no_prefect_arg(sp)
     sp.set_defaults(func=cmd_concepts)
 
     from flows.cli_models import add_model_commands

@@ -30,7 +30,8 @@ def cmd_pretrain(args) -> int:
     pretrain_flow(warehouse=args.warehouse, stage=args.stage, config=args.config,
                   feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
                   out_dir=args.out_dir, resume=args.resume, init_from=args.init_from,
-                  train_overrides=dict(args.overrides), nproc_per_node=args.nproc_per_node)
+                  train_overrides=dict(args.overrides), nproc_per_node=args.nproc_per_node,
+                  checkpoint_every=args.checkpoint_every)
     return 0
 
 
@@ -82,6 +83,9 @@ def add_model_commands(sub, warehouse_arg) -> None:
     sp.add_argument("--init-from", help="checkpoint whose weights the stage starts from "
                                         "(stage2 default: <out-dir>/stage1/last.pt)")
     sp.add_argument("--out-dir", default="runs/pretrain")
+    sp.add_argument("--checkpoint-every", type=int, default=500,
+                    help="save <out-dir>/<stage>/last.pt every N steps (and at the end); a "
+                         "killed run resumes from it with --resume")
     sp.add_argument("--feature-set", help="feature-set id (default: the latest)")
     sp.add_argument("--vocab", help="concept vocabulary id (default: the latest)")
     sp.add_argument("--set", dest="overrides", type=train_override, action="append", default=[],
@@ -105,6 +109,10 @@ def add_model_commands(sub, warehouse_arg) -> None:
         sp.add_argument("--batch-size", type=int, help="training batch (default 32 on the CPU demo)")
         for steps in ("stage1", "stage2", "retrieval", "vqa"):
             sp.add_argument(f"--{steps}-steps", type=int)
+        sp.add_argument("--min-count", type=int,
+                        help="captions a concept must appear in (default 20)")
+        sp.add_argument("--k-text", type=int, help="captions re-ranked per image (default 16)")
+        sp.add_argument("--k-image", type=int, help="images re-ranked per caption (default 8)")
         sp.add_argument("--out-dir", help="where checkpoints go (default runs/pipeline)")
         sp.add_argument("--no-register", dest="register", action="store_false", default=None)
         sp.set_defaults(func=cmd_pipeline)

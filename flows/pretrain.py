@@ -23,11 +23,13 @@ def pretrain_flow(warehouse: str = "runs/demo/warehouse", stage: str = "stage1",
                   vocab: str | None = None, steps: int | None = None,
                   out_dir: str = "runs/pretrain", resume: bool = False,
                   init_from: str | None = None, tracking_uri: str | None = None,
-                  train_overrides: dict | None = None, nproc_per_node: int = 1) -> dict:
+                  train_overrides: dict | None = None, nproc_per_node: int = 1,
+                  checkpoint_every: int = 500) -> dict:
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
                            resume=resume, init_from=init_from, tracking_uri=tracking_uri,
-                           train_overrides=train_overrides, nproc_per_node=nproc_per_node)
+                           train_overrides=train_overrides, nproc_per_node=nproc_per_node,
+                           checkpoint_every=checkpoint_every)
     print(f"{stage}: {result['steps']} steps, checkpoint {result['checkpoint']}, MLflow run "
           f"{result['run_id']}, final " + ", ".join(f"{k} {v:.4g}"
                                                      for k, v in result["final"].items()))

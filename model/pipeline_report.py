@@ -88,8 +88,7 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     """Register each model's serving package (logged by its training run; the VQA package, which
     adds the answer head, is logged here into the VQA run) as `challenger`, and promote it to
     `champion` only when its val metric beats the champion's."""
-    from model.registry import promote, register
-    from model.serving import log_pyfunc
+    from model.registry import promote
     trained = {"pre": pre, "ret": ret, "vqa": vqa}
     metrics = {"pre": val["zero-shot"], "ret": val["retrieval"],
                "vqa": {"vqa_acc": _mean_vqa(val["vqa"])}}
@@ -97,44 +96,44 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     client = mlflow.MlflowClient(tracking["tracking_uri"])
     out = {}
     for name, (key, metric) in REGISTERED.items():
-        done = _registered_from(client, name, trained[key]["folder"])
-        if done is not None:  # a rerun of the pipeline: this model is registered already
-            out[name] = done
-            continue
-        base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
-        if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
-            with mlflow.start_run(run_id=vqa["run_id"]):
-                model_uri = log_pyfunc(pre["checkpoint"], warehouse,
-                                       vqa_checkpoint=vqa["checkpoint"]).model_uri
-        else:
-            model_uri = base["model_uri"]
-        value = float(metrics[key][metric])
-        version = register(model_uri, name, lineage(warehouse, base["checkpoint"]),
-                           metric, value, client=client)
-        client.set_model_version_tag(name, version, STEP_TAG, trained[key]["folder"])
+        version = _registered_from(client, name, trained[key]["folder"])
+        if version is None:
+            version = _register(client, name, key, metric, trained, pre, metrics[key],
+                                warehouse)
+        # on a rerun this finishes (or repeats) the decision an earlier run recorded
         promoted, reason = promote(name, version, metric, client=client)
+        value = float(client.get_model_version(name, version).tags[f"metric.{metric}"])
         out[name] = {"version": version, "metric": metric, "value": value,
                      "promoted": promoted, "reason": reason}
     return out
 
 
+def _register(client, name: str, key: str, metric: str, trained: dict, pre: dict,
+              metrics: dict, warehouse) -> str:
+    from model.registry import register
+    from model.serving import log_pyfunc
+    base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
+    if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
+        with mlflow.start_run(run_id=trained["vqa"]["run_id"]):
+            model_uri = log_pyfunc(pre["checkpoint"], warehouse,
+                                   vqa_checkpoint=trained["vqa"]["checkpoint"]).model_uri
+    else:
+        model_uri = base["model_uri"]
+    return register(model_uri, name, lineage(warehouse, base["checkpoint"]), metric,
+                    float(metrics[metric]), client=client,
+                    tags={STEP_TAG: trained[key]["folder"]})
+
+
 STEP_TAG = "pipeline_step"  # the training step folder a version was made from
 
 
-def _registered_from(client, name: str, folder: str) -> dict | None:
-    from model.registry import PROMOTION_TAG, REASON_TAG
+def _registered_from(client, name: str, folder: str) -> str | None:
+    """The version an earlier run of the pipeline registered from this training step."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    for mv in versions:
-        if mv.tags.get(STEP_TAG) == folder:
-            metric = REGISTERED[name][1]
-            return {"version": mv.version, "metric": metric,
-                    "value": float(mv.tags.get(f"metric.{metric}", "nan")),
-                    "promoted": mv.tags.get(PROMOTION_TAG) == "promoted",
-                    "reason": "registered by an earlier run: " + mv.tags.get(REASON_TAG, "")}
-    return None
+    return next((str(mv.version) for mv in versions if mv.tags.get(STEP_TAG) == folder), None)
 
 
 def _mean_vqa(by_dataset: dict) -> float:

@@ -6,7 +6,7 @@ is written on the version (tags + description), promoted or not.
     promoted, reason = promote("mvp-retrieval", version, metric="rsum")
     mlflow.pyfunc.load_model("models:/mvp-retrieval@champion")
 
-Registered names: mvp-pretrained, mvp-retrieval, mvp-vqa (NAMES). Lineage is what a version was
+Lineage is what a version was
 made from (LINEAGE: feature set, concept vocabulary, warehouse snapshot or manifest, git commit)
 and travels as version tags; the metric value is the tag `metric.<name>`. Ties keep the champion:
 a challenger must be strictly better to displace it.
@@ -19,7 +19,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-NAMES = ("mvp-pretrained", "mvp-retrieval", "mvp-vqa")
 CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE = ("feature_set", "vocab", "warehouse_snapshot", "git_commit")
 PROMOTION_TAG, REASON_TAG = "promotion", "promotion_reason"
@@ -42,9 +41,10 @@ def _source(client: MlflowClient, model_uri: str) -> tuple[str, str | None, str 
 
 
 def register(model_uri: str, name: str, lineage: dict, metric: str, value: float,
-             client: MlflowClient | None = None) -> str:
-    """A new version of registered model `name` (created if new) with lineage and metric tags,
-    aliased `challenger`. Returns the version number as a string."""
+             client: MlflowClient | None = None, tags: dict | None = None) -> str:
+    """A new version of registered model `name` (created if new) with lineage, metric and the
+    caller's `tags` (set with the version itself, so a killed caller never leaves an untagged
+    version), aliased `challenger`. Returns the version number as a string."""
     client = client or MlflowClient()
     missing = [k for k in LINEAGE if not lineage.get(k)]
     if missing:
@@ -57,7 +57,7 @@ def register(model_uri: str, name: str, lineage: dict, metric: str, value: float
             raise
     source, run_id, model_id = _source(client, model_uri)
     tags = {**{k: str(v) for k, v in lineage.items()}, "metric": metric,
-            _metric_tag(metric): repr(float(value))}
+            _metric_tag(metric): repr(float(value)), **(tags or {})}
     mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id,
                                      description=f"{metric} = {float(value):.6g}")
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
@@ -81,7 +81,8 @@ def _champion(client: MlflowClient, name: str):
 def promote(name: str, version, metric: str, higher_is_better: bool = True,
             client: MlflowClient | None = None) -> tuple[bool, str]:
     """Move `champion` to `version` when it beats the current champion on `metric` (strictly;
-    no champion yet: promoted). The decision and its reason are recorded on the version."""
+    no champion yet: promoted). The decision and its reason are recorded on the version before
+    the aliases move, so calling it again after an interruption finishes the same decision."""
     client = client or MlflowClient()
     version = str(version)
     mv = client.get_model_version(name, version)
@@ -89,6 +90,11 @@ def promote(name: str, version, metric: str, higher_is_better: bool = True,
     if value is None:
         raise ValueError(f"{name} v{version} has no {metric} (tag {_metric_tag(metric)}): "
                          "register it with that metric")
+    if PROMOTION_TAG in mv.tags:  # decided by an earlier, possibly interrupted, call
+        promoted = mv.tags[PROMOTION_TAG] == "promoted"
+        reason = mv.tags.get(REASON_TAG, "")
+        _apply(client, name, version, promoted, mv.tags.get(BEFORE_TAG) or None)
+        return promoted, reason
     champion = _champion(client, name)
     direction = "higher" if higher_is_better else "lower"
     if champion is None:
@@ -103,16 +109,36 @@ def promote(name: str, version, metric: str, higher_is_better: bool = True,
         verdict = "beats" if promoted else ("ties" if value == best else "does not beat")
         reason = (f"{metric} {value:.6g} {verdict} champion v{champion.version}'s {best:.6g} "
                   f"({direction} is better)")
-    client.set_model_version_tag(name, version, PROMOTION_TAG,
-                                 "promoted" if promoted else "rejected")
-    client.set_model_version_tag(name, version, REASON_TAG, reason)
     verdict = "promoted to champion" if promoted else "not promoted"
     client.update_model_version(name, version, description=(
         f"{mv.description}\n{verdict}: {reason}" if mv.description else f"{verdict}: {reason}"))
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        if champion is not None:
-            client.set_model_version_tag(name, champion.version, "superseded_by", version)
-        if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:
-            client.delete_registered_model_alias(name, CHALLENGER)  # it is the champion now
+    before = "" if champion is None else str(champion.version)
+    client.set_model_version_tag(name, version, BEFORE_TAG, before)
+    client.set_model_version_tag(name, version, REASON_TAG, reason)
+    # the decision tag is written last: its presence means the decision is complete
+    client.set_model_version_tag(name, version, PROMOTION_TAG,
+                                 "promoted" if promoted else "rejected")
+    _apply(client, name, version, promoted, before or None)
     return promoted, reason
+
+
+BEFORE_TAG = "champion_before"  # the champion when the decision was taken ("" for none)
+
+
+def _apply(client: MlflowClient, name: str, version: str, promoted: bool,
+           before: str | None) -> None:
+    """Move the aliases for a recorded decision; safe to repeat. The champion alias moves only
+    while it still points where it did at decision time, so a finished older decision never
+    takes `champion` back from a newer version."""
+    if not promoted:
+        return
+    current = _champion(client, name)
+    current = None if current is None else str(current.version)
+    if current not in (before, version):
+        return  # a later decision moved the champion on
+    if current != version:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    if before is not None:
+        client.set_model_version_tag(name, before, "superseded_by", version)
+    if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)  # it is the champion now

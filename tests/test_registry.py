@@ -92,3 +92,31 @@ def test_lower_is_better_and_refusals(registry):
         register(uri, name, {**LINEAGE, "git_commit": ""}, "rsum", 1.0, client=c)
     with pytest.raises(ValueError, match="has no itm_acc"):
         promote(name, v3, "itm_acc", client=c)
+
+
+def test_an_interrupted_promotion_finishes_on_the_next_call(registry, monkeypatch):
+    """A run killed after recording its decision but before moving the aliases: calling
+    promote again moves them; a finished old decision never takes the champion back."""
+    c, name = registry, "mvp-pretrained"
+    uri, _ = _log(0)
+    v1 = register(uri, name, LINEAGE, "rsum", 10.0, client=c, tags={"pipeline_step": "s1"})
+    assert c.get_model_version(name, v1).tags["pipeline_step"] == "s1"
+    promote(name, v1, "rsum", client=c)
+    v2 = register(uri, name, LINEAGE, "rsum", 20.0, client=c)
+    real_alias = c.set_registered_model_alias
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(c, "set_registered_model_alias", killed)
+    with pytest.raises(KeyboardInterrupt):
+        promote(name, v2, "rsum", client=c)
+    assert _aliases(c, name)[CHAMPION] == v1          # decision recorded, aliases not moved
+    monkeypatch.setattr(c, "set_registered_model_alias", real_alias)
+    promoted, reason = promote(name, v2, "rsum", client=c)
+    assert promoted and reason == "rsum 20 beats champion v1's 10 (higher is better)"
+    assert _aliases(c, name) == {CHAMPION: v2}
+    assert c.get_model_version(name, v1).tags["superseded_by"] == v2
+    v3 = register(uri, name, LINEAGE, "rsum", 30.0, client=c)
+    assert promote(name, v3, "rsum", client=c)[0]
+    assert promote(name, v2, "rsum", client=c)[0]     # repeating v2's old decision ...
+    assert _aliases(c, name)[CHAMPION] == v3          # ... leaves the newer champion alone
