@@ -15,7 +15,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export MVP_PROJECT_DIR := $(CURDIR)
 export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: install demo test test-portable bench serve deploy pipeline clean
+.PHONY: install demo test test-fast lint test-portable bench serve deploy pipeline clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything not marked slow (no Prefect/MLflow servers, DDP or long runs).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 # The numeric tests under each thread count and kernel choice they must hold for (a fresh clone on
 # another CPU differs in exactly these): one thread, two, PyTorch's portable kernels, AVX2 oneDNN.

@@ -265,7 +265,7 @@ def part_b(args) -> dict:
     def record(name: str, stored: str, path: Path, load: Callable[[], torch.Tensor],
                write_s: float | None = None, check: Callable = same) -> dict:
         seconds, out = best_of(args.repeats, load)
-        ok = check(out, x)
+        ok = check(out, x)  # noqa: F821 - runs before `del x` below
         del out
         size = sum(p.stat().st_size for p in path.rglob("*.parquet")) if path.is_dir() \
             else path.stat().st_size
@@ -449,9 +449,13 @@ def part_c(args) -> dict:
     preprocess, forward, RoIAlign, write and publish Parquet) over a `shapes` warehouse, and of
     the model alone (forward + RoIAlign on ready batches)."""
     from features.backbone import load_backbone
-    from features.extract import (extract_shard, plan_feature_set, pending_images,
-                                  register_feature_set)
-    from warehouse.ingest.pipeline import ingest
+    from features.extract import (
+        extract_shard,
+        pending_images,
+        plan_feature_set,
+        register_feature_set,
+    )
+    from warehouse.ingest.build import ingest
     gpu = torch.device(args.device).type == "cuda"
     print(f"\n(c) feature extraction throughput, batch {args.batch}, random init, "
           f"{'cuda' if gpu else f'cpu ({WORKERS} cores)'}", flush=True)

@@ -23,7 +23,7 @@ CHILD = r"""
 import json, resource, sys, time
 mode, n, workers, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 import pyarrow as pa, pyarrow.parquet as pq  # imports outside the timed part, for both modes
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.readers.shapes import CHUNK, render_chunk
 t = time.perf_counter()
 if mode == "streaming":
@@ -81,12 +81,15 @@ def main() -> None:
     lo, hi = min(args.sizes), max(args.sizes)
     print(f"\nratios ({hi} vs {lo} images; memory flat means ~1.0):")
     for mode, workers in (("in-memory", 1), ("streaming", 1), ("streaming", cores)):
-        print(f"  {mode:<10} workers={workers}: peak memory x{get(mode, hi, workers)['peak_mib'] / get(mode, lo, workers)['peak_mib']:.2f}"
-              f", throughput x{get(mode, hi, workers)['images_per_s'] / get(mode, lo, workers)['images_per_s']:.2f}")
+        big, small = get(mode, hi, workers), get(mode, lo, workers)
+        print(f"  {mode:<10} workers={workers}: peak memory x{big['peak_mib'] / small['peak_mib']:.2f}"
+              f", throughput x{big['images_per_s'] / small['images_per_s']:.2f}")
+    stream, stream_all, memory = get('streaming', hi, 1), get('streaming', hi, cores), \
+        get('in-memory', hi, 1)
     print(f"streaming vs in-memory at {hi} images: peak memory x"
-          f"{get('streaming', hi, 1)['peak_mib'] / get('in-memory', hi, 1)['peak_mib']:.2f}, "
-          f"throughput x{get('streaming', hi, 1)['images_per_s'] / get('in-memory', hi, 1)['images_per_s']:.2f}"
-          f" (1 worker), x{get('streaming', hi, cores)['images_per_s'] / get('in-memory', hi, 1)['images_per_s']:.2f}"
+          f"{stream['peak_mib'] / memory['peak_mib']:.2f}, "
+          f"throughput x{stream['images_per_s'] / memory['images_per_s']:.2f}"
+          f" (1 worker), x{stream_all['images_per_s'] / memory['images_per_s']:.2f}"
           f" ({cores} workers)")
     for n in args.streaming_sizes:
         r = run("streaming", n, cores)

@@ -2,7 +2,7 @@
 
 For each job (ingest shapes, concepts, features with mvp-tiny, pretrain stage1 tiny, and the whole
 pipeline flow on tiny data) and each mode the CLI offers (Prefect flow; `--no-prefect` for the data
-commands; `python -m model.pretrain` beside `mvp pretrain`):
+commands; `python -m model.training.pretrain` beside `mvp pretrain`):
   1. restore the warehouse the job needs (earlier jobs run to completion, in chain order) and run
      the command uninterrupted: the reference (its duration, row ids, final step, registered
      versions), and when its work phase began: Prefect's "Beginning flow run" line, since the
@@ -82,7 +82,7 @@ def commands(work: Path, args) -> dict:
         ("features", "prefect"): features,
         ("features", "no-prefect"): features + ["--no-prefect"],
         ("pretrain", "prefect"): [MVP, "pretrain"] + pre,
-        ("pretrain", "no-prefect"): [PY, "-m", "model.pretrain"] + pre,
+        ("pretrain", "no-prefect"): [PY, "-m", "model.training.pretrain"] + pre,
         ("pipeline", "prefect"): [
             MVP, "pipeline", "--warehouse", wh, "--n-images", str(args.pipeline_images),
             "--easy-vqa-images", "0", "--backbone", "mvp-tiny", "--min-count", "2",
@@ -254,7 +254,7 @@ def verify_problems(wh: Path) -> str:
 
 
 def checkpoint_state(work: Path):
-    from model.checkpoint import load_checkpoint
+    from model.training.checkpoint import load_checkpoint
     path = work / "pretrain" / "stage1" / "last.pt"
     try:
         return load_checkpoint(path), ""
@@ -385,7 +385,8 @@ def main() -> int:
                 if resumed:
                     rerun.append("--resume")
                 rc, rdur, _ = run_to_end(rerun, env, log, max(60, left() + 60))
-                print(f"{cell} #{i}: killed at {at:.1f}s into the work phase, rerun{' --resume' if resumed else ''}"
+                how = " --resume" if resumed else ""
+                print(f"{cell} #{i}: killed at {at:.1f}s into the work phase, rerun{how}"
                       f" rc {rc} in {rdur:.1f}s", flush=True)
                 if rc != 0:
                     rerun_ok = False
@@ -424,7 +425,8 @@ def main() -> int:
             na = job == "pretrain"
             results.append((job, mode, kills, "n/a" if na else lost, "n/a" if na else dup,
                             orphans, "yes" if rerun_ok else "NO",
-                            (f"ref {dur:.1f}s (work from {began:.1f}s)" + (f", step {ref_ckpt.get('step')}" if na
+                            (f"ref {dur:.1f}s (work from {began:.1f}s)"
+                             + (f", step {ref_ckpt.get('step')}" if na
                                                   else "")
                              + ("; " + "; ".join(notes) if notes else ""))))
         # after the job's cells: the chain continues from its builder snapshot

@@ -38,8 +38,9 @@ def build_model(tmp: Path) -> tuple[str, str, list[str], list[str]]:
     """The served model of tests/test_serving.py: (tracking uri, model uri, image paths,
     captions)."""
     import mlflow
-    from model.pretrain import pretrain
-    from model.serving import log_pyfunc
+
+    from model.serving.pyfunc import log_pyfunc
+    from model.training.pretrain import pretrain
     from warehouse.catalog import connect
     wh, _, _ = _build_tiny_feature_store(tmp)
     uri = f"sqlite:///{tmp}/mlflow.db"

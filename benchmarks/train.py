@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.train_step import timed_steps  # noqa: E402
 from features.vocabulary import latest_vocab  # noqa: E402
 from model.config import load_config  # noqa: E402
-from model.data import DeterministicSampler, PretrainData  # noqa: E402
 from model.mvp import MVP  # noqa: E402
-from model.pretrain import _n_concepts, _pick_feature_set  # noqa: E402
-from model.task import PretrainTask  # noqa: E402
-from model.train import Trainer  # noqa: E402
-from model.train_config import load_train_config  # noqa: E402
+from model.training.config import load_train_config  # noqa: E402
+from model.training.data import DeterministicSampler, PretrainData  # noqa: E402
+from model.training.pretrain import n_concepts, pick_feature_set  # noqa: E402
+from model.training.task import PretrainTask  # noqa: E402
+from model.training.trainer import Trainer  # noqa: E402
 from warehouse.store import Warehouse  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,9 +136,9 @@ def main() -> None:
     args = ap.parse_args()
 
     wh = Warehouse(args.warehouse)
-    spec = _pick_feature_set(wh, args.feature_set)
+    spec = pick_feature_set(wh, args.feature_set)
     vocab = args.vocab or latest_vocab(wh)
-    cfg = load_config(args.config, feat_dim=spec.dim, n_concepts=_n_concepts(wh, vocab),
+    cfg = load_config(args.config, feat_dim=spec.dim, n_concepts=n_concepts(wh, vocab),
                       feature_set=spec.id, vocab_version=vocab)
     tcfg = load_train_config(args.config, stage="joint", batch_size=args.batch_size)
     t0 = time.perf_counter()

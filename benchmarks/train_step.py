@@ -1,6 +1,6 @@
 """Training-step throughput of the MVP task (all five losses, `joint`) on synthetic batches
-already in memory, at paper-sized inputs ([CLS] + 33 words + 5 concepts + [SEP] = 40, 20 tags, 50 regions): the
-in-memory side of the data-path comparison issue 4 asks for, and the GPU figure.
+already in memory, at paper-sized inputs ([CLS] + 33 words + 5 concepts + [SEP] = 40, 20 tags,
+50 regions): the in-memory side of the data-path comparison issue 4 asks for, and the GPU figure.
 
     python benchmarks/train_step.py --config small --batch 64 [--device cuda] [--steps 10]
 """
@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model.batch import PretrainBatch  # noqa: E402
 from model.config import load_config  # noqa: E402
 from model.mvp import MVP  # noqa: E402
-from model.task import PretrainTask  # noqa: E402
-from model.train import Trainer  # noqa: E402
-from model.train_config import load_train_config  # noqa: E402
+from model.training.config import load_train_config  # noqa: E402
+from model.training.task import PretrainTask  # noqa: E402
+from model.training.trainer import Trainer  # noqa: E402
 
 
 def synthetic_batch(cfg, B: int, g: torch.Generator, words=33, concepts=5, tags=20,

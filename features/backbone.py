@@ -152,7 +152,7 @@ def load_backbone(name: str, pretrained: str | None = None, image_size: int | No
                   device: str | torch.device | None = None) -> Backbone:
     """The image tower of OpenCLIP model `name` (or of an EFFICIENTNETS name), cached per process
     by its arguments."""
-    build = _build_efficientnet if name in EFFICIENTNETS else _build
+    build = _build_efficientnet if name in EFFICIENTNETS else build_open_clip
     source, recorded = (_efficientnet_weights(pretrained) if name in EFFICIENTNETS
                         else resolve_pretrained(pretrained))
     device = torch.device(device) if device is not None else default_device()
@@ -195,7 +195,7 @@ def _weights_sha256(source: str | None, visual: torch.nn.Module) -> str:
         state_dict_sha256(visual)
 
 
-def _build(name: str, source: str | None, recorded: str, image_size: int | None,
+def build_open_clip(name: str, source: str | None, recorded: str, image_size: int | None,
            device: torch.device) -> Backbone:
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer

@@ -24,16 +24,20 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from warehouse import vectors
 from features.backbone import Backbone, load_backbone, resolve_pretrained
 from features.boxes import ImageRegions, grid_regions, regions_for_images
-from features.feature_sets import (FeatureSetMismatch, FeatureSetSpec, register_feature_set,
-                                   write_part)
+from features.feature_sets import (
+    FeatureSetMismatch,
+    FeatureSetSpec,
+    register_feature_set,
+    write_part,
+)
 from features.geometry import clip_boxes, grid_boxes, normalized_geometry, to_input_pixels
 from features.roi import pool_regions
+from warehouse import vectors
 from warehouse.catalog import connect
+from warehouse.faults import fault_point
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import _fault
 from warehouse.schemas import IMAGE_FEATURES, REGION_FEATURES, REJECTS
 from warehouse.store import Snapshot, Warehouse
 from warehouse.version import code_version
@@ -417,13 +421,13 @@ def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict
                 if table.num_rows:
                     staged[name] = [folder / f"{rows.build_id}-{attempt}-{name}.parquet"]
                     write_part(table, staged[name][0])
-            _fault("features-before-publish")
+            fault_point("features-before-publish")
             try:
                 snap = wh.publish(staged, build, check=check)
             except _AlreadyDone as e:
                 drop |= e.image_ids
                 continue
-        _fault("features-after-publish")
+        fault_point("features-after-publish")
         if drop:
             counts.update(images=build["counts"]["new"], regions=build["counts"]["regions"],
                           rejected=build["counts"]["rejected"])

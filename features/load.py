@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
-from warehouse import vectors
 from features.feature_sets import FeatureSetSpec, require_feature_set
+from warehouse import vectors
 from warehouse.schemas import TABLES
 from warehouse.store import Warehouse
 

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from warehouse import vectors
 from features.feature_sets import FeatureSetSpec, register_feature_set, write_part
+from warehouse import vectors
 from warehouse.catalog import connect
 from warehouse.hashing import file_sha256
 from warehouse.ingest.emitter import stable_id

@@ -57,7 +57,7 @@ def cmd_ingest(args) -> int:
                   split=args.split, image_root=args.image_root, n_images=args.n_images,
                   seed=args.seed, workers=args.workers, max_image_pixels=args.max_image_pixels)
     if args.no_prefect:
-        from warehouse.ingest.pipeline import ingest
+        from warehouse.ingest.build import ingest
         print(ingest(**kwargs).summary())
     else:
         from flows.ingest import ingest_flow

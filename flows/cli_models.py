@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from model.train_config import STAGES, train_override
+from model.training.config import STAGES, train_override
 
 UI_HINT = """
 Look at it in the UIs:  make serve   (then open the printed Prefect UI and MLflow UI URLs;
@@ -15,8 +15,8 @@ Look at it in the UIs:  make serve   (then open the printed Prefect UI and MLflo
 def check_checkpoints(*paths) -> None:
     """Read the local checkpoints a command was given before its flow starts, so that a
     missing, foreign or unsafe file is a one-line error (exit 2) rather than a failed flow run's
-    tracebacks. Reading is safe: checkpoints load weights-only (model/checkpoint.py)."""
-    from model.checkpoint import load_checkpoint
+    tracebacks. Reading is safe: checkpoints load weights-only (model/training/checkpoint.py)."""
+    from model.training.checkpoint import load_checkpoint
     for path in paths:
         if path is not None:
             load_checkpoint(path)
@@ -45,7 +45,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from model.model_source import is_local
+    from model.serving.source import is_local
     check_checkpoints(args.model if is_local(args.model) else None)
     from flows.evaluate import evaluate_flow
     evaluate_flow(model=args.model, warehouse=args.warehouse, split=args.split,
@@ -148,7 +148,7 @@ def add_model_commands(sub, warehouse_arg) -> None:
     sp.add_argument("--vqa-steps", type=int, default=200,
                     help="VQA fine-tuning steps per variant (0: retrieval only)")
     sp.add_argument("--variants", nargs="+", metavar="VARIANT",
-                    help="default: every variant of model/compare.py VARIANTS")
+                    help="default: every variant of model/pipeline/compare.py VARIANTS")
     sp.add_argument("--split", default="test")
     sp.add_argument("--k-text", type=int, default=128, help="captions re-ranked per image")
     sp.add_argument("--k-image", type=int, default=64, help="images re-ranked per caption")

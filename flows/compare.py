@@ -1,6 +1,6 @@
 """Prefect flow `mvp-compare`: pre-training variants side by side at an equal budget (the paper's
 two stages vs joint, without concepts / WPG / hard negatives, ALBEF-style), each scored by
-zero-shot retrieval and VQA on the test split; see model/compare.py for what each variant is.
+zero-shot retrieval and VQA on the test split; see model/pipeline/compare.py for what each variant is.
 
     mvp compare --warehouse runs/demo/warehouse --budget 600 --vqa-steps 200
     prefect deployment run 'mvp-compare/ablations'
@@ -14,8 +14,9 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
-from model import compare as cmp
+from model.pipeline import compare as cmp
 from warehouse.text_table import format_table
 
 TASKS = {kind: task(step, name=kind, cache_policy=NONE) for kind, step in cmp.STEPS.items()}
@@ -32,7 +33,8 @@ def compare_flow(warehouse: str = "runs/demo/warehouse", config: str = "small",
                  out_dir: str = "runs/compare", tracking_uri: str | None = None) -> dict:
     out = cmp.compare(warehouse, root=out_dir, config=config, budget=budget,
                       vqa_steps=vqa_steps, variants=variants, split=split, k_text=k_text,
-                      k_image=k_image, tracking_uri=tracking_uri, call=run_task)
+                      k_image=k_image, tracking_uri=tracking_uri, call=run_task,
+                      run_name=flow_run.name)
     columns, rows = cmp.results_table(out)
     create_table_artifact(table=[dict(zip(columns, r)) for r in rows], key="mvp-compare",
                           description=f"mvp-compare: {split} split, {budget} pre-training steps "

@@ -11,8 +11,8 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from model.evaluate import evaluate, results_rows
-from model.model_source import resolve_model
+from model.downstream.evaluate import evaluate, results_rows
+from model.serving.source import resolve_model
 from warehouse.text_table import format_table
 
 
@@ -23,7 +23,7 @@ def retrieval_task(checkpoint: str, warehouse: str, split: str, k_text: int, k_i
 
 @task(name="evaluate-vqa", cache_policy=NONE)
 def vqa_task(checkpoint: str, warehouse: str, split: str) -> dict:
-    from model.vqa import evaluate_vqa
+    from model.downstream.vqa.finetune import evaluate_vqa
     return {"vqa_acc": evaluate_vqa(checkpoint, warehouse, split=split)["vqa_acc"]}
 
 

@@ -1,6 +1,6 @@
 """Prefect flow `mvp-finetune`: fine-tune a pre-trained checkpoint for one downstream task,
-tracked in MLflow: `retrieval` (VSC + hard-negative ITM, model/pretrain.py stage "retrieval") or
-`vqa` (answer classifier, model/vqa.py)."""
+tracked in MLflow: `retrieval` (VSC + hard-negative ITM, model/training/pretrain.py stage "retrieval") or
+`vqa` (answer classifier, model/downstream/vqa/finetune.py)."""
 from __future__ import annotations
 
 from prefect import flow, task
@@ -12,9 +12,9 @@ TASKS = ("retrieval", "vqa")
 @task(name="finetune", cache_policy=NONE)
 def finetune_task(kind: str, **params) -> dict:
     if kind == "vqa":
-        from model.vqa import finetune_vqa
+        from model.downstream.vqa.finetune import finetune_vqa
         return finetune_vqa(**params)
-    from model.pretrain import pretrain
+    from model.training.pretrain import pretrain
     return pretrain(stage="retrieval", **params)
 
 

@@ -8,8 +8,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from warehouse.ingest.build import IngestReport, ingest
 from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
-from warehouse.ingest.pipeline import IngestReport, ingest
 
 
 def as_task(step, *args):

@@ -7,7 +7,7 @@
     register   mvp-pretrained, mvp-retrieval, mvp-vqa as challengers; champion if better
 
 A rerun skips what is done: ingest, concepts and features are no-ops on unchanged inputs, and the
-model steps are cached by the fingerprint of their inputs (model/step_cache.py). Every MLflow run
+model steps are cached by the fingerprint of their inputs (model/pipeline/cache.py). Every MLflow run
 of the pipeline is nested under one parent run named after the flow run.
 """
 from __future__ import annotations
@@ -15,18 +15,18 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 from flows.concepts import concepts_flow
 from flows.feature_store import features_flow
 from flows.ingest import ingest_flow
-from model import pipeline as steps
-from model import pipeline_report as report
+from model.pipeline import report, steps
 from warehouse.summary import summary_text
 
 
 @task(name="train", cache_policy=NONE)
 def train_task(**kw) -> dict:
-    return steps.train_step(**kw)
+    return steps.stage_step(**kw)
 
 
 @task(name="finetune-vqa", cache_policy=NONE)
@@ -82,7 +82,7 @@ def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
     print("\n" + summary_text(warehouse))
 
     # ---- models, all MLflow runs nested under one parent ----
-    with report.pipeline_run(tracking_uri, {**locals()}) as tracking:
+    with report.pipeline_run(tracking_uri, {**locals()}, run_name=flow_run.name) as tracking:
         common = {"root": out_dir, "warehouse": warehouse, "tracking": tracking,
                   "config": config}
         batch = {"overrides": {"batch_size": batch_size} if batch_size else None}

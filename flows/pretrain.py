@@ -1,4 +1,4 @@
-"""Prefect flow `mvp-pretrain`: one pre-training stage (model/pretrain.py), tracked in MLflow;
+"""Prefect flow `mvp-pretrain`: one pre-training stage (model/training/pretrain.py), tracked in MLflow;
 with nproc_per_node > 1 the task runs it under torchrun (DDP)."""
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from prefect.cache_policies import NONE
 @task(name="pretrain-stage", retries=0, cache_policy=NONE)
 def pretrain_task(nproc_per_node: int = 1, **params) -> dict:
     if nproc_per_node > 1:
-        from model.launch import torchrun_pretrain
-        return torchrun_pretrain(nproc_per_node, **params)
-    from model.pretrain import pretrain
-    return pretrain(**params)
+        from model.training.launch import torchrun_pretrain
+        result = torchrun_pretrain(nproc_per_node, **params)
+    else:
+        from model.training.pretrain import pretrain
+        result = pretrain(**params)
+    from model.serving.pyfunc import log_to_run
+    return {**result, "model_uri": log_to_run(result, params["warehouse"],
+                                              params.get("tracking_uri"))}
 
 
 @flow(name="mvp-pretrain", log_prints=True)

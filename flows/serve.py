@@ -14,8 +14,13 @@ import subprocess
 import threading
 from pathlib import Path
 
-from flows.local_services import (console_script, service_env, start_mlflow_server,
-                                  start_prefect_server, start_worker)
+from flows.local_services import (
+    console_script,
+    service_env,
+    start_mlflow_server,
+    start_prefect_server,
+    start_worker,
+)
 
 POOL = "mvp-local"
 

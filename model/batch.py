@@ -1,5 +1,5 @@
-"""The pre-training batch: the contract between the data path (model/data.py) and the training
-task (model/train.py). All tensors are on one device; masks are bool with True on real entries.
+"""The pre-training batch: the contract between the data path (model/training/data.py) and the training
+task (model/training/trainer.py). All tensors are on one device; masks are bool with True on real entries.
 
 Text is kept in two parts so masking can hide a concept whenever a word inside it is masked
 (model/masking.py) before the model input is assembled as `[CLS] words... concepts... [SEP]`."""
@@ -54,3 +54,15 @@ def assemble_text(token_ids: torch.Tensor, token_mask: torch.Tensor, concept_ids
     mask = torch.cat([token_mask.bool(), concept_mask.bool(), ones], dim=1)
     ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
     return ids, mask, token_ids.shape[1]
+
+
+def pad_rows(rows: list[torch.Tensor], value) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows of different lengths (first dim) padded with `value`, and the real-entry mask.
+    Zero-length rows keep the trailing shape, so a batch without concepts is [B, 0, ...]."""
+    n = max(r.shape[0] for r in rows)
+    out = torch.full((len(rows), n, *rows[0].shape[1:]), value, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), n), dtype=torch.bool)
+    for k, r in enumerate(rows):
+        out[k, :len(r)] = r
+        mask[k, :len(r)] = True
+    return out, mask

@@ -8,6 +8,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # flows run in-process use a temporary Prefect server whose state stays out of the project
 import tempfile  # noqa: E402
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mvp-test-prefect-"))
 # WordNet for the concept pipeline, installed by `make install` (scripts/install_nltk_data.sh)
 os.environ.setdefault("NLTK_DATA", os.path.join(os.path.dirname(os.path.dirname(
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def _build_tiny_feature_store(root):
     report, vocabulary report)."""
     from features.extract import extract_features
     from features.vocabulary import build_vocabulary
-    from warehouse.ingest.pipeline import ingest
+    from warehouse.ingest.build import ingest
     wh = root / "wh"
     ingest("shapes", root / "img", wh, n_images=12, workers=1)
     fs = extract_features(wh, backbone="mvp-tiny", max_regions=9, grid=3, progress=False)

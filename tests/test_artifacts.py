@@ -6,12 +6,17 @@ import torch
 from PIL import Image
 
 from model import losses
-from model.artifacts import (best_regions, ground_caption, grounding_picture, loss_curves,
-                             retrieval_examples)
 from model.batch import assemble_text
 from model.config import load_config
-from model.data import PretrainData
 from model.mvp import MVP
+from model.pipeline.pictures import (
+    best_regions,
+    ground_caption,
+    grounding_picture,
+    loss_curves,
+    retrieval_examples,
+)
+from model.training.data import PretrainData
 from warehouse.catalog import connect
 
 

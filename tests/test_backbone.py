@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from features.backbone import UnsupportedBackbone, _build, load_backbone
+from features.backbone import UnsupportedBackbone, build_open_clip, load_backbone
 from features.extract import encode_regions
 from features.roi import pool_regions
 
@@ -55,14 +55,14 @@ def test_vit_regions_are_projected_patch_tokens_in_grid_order(tiny):
 
 def test_random_init_is_deterministic_and_leaves_global_rng_alone():
     torch.manual_seed(123)
-    a = _build("mvp-tiny", None, "none", None, torch.device("cpu"))
+    a = build_open_clip("mvp-tiny", None, "none", None, torch.device("cpu"))
     after_first = torch.rand(1)
     torch.manual_seed(123)
-    b = _build("mvp-tiny", None, "none", None, torch.device("cpu"))
+    b = build_open_clip("mvp-tiny", None, "none", None, torch.device("cpu"))
     assert torch.rand(1) == after_first                   # the caller's random state is intact
     assert a.weights_sha256 == b.weights_sha256 and len(a.weights_sha256) == 64
     assert torch.equal(a.visual.conv1.weight, b.visual.conv1.weight)
-    c = _build("mvp-tiny", None, "none", 32, torch.device("cpu"))  # another input size
+    c = build_open_clip("mvp-tiny", None, "none", 32, torch.device("cpu"))  # another input size
     assert c.image_size == 32 and c.weights_sha256 != a.weights_sha256
 
 

@@ -8,14 +8,23 @@ import pytest
 import torch
 from PIL import Image
 
-from features.backbone import (UnsupportedBackbone, efficientnet_weights_file, load_backbone,
-                               timm_efficientnet_state_dict)
-from features.extract import (backbone_for_feature_set, encode_image, encode_regions,
-                              extract_features, plan_feature_set)
+from features.backbone import (
+    UnsupportedBackbone,
+    efficientnet_weights_file,
+    load_backbone,
+    timm_efficientnet_state_dict,
+)
+from features.extract import (
+    backbone_for_feature_set,
+    encode_image,
+    encode_regions,
+    extract_features,
+    plan_feature_set,
+)
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from features.geometry import to_input_pixels
 from features.load import load_region_features
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.readers import shapes
 
 

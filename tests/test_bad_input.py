@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 
@@ -29,7 +29,7 @@ def ingest_tsv(tmp_path, folder, rows: list[bytes], **kw):
 
 def ingest_jsonl(tmp_path, folder, lines: list, **kw):
     (folder / "captions.jsonl").write_bytes(b"".join(
-        (l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n" for l in lines))
+        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines))
     wh = tmp_path / "wh"
     return wh, ingest("folder", source=folder, warehouse=wh, **kw)
 

@@ -1,4 +1,4 @@
-"""Checkpoints load weights-only (model/checkpoint.py): a crafted file whose unpickling would run
+"""Checkpoints load weights-only (model/training/checkpoint.py): a crafted file whose unpickling would run
 code is refused by every entry point that reads one, without the code running; a file that is
 not an mvp checkpoint is a one-line error (exit 2 from `mvp`); our own checkpoints round-trip."""
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from model.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 
 BIN = Path(sys.executable).parent
 
@@ -48,13 +48,13 @@ def crafted(tmp_path):
 
 
 def _pretrain(store, tmp_path, **kw):
-    from model.pretrain import pretrain
+    from model.training.pretrain import pretrain
     return pretrain(store, config="tiny", steps=1, out_dir=tmp_path / "runs",
                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **kw)
 
 
 def _evaluate(store, tmp_path, path):
-    from model.evaluate import evaluate
+    from model.downstream.evaluate import evaluate
     evaluate(path, store)           # what `mvp evaluate <file>` runs (flows/evaluate.py)
 
 
@@ -71,28 +71,28 @@ def _finetune_retrieval(store, tmp_path, path):
 
 
 def _finetune_vqa(store, tmp_path, path):
-    from model.vqa import finetune_vqa
+    from model.downstream.vqa.finetune import finetune_vqa
     finetune_vqa(store, path, config="tiny", steps=1, out_dir=tmp_path / "ft",
                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def _serving_loader(store, tmp_path, path):
-    from model.serving import MVPServingModel
+    from model.serving.pyfunc import MVPServingModel
     MVPServingModel().load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
 
 
 def _serving_vqa_head(store, tmp_path, path):
-    from model import vqa_hook
+    from model.serving import vqa_hook
     vqa_hook.load(path)
 
 
 def _log_serving_package(store, tmp_path, path):
-    from model.serving import log_pyfunc
+    from model.serving.pyfunc import log_pyfunc
     log_pyfunc(path, store)
 
 
 def _registry_lineage(store, tmp_path, path):
-    from model.pipeline_report import lineage
+    from model.pipeline.report import lineage
     lineage(store, str(path))
 
 
@@ -167,11 +167,11 @@ def test_other_formats_are_refused_and_unmarked_weights_are_read(tmp_path):
 
 def test_a_training_checkpoint_is_plain_and_round_trips(tmp_path):
     from model.config import load_config
-    from model.evaluate import load_model
     from model.mvp import MVP
-    from model.task import PretrainTask
-    from model.train import Trainer
-    from model.train_config import load_train_config
+    from model.training.checkpoint import load_mvp
+    from model.training.config import load_train_config
+    from model.training.task import PretrainTask
+    from model.training.trainer import Trainer
     tcfg = load_train_config("tiny")
     torch.manual_seed(0)
     trainer = Trainer(PretrainTask(MVP(load_config("tiny")), tcfg), tcfg)
@@ -193,9 +193,9 @@ def test_a_training_checkpoint_is_plain_and_round_trips(tmp_path):
     restored = np.random.get_state()
     assert restored[0] == np_state[0] and np.array_equal(restored[1], np_state[1])
     assert restored[2:] == np_state[2:]
-    model, _ = load_model(path)
+    model, _ = load_mvp(path)
     assert all(torch.equal(v, trainer.task.model.state_dict()[k])
                for k, v in model.state_dict().items())
     save_checkpoint({"model": model.state_dict(), "model_config": model.cfg.to_dict()},
                     tmp_path / "slim.pt")
-    assert load_model(tmp_path / "slim.pt")[0].cfg == model.cfg
+    assert load_mvp(tmp_path / "slim.pt")[0].cfg == model.cfg

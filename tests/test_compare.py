@@ -5,8 +5,8 @@ flow) trains nothing."""
 import mlflow
 import pytest
 
-from model.compare import VARIANT_NAMES, compare, results_table, stage_steps, variant
-from model.data import PretrainData
+from model.pipeline.compare import VARIANT_NAMES, compare, results_table, stage_steps, variant
+from model.training.data import PretrainData
 
 BUDGET, VQA_STEPS = 4, 2
 # MLflow run name -> train.losses of every pre-training step
@@ -95,8 +95,8 @@ def test_table_has_a_row_per_variant_and_the_chance_level(compared):
 
 
 def _cfg(out):
-    from model.checkpoint import load_checkpoint
     from model.config import ModelConfig
+    from model.training.checkpoint import load_checkpoint
     step = out["variants"]["mvp-joint"]["steps"]["mvp-joint-joint"]
     return ModelConfig(**load_checkpoint(step["checkpoint"])["model_config"])
 

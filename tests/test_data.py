@@ -11,7 +11,8 @@ from features.load import load_region_features
 from features.text_concepts import tokenize
 from model.batch import PretrainBatch
 from model.config import load_config
-from model.data import MAX_CONCEPTS, DeterministicSampler, PretrainData, bpe, bpe_tokenizer
+from model.text import MAX_CONCEPTS, bpe, bpe_tokenizer
+from model.training.data import DeterministicSampler, PretrainData
 from warehouse.catalog import connect
 
 

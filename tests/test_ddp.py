@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
-
-from model.checkpoint import load_checkpoint
-from model.distributed import rank_slice
 from test_train import make_trainer, synthetic_batch
+
+from model.training.checkpoint import load_checkpoint
+from model.training.distributed import rank_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("stage1", "joint")   # stage1 leaves the fusion layers out: DDP must not wait for them
@@ -128,7 +128,7 @@ def test_torchrun_runs_the_entry_point(tmp_path, tiny_feature_store):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "model.pretrain", "--warehouse", str(wh), "--stage", "stage1",
+           "2", "-m", "model.training.pretrain", "--warehouse", str(wh), "--stage", "stage1",
            "--config", "tiny", "--steps", "2", "--out-dir", str(tmp_path / "runs"),
            "--tracking-uri", uri, "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

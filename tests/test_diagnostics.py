@@ -1,11 +1,11 @@
-"""The training-run diagnostics (model/diagnostics.py): another image for every row, metrics in
+"""The training-run diagnostics (model/training/diagnostics.py): another image for every row, metrics in
 range, each loss's own gradient, and a diagnosed run that trains exactly like one that is not."""
 import dataclasses
 
 import torch
-
-from model.diagnostics import diagnose, gradient_norms, mlm_image_gap, other_image
 from test_train import make_trainer, synthetic_batch
+
+from model.training.diagnostics import diagnose, gradient_norms, mlm_image_gap, other_image
 
 
 def test_other_image_never_returns_the_same_image():

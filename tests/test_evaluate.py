@@ -6,13 +6,20 @@ import torch
 
 from model.batch import assemble_text
 from model.config import load_config
-from model.data import PretrainData
-from model.evaluate import (embed_split, evaluate, itm_heldout, itm_scorer, majority_word,
-                            mlm_accuracy, results_rows)
+from model.downstream.evaluate import (
+    embed_split,
+    evaluate,
+    itm_heldout,
+    itm_scorer,
+    majority_word,
+    mlm_accuracy,
+    results_rows,
+)
 from model.mvp import MVP
-from model.task import PretrainTask
-from model.train import Trainer
-from model.train_config import load_train_config
+from model.training.config import load_train_config
+from model.training.data import PretrainData
+from model.training.task import PretrainTask
+from model.training.trainer import Trainer
 
 RECALLS = [f"{d}_r{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)]
 
@@ -89,14 +96,14 @@ def test_held_out_itm_pairs_each_caption_with_its_image_and_another(built, monke
             seen.extend(zip(texts.tolist(), images.tolist()))
             return score(texts, images)
         return wrapped
-    monkeypatch.setattr("model.evaluate.itm_scorer", recording)
+    monkeypatch.setattr("model.downstream.evaluate.itm_scorer", recording)
     m = itm_heldout(model, emb, batch_size=10)
     gold = emb.text_image.tolist()
     assert len(seen) == 2 * len(data)
     assert [(t, i) for t, i in seen[:len(data)]] == list(enumerate(gold))
     assert all(t == k and i != gold[k] for k, (t, i) in enumerate(seen[len(data):]))
     # a scorer that always says "match" is right on every positive and no negative
-    monkeypatch.setattr("model.evaluate.itm_scorer",
+    monkeypatch.setattr("model.downstream.evaluate.itm_scorer",
                         lambda model, emb: lambda t, i: torch.full((len(t),), 0.9))
     always = itm_heldout(model, emb)
     assert always["itm_acc_positive"] == 1.0 and always["itm_acc_random_negative"] == 0.0

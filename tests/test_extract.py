@@ -13,13 +13,25 @@ from PIL import Image
 
 from features import extract
 from features.backbone import load_backbone
-from features.extract import (encode_regions, extract_features, extract_shard, pending_images,
-                              plan_feature_set, register_feature_set)
-from features.feature_sets import (FeatureSetMismatch, FeatureSetSpec, check_compatible,
-                                   list_feature_sets, require_feature_set, write_part)
+from features.extract import (
+    encode_regions,
+    extract_features,
+    extract_shard,
+    pending_images,
+    plan_feature_set,
+    register_feature_set,
+)
+from features.feature_sets import (
+    FeatureSetMismatch,
+    FeatureSetSpec,
+    check_compatible,
+    list_feature_sets,
+    require_feature_set,
+    write_part,
+)
 from features.geometry import to_input_pixels
 from features.load import load_image_features, load_region_features
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.schemas import REGIONS
 from warehouse.store import Warehouse
 

@@ -5,7 +5,7 @@ import pytest
 
 from features.load import load_region_features
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 
 pytestmark = pytest.mark.slow
 PARAMS = dict(backbone="mvp-tiny", shard_size=5, batch_size=4, max_regions=10, grid=3)

@@ -6,7 +6,7 @@ from features.extract import extract_features
 from features.load import load_region_features
 from warehouse.catalog import connect, run_read_only
 from warehouse.feature_queries import nearest_regions
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 
 
 def test_nearest_regions_matches_numpy(tmp_path):

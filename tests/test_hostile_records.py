@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from warehouse.ingest import checks, sources
+from warehouse.ingest.build import ingest
 from warehouse.ingest.checks import MAX_TEXT_CHARS
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse, WarehouseError
 

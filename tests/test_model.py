@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.batch import assemble_text
+from model.batch import assemble_text, pad_rows
 from model.config import ConfigError, ModelConfig, load_config
-from model.data import pad_rows
 from model.mvp import MVP, param_groups
 
 B, LT, LG, R = 3, 12, 7, 5

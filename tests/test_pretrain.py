@@ -5,8 +5,8 @@ import mlflow
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.pretrain import pretrain
+from model.training.checkpoint import load_checkpoint
+from model.training.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
     wh, fs, vocab, _ = built
     # MLflow's system-metrics monitor logs once per interval and a 4-step run lasts about a
     # second; start_run stores the interval in this environment variable, restored afterwards
-    monkeypatch.setattr("model.tracking.SYSTEM_METRICS_INTERVAL_S", 0.05)
+    monkeypatch.setattr("model.training.tracking.SYSTEM_METRICS_INTERVAL_S", 0.05)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "runs"

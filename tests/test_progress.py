@@ -1,10 +1,10 @@
 """Training progress lines: at most one per interval, always the last step, with rate and ETA."""
-from model.progress import Progress
+from model.training.progress import Progress
 
 
 def test_a_line_per_interval_and_at_the_end(capsys, monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 20.0, 21.0, 22.0])
-    monkeypatch.setattr("model.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("model.training.progress.time.perf_counter", lambda: next(clock))
     p = Progress("stage1", total=4, every_s=15.0, keys=("loss", "vsc"))   # t0 = 0
     p.step(1, {"loss": 3.0, "vsc": 2.0})    # t=1: too soon
     p.step(2, {"loss": 2.5, "vsc": 1.5})    # t=2: too soon

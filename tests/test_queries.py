@@ -4,7 +4,7 @@ import pytest
 from flows.cli import main
 from warehouse import queries
 from warehouse.catalog import ReadOnlyViolation, connect, run_read_only
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 
 
 @pytest.fixture(scope="module")
@@ -76,5 +76,5 @@ def test_sql_and_tables_print_results(wh, capsys):
     assert out[0].split() == ["dataset", "n"]
     assert out[2].split() == ["folder", "1"] and out[3].split() == ["shapes", "40"]
     assert main(["tables", "--warehouse", str(wh)]) == 0
-    rows = {l.split()[0]: l.split()[1] for l in capsys.readouterr().out.splitlines()[3:]}
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[3:]}
     assert rows["images"] == "41" and rows["captions"] == "121" and rows["rejects"] == "0"

@@ -2,8 +2,8 @@
 ingest pipeline."""
 import pytest
 
+from warehouse.ingest.build import ingest
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

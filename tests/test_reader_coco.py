@@ -1,7 +1,7 @@
 """COCO reader: captions_<split>.json + instances_<split>.json through the real pipeline."""
 import pytest
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

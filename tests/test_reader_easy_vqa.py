@@ -4,8 +4,8 @@ import time
 
 import pytest
 
+from warehouse.ingest.build import ingest
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.readers.easy_vqa import caption_for
 from warehouse.ingest.sources import InputError
 

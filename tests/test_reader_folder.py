@@ -3,16 +3,16 @@ import json
 
 import pytest
 
+from warehouse.ingest.build import ingest
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 
 
 def write_lines(path, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join((l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n"
-                              for l in lines))
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n"
+                              for line in lines))
     return path
 
 

@@ -1,7 +1,7 @@
 """Karpathy split reader (dataset_coco.json / dataset_flickr30k.json) through the real pipeline."""
 import pytest
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

@@ -1,7 +1,7 @@
 """Visual Genome reader (image_data, objects, attributes, relationships, region descriptions)."""
 import pytest
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from warehouse.ingest.build import ingest
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.readers.vinvl_predictions import image_id_for
 from warehouse.ingest.sources import InputError
 

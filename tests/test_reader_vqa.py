@@ -1,7 +1,7 @@
 """VQA v2 reader (*_questions.json + *_annotations.json) through the real pipeline."""
 import pytest
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

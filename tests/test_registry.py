@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from model.config import load_config
 from model.mvp import MVP
-from model.registry import CHALLENGER, CHAMPION, promote, register
+from model.serving.registry import CHALLENGER, CHAMPION, promote, register
 
 LINEAGE = {"feature_set": "fs123", "vocab": "v456", "warehouse_snapshot": "7",
            "git_commit": "abc1234"}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.retrieval import chance_recall_at_1, recall_at_k, rerank
+from model.downstream.retrieval import chance_recall_at_1, recall_at_k, rerank
 
 # 4 captions of 3 images: captions 0, 1 of image 0, caption 2 of image 1, caption 3 of image 2
 TEXT_IMAGE = torch.tensor([0, 0, 1, 2])

@@ -15,15 +15,15 @@ import pytest
 import torch
 import yaml
 
-from model import vqa_hook
 from model.batch import assemble_text
-from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.data import PretrainData
 from model.mvp import MVP
-from model.pretrain import pretrain
-from model.serving import log_pyfunc
-from model.serving_text import ConceptVocabulary
+from model.serving import vqa_hook
+from model.serving.pyfunc import log_pyfunc
+from model.training.checkpoint import load_checkpoint
+from model.training.concepts import ConceptVocabulary
+from model.training.data import PretrainData
+from model.training.pretrain import pretrain
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
@@ -107,7 +107,7 @@ def test_grid_bytes_and_cli_agree(served, tmp_path):
     assert list(out["error"]) == [None, None]
 
     # MLflow's JSON reader cannot take a null in a binary or array column: a JSON request
-    # gives such a column in every row or in none (model/serving.py)
+    # gives such a column in every row or in none (model/serving/pyfunc.py)
     b64 = base64.b64encode(raw).decode()
     request = tmp_path / "input.json"
     request.write_text(json.dumps({"dataframe_records": [
@@ -136,7 +136,7 @@ def test_the_package_is_code_and_a_weights_only_checkpoint(served):
     nothing outside torch's weights-only allowlist."""
     local = Path(mlflow.artifacts.download_artifacts(served["info"].model_uri))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavor["model_code_path"].endswith("serving_code.py") and "python_model" not in flavor
+    assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
     assert not list(local.rglob("*.pkl"))
     checkpoint = local / flavor["artifacts"]["checkpoint"]["path"]
     assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []
@@ -161,8 +161,8 @@ def test_vqa_hook_when_model_vqa_is_absent(served, monkeypatch):
 def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     """A packaged VQA head answers a question on an image file as model.vqa answers the same
     question from the warehouse (same question + tag tokens, same regions)."""
-    from model.vqa import VQAModel, answer
-    from model.vqa_data import VQAData
+    from model.downstream.vqa.data import VQAData
+    from model.downstream.vqa.finetune import VQAModel, answer
     cfg = served["model"].cfg
     data = VQAData(served["wh"], served["fs"], cfg, split=None)
     torch.manual_seed(0)

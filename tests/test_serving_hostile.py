@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.pyfunc import scoring_server
-
-from model import serving
-from model.serving_text import ConceptVocabulary, readable
-from warehouse.store import Warehouse
 from test_serving import _training_view, served  # noqa: F401  (the module's served model)
+
+from model.serving import pyfunc as serving
+from model.text import readable
+from model.training.concepts import ConceptVocabulary
+from warehouse.store import Warehouse
 
 ROOT_ENV = "MVP_SERVING_IMAGE_ROOT"
 

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.ingest.readers import shapes
 
 

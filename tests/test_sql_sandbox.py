@@ -14,7 +14,7 @@ import pytest
 from flows.cli import main
 from warehouse import catalog
 from warehouse.catalog import ReadOnlyViolation, run_read_only
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse
 
 # a cross join that runs for hours unless stopped

@@ -14,7 +14,7 @@ import pytest
 
 from warehouse import store
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse, WarehouseError
 
 ROOT = Path(__file__).resolve().parents[1]

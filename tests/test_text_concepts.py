@@ -134,6 +134,7 @@ def test_nlp_record_names_tools_and_data():
 
 def test_missing_wordnet_names_the_install_script(monkeypatch):
     import nltk
+
     from features import nltk_setup
 
     def not_found(resource, *a, **k):

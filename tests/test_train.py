@@ -9,9 +9,10 @@ from torch import nn
 from model.batch import PretrainBatch
 from model.config import load_config
 from model.mvp import MVP
-from model.task import PretrainTask
-from model.train import Trainer, load_weights, lr_factor
-from model.train_config import ConfigError, TrainConfig, load_train_config
+from model.training.checkpoint import load_weights
+from model.training.config import ConfigError, TrainConfig, load_train_config
+from model.training.task import PretrainTask
+from model.training.trainer import Trainer, lr_factor
 
 
 def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> PretrainBatch:

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 import torch
+from test_train import make_trainer, synthetic_batch
 
 from model import losses
-from model.train_config import ConfigError, STAGES, TrainConfig, load_train_config
-from test_train import make_trainer, synthetic_batch
+from model.training.config import STAGES, ConfigError, TrainConfig, load_train_config
 
 VARIANTS = [   # (stage, train overrides, losses computed)
     ("stage1", {}, {"vsc", "mcr"}),
@@ -36,7 +36,7 @@ def test_each_variant_computes_its_losses_and_trains_exactly_what_they_reach(sta
     assert set(out) == expected | {"loss"}
     assert torch.allclose(out["loss"], sum(tcfg.weight(k) * out[k] for k in expected))
     out["loss"].backward()
-    # the frozen parameters (model/task.py REACHES) are exactly those the backward never reaches
+    # the frozen parameters (model/training/task.py REACHES) are exactly those the backward never reaches
     named = dict(trainer.task.named_parameters())
     reached = {n for n, p in named.items() if p.grad is not None}
     assert reached == {n for n, p in named.items() if p.requires_grad}

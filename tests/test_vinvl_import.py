@@ -9,8 +9,8 @@ import pytest
 
 from features.load import load_image_features, load_region_features
 from features.vinvl_import import DIM, import_vinvl_features
+from warehouse.ingest.build import ingest
 from warehouse.ingest.emitter import stable_id
-from warehouse.ingest.pipeline import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 

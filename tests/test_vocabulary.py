@@ -6,7 +6,7 @@ import pytest
 
 from warehouse import concept_queries as q
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse
 
 MIN = 3
@@ -39,7 +39,7 @@ def make_warehouse(root, make_image):
         lines.append({"image": name, "caption": captions,
                       "regions": [{"box": [1 + j, 1, 20 + j, 20], "label": lab}
                                   for j, lab in enumerate(labels)]})
-    (data / "captions.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    (data / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     ingest("folder", source=data, warehouse=root / "wh")
     with open(data / "predictions.tsv", "w") as f:
         for name, dets in DETECTIONS.items():

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse
 
-INGEST = ("from warehouse.ingest.pipeline import ingest; import sys; "
+INGEST = ("from warehouse.ingest.build import ingest; import sys; "
           "ingest('shapes', sys.argv[1], sys.argv[2], n_images=int(sys.argv[3]), workers=1)")
 
 

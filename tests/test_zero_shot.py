@@ -14,7 +14,7 @@ from features.vocabulary import build_vocabulary
 from features.zero_shot import prompt_text, tag_regions, top_tags
 from warehouse import concept_queries as q
 from warehouse.catalog import connect
-from warehouse.ingest.pipeline import ingest
+from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse
 
 TOP_K = 2

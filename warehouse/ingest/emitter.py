@@ -11,9 +11,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warehouse.ingest.checks import (DEFAULT_MAX_IMAGE_PIXELS, MAX_PATH_CHARS, BadRecord,
-                                     check_box, check_number, check_row, check_string,
-                                     clean_text, inspect_image, resolve_under, shown)
+from warehouse.ingest.checks import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_PATH_CHARS,
+    BadRecord,
+    check_box,
+    check_number,
+    check_row,
+    check_string,
+    clean_text,
+    inspect_image,
+    resolve_under,
+    shown,
+)
 from warehouse.ingest.staging import StagingWriter
 
 RAW_LIMIT = 2000    # characters of a rejected record kept for a person to read

@@ -17,8 +17,7 @@ import csv
 from pathlib import Path
 
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import (InputError, SourceContext, iter_lines,
-                                      require_text_file)
+from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_text_file
 
 IMAGE_COLUMNS = ("image", "path", "file", "filepath", "file_path", "image_path", "filename",
                  "url", "image_url")

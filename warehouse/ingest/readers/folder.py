@@ -18,8 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import (InputError, SourceContext, json_object,
-                                      require_text_file, utf8_lines)
+from warehouse.ingest.sources import (
+    InputError,
+    SourceContext,
+    json_object,
+    require_text_file,
+    utf8_lines,
+)
 
 CAPTIONS_FILE = "captions.jsonl"
 

@@ -16,8 +16,13 @@ import re
 from pathlib import Path
 
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import (InputError, SourceContext, json_object,
-                                      require_text_file, utf8_lines)
+from warehouse.ingest.sources import (
+    InputError,
+    SourceContext,
+    json_object,
+    require_text_file,
+    utf8_lines,
+)
 
 DEFAULT_NAMESPACE = "coco"
 _COCO_STEM = re.compile(r"^COCO_[A-Za-z]+\d*_0*(\d+)$")

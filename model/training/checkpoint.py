@@ -2,11 +2,12 @@
 
     save_checkpoint({"model": ..., "model_config": ..., ...}, "runs/x/last.pt")
     state = load_checkpoint("runs/x/last.pt")        # a dict, or CheckpointError
+    model, stage = load_mvp("runs/x/last.pt")          # the MVP it holds, built from its config
 
 A checkpoint is a dict of tensors and plain values (dicts, lists, tuples, str, numbers, None),
 read with torch.load(weights_only=True): unpickling a file never runs code from it, so a file
 someone handed over cannot do more than fail to load. Whatever goes in (RNG states, configs)
-must therefore be stored as tensors or plain values (see model/train.py Trainer.save).
+must therefore be stored as tensors or plain values (see model/training/trainer.py Trainer.save).
 
 `save_checkpoint` adds the key "format": FORMAT. A file with another format is refused; a file
 without the key (written before it existed, or by hand with torch.save) is read when it loads
@@ -21,6 +22,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.mvp import MVP
 
 FORMAT = "mvp-checkpoint/1"
 WEIGHTS = ("model", "model_config")   # what building a model from a checkpoint needs
@@ -72,3 +77,26 @@ def load_checkpoint(path: str | Path, needs: tuple[str, ...] = WEIGHTS) -> dict:
         raise CheckpointError(f"{path}: not an mvp checkpoint (missing "
                               f"{', '.join(repr(k) for k in missing)})")
     return state
+
+
+def save_weights_only(state: dict, path: str | Path) -> Path:
+    """The weights and configs of a training checkpoint, without optimizer or RNG state (what
+    a served model or a release needs)."""
+    return save_checkpoint({k: state.get(k) for k in ("model", "model_config", "train_config")},
+                           path)
+
+
+def load_weights(task_or_model: nn.Module, checkpoint: str | Path | dict) -> None:
+    """Load only the model weights of a checkpoint (stage2 starts from stage1 this way, with a
+    fresh optimizer and schedule). Strict: a checkpoint of another architecture is an error."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = getattr(task_or_model, "model", task_or_model)
+    model.load_state_dict(state["model"])
+
+
+def load_mvp(checkpoint: str | Path | dict) -> tuple[MVP, str | None]:
+    """An MVP built from a checkpoint's own model_config, and the stage it was trained in."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = MVP(ModelConfig(**state["model_config"]))
+    load_weights(model, state)
+    return model, (state.get("train_config") or {}).get("stage")

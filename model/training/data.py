@@ -17,12 +17,11 @@ its words cover ([CLS] is position 0). Up to MAX_CONCEPTS distinct concepts are 
 mentions in caption order), and whole words are kept while [CLS] + words + concepts + [SEP] fit.
 Tags are `[CLS] label BPE tokens... [SEP]` of the image's distinct region labels (first-seen
 order of its feature rows), cut to max_tags; the image side (regions, geometry, tags) is
-`ImageSide`, which the VQA data path (model/vqa_data.py) shares.
+`ImageSide`, which the VQA data path (model/downstream/vqa/data.py) shares.
 """
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -32,26 +31,11 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from features.feature_sets import check_compatible, require_feature_set
 from features.load import load_region_features
-from features.text_concepts import tokenize
-from model.batch import PretrainBatch
+from model.batch import PretrainBatch, pad_rows
 from model.config import ModelConfig
+from model.text import caption_input, tag_sequence
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
-
-MAX_CONCEPTS = 5  # paper: 35 caption tokens + 5 concepts
-
-
-@lru_cache(maxsize=1)
-def bpe_tokenizer():
-    """OpenCLIP's CLIP BPE tokenizer (ships with open_clip, no download)."""
-    import open_clip
-    return open_clip.get_tokenizer("ViT-B-32")
-
-
-@lru_cache(maxsize=200_000)
-def bpe(word: str) -> tuple[int, ...]:
-    """BPE ids of one word or label, without sot/eot."""
-    return tuple(bpe_tokenizer().encode(word))
 
 
 def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,50 +44,6 @@ def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     offsets[1:] = np.cumsum([len(r) for r in rows])
     values = np.fromiter((v for r in rows for v in r), np.int64, count=int(offsets[-1]))
     return values, offsets
-
-
-def caption_tokens(text: str, spans: list[tuple[int, int]], budget: int
-                   ) -> tuple[list[int], list[tuple[int, int]]]:
-    """BPE ids of the caption's whole words that fit in `budget` tokens, and the word spans
-    mapped to [start, end) positions in `[CLS] + ids` (clipped to the kept words; empty,
-    start == end, when the span's first word was cut)."""
-    ids: list[int] = []
-    starts: list[int] = []   # BPE position (with [CLS] at 0) of each kept word's first piece
-    for word in tokenize(text):
-        pieces = bpe(word)
-        if len(ids) + len(pieces) > budget:
-            break
-        starts.append(1 + len(ids))
-        ids.extend(pieces)
-    starts.append(1 + len(ids))  # one past the last kept word
-    kept = len(starts) - 1
-    mapped = [(starts[min(s, kept)], starts[min(max(e, s), kept)]) for s, e in spans]
-    return ids, mapped
-
-
-def caption_input(text: str, mentions, cfg: ModelConfig
-                  ) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
-    """One caption as the model reads it: (`[CLS]` + word BPE ids, concept ids offset by
-    cfg.concept_offset, their BPE spans, the chosen concept ids). `mentions`: (concept id, word
-    start, word end) in caption order; one entry per concept (its first mention), at most
-    MAX_CONCEPTS, leaving room for at least one word; whole words fill the rest of
-    max_text_len. The data path and the serving model both build text here."""
-    chosen: list[tuple[int, int, int]] = []
-    for c, s, e in mentions:
-        if len(chosen) < MAX_CONCEPTS and all(c != x for x, _, _ in chosen):
-            chosen.append((c, s, e))
-    L = cfg.max_text_len
-    chosen = chosen[:max(0, L - 3)]
-    ids, mapped = caption_tokens(text, [(s, e) for _, s, e in chosen],
-                                 budget=L - 2 - len(chosen))
-    return ([cfg.cls_id, *ids], [cfg.concept_offset + c for c, _, _ in chosen], mapped,
-            [c for c, _, _ in chosen])
-
-
-def tag_sequence(labels, cfg: ModelConfig) -> list[int]:
-    """`[CLS] BPE of each distinct label (first-seen order)... [SEP]`, cut to max_tags."""
-    ids = [t for label in dict.fromkeys(x for x in labels if x) for t in bpe(label)]
-    return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
 
 
 class PretrainData(Dataset):
@@ -242,18 +182,6 @@ class ImageSide:
                 "geometry": geometry, "region_mask": region_mask,
                 "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
                 "image_ids": [x["image_id"] for x in items]}
-
-
-def pad_rows(rows: list[torch.Tensor], value) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack rows of different lengths (first dim) padded with `value`, and the real-entry mask.
-    Zero-length rows keep the trailing shape, so a batch without concepts is [B, 0, ...]."""
-    n = max(r.shape[0] for r in rows)
-    out = torch.full((len(rows), n, *rows[0].shape[1:]), value, dtype=rows[0].dtype)
-    mask = torch.zeros((len(rows), n), dtype=torch.bool)
-    for k, r in enumerate(rows):
-        out[k, :len(r)] = r
-        mask[k, :len(r)] = True
-    return out, mask
 
 
 class DeterministicSampler(Sampler[int]):

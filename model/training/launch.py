@@ -1,8 +1,8 @@
-"""Run a pre-training stage on several processes: torchrun around `python -m model.pretrain`.
+"""Run a pre-training stage on several processes: torchrun around `python -m model.training.pretrain`.
 
     result = torchrun_pretrain(2, warehouse="runs/demo/warehouse", stage="stage1", steps=100)
 
-Same arguments and the same result dict as model.pretrain.pretrain (rank 0 prints it as JSON on
+Same arguments and the same result dict as model.training.pretrain.pretrain (rank 0 prints it as JSON on
 its last line). One process per GPU on a GPU machine (NCCL), CPU processes with gloo otherwise.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from model.tracking import tracking_uri as default_uri
+from model.training.tracking import tracking_uri as default_uri
 
 _FLAGS = ("warehouse", "stage", "config", "steps", "out_dir", "init_from", "feature_set",
           "vocab", "seed", "tracking_uri", "run_name", "experiment", "parent_run_id",
@@ -21,7 +21,7 @@ _FLAGS = ("warehouse", "stage", "config", "steps", "out_dir", "init_from", "feat
 def torchrun_command(nproc: int, **params) -> list[str]:
     params.setdefault("tracking_uri", default_uri())  # the children's cwd is ours, but be explicit
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "model.pretrain"]
+           f"--nproc-per-node={nproc}", "-m", "model.training.pretrain"]
     for key in _FLAGS:
         if params.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(params[key])]

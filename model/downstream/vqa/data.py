@@ -11,7 +11,7 @@ Text: `[CLS] question words, its phrase concepts [SEP] tag words [SEP]` of at mo
 the question's concepts (parsed as captions are, against the model's concept vocabulary) as the
 authors' VQA, and the image's tags (its distinct region labels, as on the visual side) appended
 as the paper does (METHOD.md §4).
-The visual side (tags, regions, geometry) is model.data.ImageSide, exactly as in pre-training.
+The visual side (tags, regions, geometry) is model.training.data.ImageSide, exactly as in pre-training.
 
 Answers: the vocabulary is built from the TRAINING questions: answers ranked by how many
 questions list them (ties: alphabetical), at most MAX_ANSWERS (the paper's 3,129). A question's
@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.batch import TensorBatch
+from model.batch import TensorBatch, pad_rows
 from model.config import ModelConfig
-from model.data import ImageSide, caption_tokens, pad_rows, require_model_feature_set
-from model.serving_text import ConceptVocabulary
-from model.vqa_metrics import vqa_score
+from model.downstream.vqa.metrics import vqa_score
+from model.text import question_tokens
+from model.training.concepts import ConceptVocabulary
+from model.training.data import ImageSide, require_model_feature_set
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
@@ -61,21 +62,6 @@ def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSW
     """The `max_answers` answers listed by the most questions (ties: alphabetical)."""
     counts = Counter(a for per_question in answers for a, n in per_question.items() if n > 0)
     return sorted(counts, key=lambda a: (-counts[a], a))[:max_answers]
-
-
-def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig,
-                    concept_ids: list[int] = ()) -> list[int]:
-    """`[CLS] question words, its phrase concepts [SEP] tag words [SEP]` within max_text_len
-    (METHOD.md: concepts in the text as the authors' VQA, tags appended to the question).
-    Priority when it does not fit: concepts (at most max_text_len // 4), whole question words,
-    then tags (tag_words: the image's tag BPE ids; concept_ids: already offset into the shared
-    table). Fine-tuning and serving both use it."""
-    L = cfg.max_text_len
-    concepts = list(concept_ids[:L // 4])
-    words, _ = caption_tokens(question, [], budget=L - 3 - len(concepts))  # [CLS] [SEP] [SEP]
-    tags = list(tag_words[:L - 3 - len(words) - len(concepts)])
-    tail = [cfg.sep_id, *tags, cfg.sep_id] if tags else [cfg.sep_id]
-    return [cfg.cls_id, *words, *concepts, *tail]
 
 
 class VQAData(Dataset):

@@ -12,19 +12,20 @@ The trainer knows nothing about the data: the caller says where its data stands 
 when saving and gets it back when loading. Any module whose forward(batch, generator) returns a
 dict with a scalar "loss" can be trained.
 
-Under a process group (model/distributed.py) the trainer wraps the task in DDP: each rank runs
+Under a process group (model/training/distributed.py) the trainer wraps the task in DDP: each rank runs
 its own slice of the global batch and the gradients are averaged. Rank r's task generator is
 seeded with seed + r, so ranks draw different masks; rank 0's equals a single process's. Logged
 losses are means over the ranks, `samples_seen` counts the global batch, and a checkpoint holds
 the unwrapped model plus every rank's RNG states (written by rank 0 only), so a resumed run with
 the same number of processes continues exactly. DDP runs without find_unused_parameters: the
-task freezes the parameters its losses never reach (model/task.py), so DDP does not wait for them.
+task freezes the parameters its losses never reach (model/training/task.py), so DDP does not wait for them.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import random
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -32,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
-from model import distributed as dist
-from model.checkpoint import load_checkpoint, save_checkpoint
 from model.mvp import param_groups
-from model.train_config import TrainConfig
+from model.training import distributed
+from model.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from model.training.config import TrainConfig
+from model.training.data import DeterministicSampler
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -53,16 +56,16 @@ class Trainer:
         self.task, self.tcfg = task.to(device), tcfg
         self.device = torch.device(device)
         # what forward and backward run through; self.task stays the unwrapped module
-        self.module = task
-        if dist.is_distributed():
-            self.module = DistributedDataParallel(
+        self.wrapped = task
+        if distributed.is_distributed():
+            self.wrapped = DistributedDataParallel(
                 task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(param_groups(task, tcfg.weight_decay), lr=tcfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tcfg.warmup_steps, tcfg.total_steps))
         # Every random choice of the task (masks, ITM direction split, WPG draws) comes from this
         # generator, so checkpointing its state makes the masks of a resumed run the same.
-        self.generator = torch.Generator().manual_seed(tcfg.seed + dist.rank())
+        self.generator = torch.Generator().manual_seed(tcfg.seed + distributed.rank())
         self.step = 0            # optimizer steps taken
         self.samples_seen = 0
 
@@ -82,17 +85,17 @@ class Trainer:
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.device) if hasattr(batch, "to") else batch
             # DDP averages gradients once per step, on the last micro-batch's backward
-            sync = k == n - 1 or not isinstance(self.module, DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.module.no_sync():
+            sync = k == n - 1 or not isinstance(self.wrapped, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
                 with torch.autocast("cuda", dtype=torch.bfloat16,
                                     enabled=self.device.type == "cuda"):
-                    out = self.module(batch, self.generator)
+                    out = self.wrapped(batch, self.generator)
                 (out["loss"] / n).backward()
             for name, v in out.items():
                 totals[name] = totals.get(name, 0.0) + v.detach().float().item() / n
             samples += len(batch)
-        self.samples_seen += dist.all_sum(samples, self.device)
-        return dist.all_mean(totals, self.device)
+        self.samples_seen += distributed.all_sum(samples, self.device)
+        return distributed.all_mean(totals, self.device)
 
     def train_step(self, micro_batches: list) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches (any number is accepted). Returns
@@ -114,9 +117,9 @@ class Trainer:
 
     def fit(self, batches: Iterable, max_steps: int | None = None,
             on_step=None) -> list[dict[str, float]]:
-        """Train on `batches` (micro-batches, grouped by grad_accum) until they run out or the
-        step count reaches max_steps (default total_steps); `on_step(step, log)` after each
-        step (progress). Returns the per-step logs."""
+        """Train on ready-made `batches` (micro-batches, grouped by grad_accum) until they run
+        out or the step count reaches max_steps (default total_steps): for tests and
+        benchmarks on synthetic batches. Data sets train through `run`. Returns the logs."""
         stop = self.tcfg.total_steps if max_steps is None else max_steps
         logs, group = [], []
         for batch in batches:
@@ -130,19 +133,68 @@ class Trainer:
                     on_step(self.step, logs[-1])
         return logs
 
+    def run(self, data, position: dict, stop: int, checkpoint: str | Path | None = None,
+            checkpoint_every: int = 0, on_step=None) -> dict[str, float]:
+        """The training loop: optimizer steps until `stop`, epoch after epoch over `data` (a
+        Dataset with `collate`) in DeterministicSampler order, each rank on its slice of every
+        global batch. `position` ({"epoch", "index"} in samples of the global batch) is kept
+        current and saved with every checkpoint, so `load` + `run` continues exactly.
+        `on_step(step, log, micro_batches)` after each step (metrics, diagnostics, progress).
+        Returns the last step's log."""
+        tcfg, last = self.tcfg, {}
+        rank, world = distributed.rank(), distributed.world_size()
+        while self.step < stop:
+            sampler = DeterministicSampler(len(data), tcfg.seed, position["epoch"],
+                                           start=position["index"])
+            # An epoch's last global batch, if smaller than the number of ranks, would leave a
+            # rank without data: it is skipped (never with one process).
+            global_batches = [b for b in sampler.batches(tcfg.batch_size) if len(b) >= world]
+            # its own generator: creating a loader draws a seed, which from the global RNG would
+            # shift dropout after a resume (a new loader mid-epoch) against an uninterrupted run
+            loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=0,
+                                     generator=torch.Generator(), batch_sampler=[
+                                         distributed.rank_slice(b, rank, world)
+                                         for b in global_batches]))
+            sizes = iter(len(b) for b in global_batches)
+            epoch_done = False
+            while self.step < stop:
+                t0 = time.perf_counter()
+                # a step's micro-batches never span two epochs: the position stays one
+                # (epoch, index)
+                group = [b for b in (next(loader, None) for _ in range(tcfg.grad_accum))
+                         if b is not None]
+                epoch_done = len(group) < tcfg.grad_accum
+                if not group:
+                    break
+                wait = time.perf_counter() - t0
+                last = self.train_step(group)
+                n = sum(next(sizes) for _ in group)
+                position["index"] += n
+                last.update(samples_per_s=n / (time.perf_counter() - t0), data_wait_s=wait)
+                if on_step is not None:
+                    on_step(self.step, last, group)
+                if checkpoint is not None and checkpoint_every \
+                        and self.step % checkpoint_every == 0:
+                    self.save(checkpoint, data_position=position)
+                if epoch_done:
+                    break
+            if epoch_done or position["index"] >= len(data):
+                position["epoch"], position["index"] = position["epoch"] + 1, 0
+        return last
+
     # ---- checkpoints ----
 
     def save(self, path: str | Path, data_position: dict | None = None) -> None:
         """Write everything a resumed run needs; atomic (a kill mid-write leaves the old file).
         Under DDP every rank must call it (their RNG states are gathered); rank 0 writes."""
-        rng = dist.gather_objects({
+        rng = distributed.gather_objects({
             "task_generator": self.generator.get_state(),
             "torch": torch.get_rng_state(),   # dropout on CPU
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "python": random.getstate(),   # (version, tuple of ints, None): plain values
             "numpy": _numpy_state(),
         })
-        if not dist.is_main():
+        if not distributed.is_main():
             return
         model = getattr(self.task, "model", self.task)
         state = {
@@ -166,10 +218,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
         per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # pre-DDP
-        if len(per_rank) != dist.world_size():
+        if len(per_rank) != distributed.world_size():
             raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it "
-                             f"with as many (this run has {dist.world_size()}) to continue exactly")
-        rng = per_rank[dist.rank()]
+                             f"with as many (this run has {distributed.world_size()}) to continue exactly")
+        rng = per_rank[distributed.rank()]
         self.generator.set_state(rng["task_generator"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
@@ -182,14 +234,6 @@ class Trainer:
 
 def _numpy_state() -> tuple:
     """np.random.get_state() with its key array as a tensor: a checkpoint holds no NumPy
-    objects, so it loads weights-only (model/checkpoint.py)."""
+    objects, so it loads weights-only (model/training/checkpoint.py)."""
     name, keys, *rest = np.random.get_state()   # rest: position, has_gauss, cached_gaussian
     return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
-
-
-def load_weights(task_or_model: nn.Module, checkpoint: str | Path | dict) -> None:
-    """Load only the model weights of a checkpoint (stage2 starts from stage1 this way, with a
-    fresh optimizer and schedule). Strict: a checkpoint of another architecture is an error."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model = getattr(task_or_model, "model", task_or_model)
-    model.load_state_dict(state["model"])

@@ -8,18 +8,18 @@ initialised from the MLM head, trained with soft-score BCE; evaluation by answer
 
 Head, as the authors' `BiImageBertForVQA`: dropout 0.3 on the fused [CLS] hidden state (not the
 tanh pooler, which only ITM trains), then `transform` (a copy of the model's MLM transform:
-Linear, GELU, LayerNorm) and `classifier` Linear(hidden, n_answers). Row a of the classifier is the mean of the tied word-embedding rows of
-answer a's BPE pieces, its bias the mean of the MLM bias at those pieces; the decoder is linear,
-so at step 0 the logit of a equals the mean of the MLM head's logits for a's pieces on the same
-input (exactly the MLM score for a one-piece answer such as "yes", "2", "red"). The MVP's own MLM
-head is left as it was (unused here). Loss: BCE with logits against the soft targets, summed over
-answers and averaged over the batch (mean BCE x n_answers, as the usual VQA code does), so its
-scale does not shrink as the vocabulary grows.
+Linear, GELU, LayerNorm) and `classifier` Linear(hidden, n_answers). Row a of the classifier is
+the mean of the tied word-embedding rows of answer a's BPE pieces, its bias the mean of the MLM
+bias at those pieces; the decoder is linear, so at step 0 the logit of a equals the mean of the MLM
+head's logits for a's pieces on the same input (exactly the MLM score for a one-piece answer such
+as "yes", "2", "red"). The MVP's own MLM head is left as it was (unused here). Loss: BCE with
+logits against the soft targets, summed over answers and averaged over the batch (mean BCE x
+n_answers, as the usual VQA code does), so its scale does not shrink as the vocabulary grows.
 
-The checkpoint is model.train.Trainer's (model weights, model_config, train_config, optimizer,
+The checkpoint is model.training.trainer.Trainer's (model weights, model_config, train_config, optimizer,
 ...); the answer vocabulary travels inside the weights as the module's extra state, so any
 `load_state_dict` of a VQAModel checks it. Tracking: MLflow experiment "mvp-finetune" (or the
-caller's, e.g. nested under a pipeline run), run "vqa", through model.tracking.
+caller's, e.g. nested under a pipeline run), run "vqa", through model.training.tracking.
 """
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
-from model import tracking
-from model.checkpoint import load_checkpoint
 from model.config import ModelConfig, load_config
-from model.data import DeterministicSampler, bpe
+from model.downstream.vqa.data import VQABatch, VQAData
+from model.downstream.vqa.metrics import majority_predictions, score_report
 from model.mvp import MVP
-from model.progress import Progress
-from model.train import Trainer, load_weights
-from model.train_config import load_train_config, schedule_for
-from model.vqa_data import VQABatch, VQAData
-from model.vqa_metrics import majority_predictions, score_report
+from model.text import bpe
+from model.training import tracking
+from model.training.checkpoint import load_checkpoint, load_weights
+from model.training.config import load_train_config, schedule_for
+from model.training.progress import Progress
+from model.training.trainer import Trainer
 from warehouse.store import Warehouse
 from warehouse.version import code_version
 
@@ -52,7 +52,7 @@ HEAD_DROPOUT = 0.3   # the authors' run_vqa.py setting
 
 class VQAModel(nn.Module):
     """MVP + answer head. forward(batch, generator) -> {"loss", "train_score"} so that
-    model.train.Trainer trains it as it is."""
+    model.training.trainer.Trainer trains it as it is."""
 
     def __init__(self, mvp: MVP, answer_vocab: list[str]):
         super().__init__()
@@ -166,16 +166,6 @@ def _model_config(wh: Warehouse, config: str, init_state: dict | None,
     return load_config(config, feat_dim=spec.dim, feature_set=spec.id)
 
 
-def _batches(data: VQAData, batch_size: int, seed: int):
-    """Micro-batches epoch after epoch in DeterministicSampler order."""
-    epoch = 0
-    while True:
-        sampler = DeterministicSampler(len(data), seed, epoch)
-        yield from DataLoader(data, batch_sampler=sampler.batches(batch_size),
-                              collate_fn=data.collate)
-        epoch += 1
-
-
 def _flat_metrics(prefix: str, report: dict) -> dict:
     out = {f"{prefix}_vqa_acc": report["vqa_acc"]}
     out.update({f"{prefix}_acc_{t.replace('/', '_')}": v["vqa_acc"]
@@ -190,11 +180,14 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
                  lr: float | None = None, feature_set: str | None = None,
                  train_split: str = "train", eval_split: str | None = "val",
                  experiment: str = EXPERIMENT, parent_run_id: str | None = None,
-                 run_name: str = "vqa") -> dict:
+                 run_name: str = "vqa", resume: bool = False,
+                 checkpoint_every: int = 500) -> dict:
     """Fine-tune on `train_split` for `steps` optimizer steps (default: the config's total_steps;
     the lr warms up over min(config warmup, steps/10) and decays to 0 at `steps`) from `init_from`
     (a pre-training checkpoint; None: random init), then evaluate on `eval_split` (VQA v2 names
-    its splits train2014 / val2014). Returns {"steps",
+    its splits train2014 / val2014). `resume` continues <out_dir>/vqa/last.pt exactly (weights,
+    optimizer, data position, RNG; the same MLflow run), which is saved every `checkpoint_every`
+    steps. Returns {"steps",
     "checkpoint", "run_id", "final" (last step's log), "eval", "baselines", "n_answers"}."""
     mlflow = tracking.mlflow
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
@@ -219,26 +212,38 @@ def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None 
     model = VQAModel(mvp, train.answer_vocab)
     trainer = Trainer(model, tcfg, device=device)
     ckpt = Path(out_dir) / "vqa" / "last.pt"
+    position = {"epoch": 0, "index": 0, "mlflow_run_id": None}
+    if resume:
+        if not ckpt.exists():
+            raise FileNotFoundError(f"nothing to resume: no checkpoint {ckpt}")
+        position.update(trainer.load(ckpt) or {})
 
-    run, _ = tracking.start_run(experiment, run_name, tracking_uri, parent_run_id=parent_run_id)
+    run, new_run = tracking.start_run(experiment, run_name, tracking_uri,
+                                      run_id=position["mlflow_run_id"],
+                                      parent_run_id=parent_run_id)
     with run:
-        mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
-                           **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
-                           "config": str(config), "init_from": str(init_from),
-                           "dataset": str(dataset), "n_train_questions": len(train),
-                           "n_answers": len(train.answer_vocab),
-                           "n_train_out_of_vocab": train.n_out_of_vocab})
-        mlflow.set_tags({"feature_set": fs, "vocab": str(cfg.vocab_version), "task": "vqa",
-                         "git_commit": code_version()})
-        logs = trainer.fit(_batches(train, tcfg.batch_size, tcfg.seed), max_steps=total,
-                           on_step=Progress(run_name, total, keys=("loss", "train_score")).step)
-        for step, log in enumerate(logs, 1):
-            mlflow.log_metrics(log, step=step)
-        trainer.save(ckpt)
+        position["mlflow_run_id"] = run.info.run_id
+        if new_run:
+            mlflow.log_params({**{f"model.{k}": v for k, v in cfg.to_dict().items()},
+                               **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
+                               "config": str(config), "init_from": str(init_from),
+                               "dataset": str(dataset), "n_train_questions": len(train),
+                               "n_answers": len(train.answer_vocab),
+                               "n_train_out_of_vocab": train.n_out_of_vocab})
+            mlflow.set_tags({"feature_set": fs, "vocab": str(cfg.vocab_version),
+                             "task": "vqa", "git_commit": code_version()})
+        progress = Progress(run_name, total, start=trainer.step, keys=("loss", "train_score"))
+
+        def on_step(step: int, last: dict, group: list) -> None:
+            mlflow.log_metrics(last, step=step)
+            progress.step(step, last)
+
+        final = trainer.run(train, position, total, ckpt, checkpoint_every, on_step)
+        trainer.save(ckpt, data_position=position)
         mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
         mlflow.log_dict(train.answer_vocab, "answer_vocab.json")
         result = {"steps": trainer.step, "checkpoint": str(ckpt), "run_id": run.info.run_id,
-                  "final": logs[-1] if logs else {}, "eval": None, "baselines": None,
+                  "final": final, "eval": None, "baselines": None,
                   "n_answers": len(train.answer_vocab)}
         if eval_split is not None:
             data = VQAData(wh, fs, cfg, train.answer_vocab, eval_split, dataset)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import yaml
 
-
 from model.config import ConfigError, load_section, require  # noqa: F401 (re-exported)
 from model.losses import NEGATIVE_MODES
 

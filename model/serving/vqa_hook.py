@@ -1,11 +1,12 @@
-"""The optional VQA head of a served model: a packaged VQA checkpoint answered by model/vqa.py.
+"""The optional VQA head of a served model: a packaged VQA checkpoint answered by
+model/downstream/vqa/finetune.py.
 
     answerer = load(path_or_None)          # None: the package has no VQA head
     answerer.answer(questions, concept_ids, tags, visual) -> list[str]
 
 Serving must not depend on the VQA code being there, so model.vqa is looked up when a package
 that holds a VQA checkpoint is logged or loaded (`load_vqa` and `answer` are what it uses).
-The question text is built as the fine-tuning data path builds it (model/vqa_data.py
+The question text is built as the fine-tuning data path builds it (model/downstream/vqa/data.py
 `question_tokens`): question words and concepts, then the image's tags (METHOD.md §4).
 """
 from __future__ import annotations
@@ -15,15 +16,15 @@ import importlib.util
 
 import torch
 
-from model.data import pad_rows
-from model.vqa_data import question_tokens
+from model.batch import pad_rows
+from model.text import question_tokens
 
-MODULE = "model.vqa"
+MODULE = "model.downstream.vqa.finetune"
 ENTRY_POINTS = ("load_vqa", "answer")
 
 
 def available() -> bool:
-    """Whether model/vqa.py exists and offers load_vqa and answer."""
+    """Whether model/downstream/vqa/finetune.py exists and offers load_vqa and answer."""
     if importlib.util.find_spec(MODULE) is None:
         return False
     module = importlib.import_module(MODULE)
@@ -33,7 +34,7 @@ def available() -> bool:
 def require() -> None:
     if not available():
         raise ModuleNotFoundError(f"a VQA checkpoint can be served only where {MODULE} defines "
-                                  f"{' and '.join(ENTRY_POINTS)} (see model/vqa_hook.py)")
+                                  f"{' and '.join(ENTRY_POINTS)} (see model/serving/vqa_hook.py)")
 
 
 class Answerer:
@@ -47,7 +48,7 @@ class Answerer:
                region_mask: torch.Tensor) -> list[str]:
         """Answers for questions (with their concept ids, offset) on images given as
         encode_visual's (padded) inputs."""
-        from model.vqa_data import VQABatch
+        from model.downstream.vqa.data import VQABatch
         cfg, B = self.model.cfg, len(questions)
         words = [ids[m][1:-1].tolist() for ids, m in zip(tag_ids, tag_mask)]  # no [CLS]/[SEP]
         tokens, token_mask = pad_rows([torch.tensor(question_tokens(q, w, cfg, c))

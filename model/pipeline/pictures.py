@@ -75,8 +75,8 @@ def retrieval_grid(captions: list[str], image_paths: list[str], sim: torch.Tenso
 
 def retrieval_examples(model, data, warehouse, path, n: int = 4, k: int = 5) -> Path:
     """retrieval_grid for the first `n` captions of `data` (a held-out PretrainData) against
-    its whole gallery (each image once, model/evaluate.py embed_split)."""
-    from model.evaluate import embed_split
+    its whole gallery (each image once, model/downstream/evaluate.py embed_split)."""
+    from model.downstream.evaluate import embed_split
     model.eval()
     with torch.no_grad():
         emb = embed_split(model, data)

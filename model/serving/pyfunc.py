@@ -16,8 +16,8 @@ Request columns (all optional, but each row needs `image` or `image_path`):
                         none: the feature set's grid (its box policy for images without regions)
     tags        array<string>  region labels (the visual concepts); none: an empty tag sequence
     text        string  a caption to embed and match against the image (cut to what the
-                        model reads, serving_text.readable)
-    question    string  answered when the package holds a VQA head (model/vqa_hook.py)
+                        model reads, text.readable)
+    question    string  answered when the package holds a VQA head (model/serving/vqa_hook.py)
 MLflow's JSON request reader (scoring server, `mlflow models predict`) cannot take a null in a
 binary or array column: in a JSON request give `image`, `boxes`, `tags` in every row or in none,
 and box coordinates as JSON floats (10.0: it refuses to cast integers to double).
@@ -34,13 +34,14 @@ Response columns per row:
 The image path is the feature set's own recipe (features.extract.encode_image): the same
 backbone and weights (the recorded hash is checked at load), image size, RoIAlign, projection and
 geometry, so the vectors are those training saw. The text path is the training one
-(serving_text.py). The package holds everything it needs: the weights-only checkpoint, the
+(model/text.py, model/training/concepts.py). The package holds everything it needs: the
+weights-only checkpoint, the
 feature-set record, the concept vocabulary, the backbone's weights file when the feature set was
 extracted from a local file (random init is seeded and needs none), and an optional VQA
 checkpoint. It is logged as MLflow models-from-code: the package holds the short code file
-model/serving_code.py, not a pickled Python object, and that file imports this module from the
+model/serving/model_code.py, not a pickled Python object, and that file imports this module from the
 installed `mvp` package (pip requirements of the model). Loading a package therefore runs only
-the project's code, and its checkpoints load weights-only (model/checkpoint.py).
+the project's code, and its checkpoints load weights-only (model/training/checkpoint.py).
 """
 from __future__ import annotations
 
@@ -62,12 +63,13 @@ import torch
 from features.backbone import EFFICIENTNETS, efficientnet_weights_file
 from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
-from model import serving_text, vqa_hook
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.batch import pad_rows
 from model.config import ModelConfig
-from model.data import pad_rows, tag_sequence
 from model.mvp import MVP
-from model.train import load_weights
+from model.serving import vqa_hook
+from model.text import readable, tag_sequence, text_batch
+from model.training import concepts
+from model.training.checkpoint import load_checkpoint, load_weights, save_weights_only
 from warehouse.hashing import file_sha256
 from warehouse.store import Warehouse
 
@@ -98,7 +100,7 @@ OUTPUT_SCHEMA = Schema([   # a row with an `error` has only that
     ColSpec("string", "error", required=False),   # None, or why this row has no answer
 ])
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
-CODE = Path(__file__).with_name("serving_code.py")   # what a package runs: set_model(...)
+CODE = Path(__file__).with_name("model_code.py")   # what a package runs: set_model(...)
 
 IMAGE_ROOT_ENV = "MVP_SERVING_IMAGE_ROOT"   # image_path is read only under it; unset: none
 TIME_BUDGET_ENV = "MVP_SERVING_TIME_BUDGET_S"
@@ -126,7 +128,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         self.spec = FeatureSetSpec.from_row(spec_row)   # refuses an altered record
         # raises FeatureSetMismatch unless the weights hash, width and size are the recorded ones
         self.backbone = backbone_for_feature_set(self.spec, art.get("backbone_weights"))
-        self.vocabulary = serving_text.ConceptVocabulary.read(art["vocabulary"])
+        self.vocabulary = concepts.ConceptVocabulary.read(art["vocabulary"])
         self.vqa = vqa_hook.load(art.get("vqa_checkpoint"))
         root = os.environ.get(IMAGE_ROOT_ENV)
         self.image_root = Path(root).resolve() if root else None   # None: image bytes only
@@ -179,9 +181,9 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         return _Row(
             image=self._image(row), tags=list(tags) if tags is not None else [],
             # cut to what the model can read before NLTK and BPE see it
-            text=self.vocabulary.encode(serving_text.readable(text, self.cfg), self.cfg)
+            text=self.vocabulary.encode(readable(text, self.cfg), self.cfg)
             if text else None,
-            question=serving_text.readable(question, self.cfg) if question else None)
+            question=readable(question, self.cfg) if question else None)
 
     def _answer(self, rows: list["_Row"], at: list[int], out: pd.DataFrame) -> None:
         """Fill rows `at` of `out` with the answers for `rows`."""
@@ -195,7 +197,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         with_text = [j for j, r in enumerate(rows) if r.text is not None]
         if with_text:
             encoded = [rows[j].text for j in with_text]
-            ids, mask = serving_text.text_batch(self.cfg, encoded)
+            ids, mask = text_batch(self.cfg, encoded)
             text = self.model.encode_text(ids, mask)
             sel = torch.tensor(with_text)
             fused = self.model.fuse(text, visual.take(sel))
@@ -272,7 +274,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
 class _Row:
     image: object            # features.extract.EncodedImage
     tags: list
-    text: object             # serving_text.EncodedText or None
+    text: object             # model.text.EncodedText or None
     question: str | None
 
 
@@ -317,12 +319,6 @@ def _visual_batch(cfg: ModelConfig, images: list, tags: list):
     return tag_ids, tag_mask, regions, geometry, region_mask
 
 
-def _slim_checkpoint(state: dict, folder: Path) -> Path:
-    """The weights and configs of a training checkpoint (no optimizer or RNG state)."""
-    return save_checkpoint({k: state.get(k) for k in ("model", "model_config", "train_config")},
-                           folder / "model.pt")
-
-
 def packaged_weights(spec) -> str | None:
     """The installed weights file of a feature set whose tower ships its weights as a package
     (EfficientNet's ImageNet weights), else None."""
@@ -351,10 +347,10 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
                          "only compute vectors for extracted feature sets")
     with tempfile.TemporaryDirectory(prefix="mvp-serving-") as tmp:
         tmp = Path(tmp)
-        artifacts = {"checkpoint": str(_slim_checkpoint(state, tmp))}
+        artifacts = {"checkpoint": str(save_weights_only(state, tmp / "model.pt"))}
         (tmp / "feature_set.json").write_text(json.dumps(spec.row(), sort_keys=True))
         artifacts["feature_set"] = str(tmp / "feature_set.json")
-        artifacts["vocabulary"] = str(serving_text.ConceptVocabulary.from_warehouse(
+        artifacts["vocabulary"] = str(concepts.ConceptVocabulary.from_warehouse(
             wh, vocab).write(tmp / "vocabulary.json"))
         if backbone_weights is None and packaged_weights(spec) is not None:
             backbone_weights = packaged_weights(spec)
@@ -380,3 +376,12 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
             registered_model_name=registered_model_name,
             pip_requirements=["mvp"],  # the project package: model/, features/, warehouse/
             metadata={"feature_set": spec.id, "vocab": vocab, "backbone": spec.backbone})
+
+
+def log_to_run(trained: dict, warehouse, tracking_uri: str | None = None) -> str:
+    """Log the serving package of a finished training run (pretrain's result: checkpoint and
+    run id) into that run, so every run is registrable; returns the package's model URI."""
+    from model.training.tracking import tracking_uri as resolve_uri
+    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
+    with mlflow.start_run(run_id=trained["run_id"]):
+        return log_pyfunc(trained["checkpoint"], warehouse).model_uri

@@ -3,7 +3,7 @@
     stage1          VSC + MCR (+ text-side MCR when `text_mcr`); only the uni-modal encoders run,
                     so the cross encoder, pooler and ITM head get no gradient
     stage2, joint   VSC + MCR + ITM + MLM + WPG (stage2 differs only in starting from a stage-1
-                    checkpoint, see model/train.py `load_weights`)
+                    checkpoint, see model/training/trainer.py `load_weights`)
     albef           VSC (= ALBEF's ITC) + ITM + MLM
     retrieval       VSC + ITM (fine-tuning from a pre-trained checkpoint)
 minus the losses of weight 0 and, with `concepts: false`, MCR and WPG (TrainConfig.losses): a
@@ -38,8 +38,7 @@ from model import losses
 from model.batch import PretrainBatch, assemble_text
 from model.masking import IGNORE, mask_tags, mask_with_concepts
 from model.mvp import MVP
-from model.train_config import TrainConfig
-
+from model.training.config import TrainConfig
 
 # The MVP parts (top-level attribute names) each loss's gradient reaches; tests/test_variants.py
 # checks this against a real backward for every stage and variant.
@@ -146,7 +145,7 @@ class PretrainTask(nn.Module):
 
     def visible(self, batch: PretrainBatch) -> PretrainBatch:
         """The batch as this task's model sees it (no concepts or tags with `concepts: false`)."""
-        return batch if self.tcfg.concepts else _without_concepts(batch, self.model.cfg)
+        return batch if self.tcfg.concepts else without_concepts(batch, self.model.cfg)
 
     def word_special(self, batch: PretrainBatch) -> torch.Tensor:
         """[B, L] True where a caption position is never masked: padding, [CLS], [SEP]."""
@@ -167,7 +166,7 @@ class PretrainTask(nn.Module):
         return F.linear(m.mcr_transform(hidden), m.embed.weight[m.cfg.concept_offset:])
 
 
-def _without_concepts(batch: PretrainBatch, cfg) -> PretrainBatch:
+def without_concepts(batch: PretrainBatch, cfg) -> PretrainBatch:
     """The batch as the no-concept variant sees it: no concept tokens, tags `[CLS] [SEP]`."""
     B = len(batch)
     tags = torch.tensor([cfg.cls_id, cfg.sep_id], device=batch.tag_ids.device).repeat(B, 1)

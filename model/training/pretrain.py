@@ -6,8 +6,8 @@
     pretrain(..., "stage1", resume=True)       # continue <out_dir>/stage1/last.pt exactly
     pretrain(..., "joint", train_overrides={"wpg": 0}, run_name="joint-no-wpg")   # a variant
 
-    python -m model.pretrain --warehouse DIR --stage stage1 --config small --steps 300
-    torchrun --standalone --nproc_per_node 2 -m model.pretrain --warehouse DIR --stage stage1 ...
+    python -m model.training.pretrain --warehouse DIR --stage stage1 --config small --steps 300
+    torchrun --standalone --nproc_per_node 2 -m model.training.pretrain --warehouse DIR --stage stage1 ...
 
 `steps` is where the run STOPS (global optimizer step); the lr schedule always follows the
 config's train.total_steps, so a run stopped at step k and resumed ends with the same losses as
@@ -15,7 +15,7 @@ one that never stopped. The data order is DeterministicSampler's (seed, epoch) p
 checkpoint's data position (epoch, samples done in it) says where to pick it up. The MLflow run
 id travels in the data position too, so a resumed run appends to the same MLflow run.
 
-Under torchrun (model/distributed.py) every rank walks the same global batches of
+Under torchrun (model/training/distributed.py) every rank walks the same global batches of
 train.batch_size and trains on its own contiguous slice of each (2 ranks x B/2 == one process's
 batch of B), with DDP averaging the gradients. VSC's contrastive negatives (and ITM's, which VSC's
 similarity picks) are the other pairs of the rank's slice: nothing is gathered across ranks.
@@ -27,33 +27,30 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
 from features.vocabulary import latest_vocab
-from model import distributed as dist
-from model import tracking
 from model.config import load_config
-from model.data import DeterministicSampler, PretrainData
-from model.diagnostics import diagnose
 from model.mvp import MVP
-from model.progress import Progress
-from model.task import PretrainTask
-from model.train import Trainer, load_weights
-from model.train_config import STAGES, load_train_config, train_override
+from model.training import distributed, tracking
+from model.training.checkpoint import load_weights
+from model.training.config import STAGES, load_train_config, train_override
+from model.training.data import PretrainData
+from model.training.diagnostics import diagnose
+from model.training.progress import Progress
+from model.training.task import PretrainTask
+from model.training.trainer import Trainer
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 from warehouse.version import code_version
 
 EXPERIMENT = "mvp-pretrain"
-default_tracking_uri = tracking.tracking_uri   # kept for callers of the old name
 
 
-def _pick_feature_set(wh: Warehouse, feature_set: str | None):
+def pick_feature_set(wh: Warehouse, feature_set: str | None):
     specs = list_feature_sets(wh)
     if feature_set is None:
         if not specs:
@@ -66,7 +63,7 @@ def _pick_feature_set(wh: Warehouse, feature_set: str | None):
                       f"{', '.join(s.id for s in specs) or 'none'}")
 
 
-def _n_concepts(wh: Warehouse, vocab: str) -> int:
+def n_concepts(wh: Warehouse, vocab: str) -> int:
     con = connect(wh)
     try:
         n = con.execute("SELECT max(id) + 1 FROM concepts WHERE vocab = ?", [vocab]).fetchone()[0]
@@ -91,20 +88,20 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
     one stage their own out_dir. stage2 starts from <out_dir>/stage1/last.pt unless told
     otherwise; retrieval needs init_from (or resume). MLflow: run `run_name` (default the
     stage) in `experiment`, nested under `parent_run_id` when given; `diag/*` metrics
-    (model/diagnostics.py) every `diagnose_every` steps and at the end (0: never)."""
+    (model/training/diagnostics.py) every `diagnose_every` steps and at the end (0: never)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    spec = _pick_feature_set(wh, feature_set)
+    spec = pick_feature_set(wh, feature_set)
     vocab = vocab or latest_vocab(wh)
     if vocab is None:
         raise LookupError(f"no concept vocabulary in warehouse {wh.root}: run `mvp concepts`")
-    cfg = load_config(config, feat_dim=spec.dim, n_concepts=_n_concepts(wh, vocab),
+    cfg = load_config(config, feat_dim=spec.dim, n_concepts=n_concepts(wh, vocab),
                       feature_set=spec.id, vocab_version=vocab)
     overrides = {**(train_overrides or {}), "stage": stage}
     if seed is not None:
         overrides["seed"] = seed
     tcfg = load_train_config(config, **overrides)
     stop = tcfg.total_steps if steps is None else steps
-    device = device or dist.default_device()
+    device = device or distributed.default_device()
 
     ckpt = Path(out_dir) / stage / "last.pt"
     if stage == "stage2" and init_from is None and not resume:
@@ -120,7 +117,7 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
         raise LookupError(f"no training captions with features in {spec.id}")
     torch.manual_seed(tcfg.seed)  # model init: the same on every rank
     trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg, device=device)
-    torch.manual_seed(tcfg.seed + dist.rank())  # dropout: each rank its own
+    torch.manual_seed(tcfg.seed + distributed.rank())  # dropout: each rank its own
     position = {"epoch": 0, "index": 0, "mlflow_run_id": None}
     if resume:
         if not ckpt.exists():
@@ -129,7 +126,7 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
     elif init_from is not None:
         load_weights(trainer.task, init_from)
 
-    main = dist.is_main()
+    main = distributed.is_main()
     run, new_run = (tracking.start_run(experiment, run_name or stage, tracking_uri,
                                        run_id=position["mlflow_run_id"],
                                        parent_run_id=parent_run_id)
@@ -144,76 +141,34 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
                                "train.losses": ",".join(tcfg.losses),
                                "config": str(config), "init_from": str(init_from),
                                "n_train_captions": len(data),
-                               "world_size": dist.world_size()})
+                               "world_size": distributed.world_size()})
             mlflow.set_tags({"feature_set": spec.id, "vocab": vocab, "stage": stage,
                              "git_commit": code_version()})
             mlflow.log_dict({"model": cfg.to_dict(), "train": tcfg.to_dict()}, "config.yaml")
-        log = mlflow.log_metrics if main else (lambda metrics, step: None)
         progress = Progress(run_name or stage, stop, start=trainer.step,
                             keys=("loss",) + tcfg.losses)
-        final = _loop(trainer, data, position, stop, ckpt, checkpoint_every, log,
-                      progress.step if main else (lambda step, log: None),
-                      diagnose_every if main else 0)
+
+        def on_step(step: int, last: dict, group: list) -> None:
+            if not main:
+                return
+            mlflow.log_metrics(last, step=step)
+            if diagnose_every and (step % diagnose_every == 0 or step == stop):
+                mlflow.log_metrics(diagnose(trainer.task, group[0].to(trainer.device), step),
+                                   step=step)
+            progress.step(step, last)
+
+        final = trainer.run(data, position, stop, ckpt, checkpoint_every, on_step)
         trainer.save(ckpt, data_position=position)
-        model_uri = None
         if main:
             mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
-            # the serving package (model/serving.py), ready for `mlflow.register_model`
-            from model.serving import log_pyfunc
-            model_uri = log_pyfunc(ckpt, wh, spec.id, vocab).model_uri
         return {"stage": stage, "steps": trainer.step, "checkpoint": str(ckpt),
-                "run_id": position["mlflow_run_id"], "final": final, "model_uri": model_uri}
-
-
-def _loop(trainer: Trainer, data: PretrainData, position: dict, stop: int, ckpt: Path,
-          checkpoint_every: int, log, progress, diagnose_every: int = 0) -> dict:
-    """Optimizer steps until `stop`, epoch after epoch; `position` is kept current (it is what
-    a checkpoint records, in samples of the global batch). Every `diagnose_every` steps and at
-    the last, model/diagnostics.py on the step's first micro-batch. Returns the last step's
-    log."""
-    tcfg, last = trainer.tcfg, {}
-    rank, world = dist.rank(), dist.world_size()
-    while trainer.step < stop:
-        sampler = DeterministicSampler(len(data), tcfg.seed, position["epoch"],
-                                       start=position["index"])
-        # An epoch's last global batch, if smaller than the number of ranks, would leave a rank
-        # without data: it is skipped (never with one process).
-        global_batches = [b for b in sampler.batches(tcfg.batch_size) if len(b) >= world]
-        loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=0, batch_sampler=[
-            dist.rank_slice(b, rank, world) for b in global_batches]))
-        sizes = iter(len(b) for b in global_batches)
-        epoch_done = False
-        while trainer.step < stop:
-            t0 = time.perf_counter()
-            # a step's micro-batches never span two epochs: the position stays one (epoch, index)
-            group = [b for b in (next(loader, None) for _ in range(tcfg.grad_accum))
-                     if b is not None]
-            epoch_done = len(group) < tcfg.grad_accum
-            if not group:
-                break
-            wait = time.perf_counter() - t0
-            last = trainer.train_step(group)
-            n = sum(next(sizes) for _ in group)
-            position["index"] += n
-            last.update(samples_per_s=n / (time.perf_counter() - t0), data_wait_s=wait)
-            log(last, step=trainer.step)
-            if diagnose_every and (trainer.step % diagnose_every == 0 or trainer.step == stop):
-                log(diagnose(trainer.task, group[0].to(trainer.device), trainer.step),
-                    step=trainer.step)
-            progress(trainer.step, last)
-            if checkpoint_every and trainer.step % checkpoint_every == 0:
-                trainer.save(ckpt, data_position=position)
-            if epoch_done:
-                break
-        if epoch_done or position["index"] >= len(data):
-            position["epoch"], position["index"] = position["epoch"] + 1, 0
-    return last
+                "run_id": position["mlflow_run_id"], "final": final}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m model.pretrain ...`, also under `torchrun --nproc_per_node N -m model.pretrain`;
-    prints the result as JSON (rank 0)."""
-    p = argparse.ArgumentParser(prog="python -m model.pretrain",
+    """`python -m model.training.pretrain ...`, also under
+    `torchrun --nproc_per_node N -m model.training.pretrain`; prints the result as JSON (rank 0)."""
+    p = argparse.ArgumentParser(prog="python -m model.training.pretrain",
                                 description="Run one pre-training stage, tracked in MLflow.")
     p.add_argument("--warehouse", required=True)
     p.add_argument("--stage", required=True, choices=STAGES)
@@ -234,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", type=train_override, action="append", default=[],
                    metavar="KEY=VALUE", help="train config override, e.g. --set wpg=0")
     args = p.parse_args(argv)
-    with dist.distributed(args.device) as device:
+    with distributed.distributed(args.device) as device:
         result = pretrain(args.warehouse, args.stage, config=args.config,
                           feature_set=args.feature_set, vocab=args.vocab, steps=args.steps,
                           out_dir=args.out_dir, resume=args.resume, init_from=args.init_from,
@@ -242,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint_every=args.checkpoint_every, device=device,
                           train_overrides=dict(args.overrides), run_name=args.run_name,
                           experiment=args.experiment, parent_run_id=args.parent_run_id)
-        if dist.is_main():
+        if distributed.is_main():
             print(json.dumps(result))
     return 0
 

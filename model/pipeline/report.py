@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 
-from model import tracking as mlt
+from model.training import tracking as mlt
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 from warehouse.text_table import format_table
@@ -27,14 +27,14 @@ REGISTERED = {"mvp-pretrained": ("pre", "rsum"),
 
 
 @contextmanager
-def pipeline_run(tracking_uri: str | None, params: dict, experiment: str = EXPERIMENT):
+def pipeline_run(tracking_uri: str | None, params: dict, experiment: str = EXPERIMENT,
+                 run_name: str = "pipeline"):
     """A parent run that is NOT the thread's active run: the pipeline's tasks may run in other
     threads, so children name it explicitly (parent_run_id) instead of relying on MLflow's
     thread-local run stack."""
     uri = mlt.tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(uri)
-    name = _flow_run_name() or "pipeline"
-    run = client.create_run(mlt.experiment_id(experiment, uri), run_name=name,
+    run = client.create_run(mlt.experiment_id(experiment, uri), run_name=run_name,
                             tags={"git_commit": code_version()})
     for k, v in params.items():
         if isinstance(v, (str, int, float, bool)) or v is None:
@@ -47,18 +47,10 @@ def pipeline_run(tracking_uri: str | None, params: dict, experiment: str = EXPER
         client.set_terminated(run.info.run_id, status)
 
 
-def _flow_run_name() -> str | None:
-    try:
-        from prefect.runtime import flow_run
-        return flow_run.name
-    except Exception:  # outside Prefect
-        return None
-
-
 def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str]:
     """Datasets with questions (of `split`) on images that have features in the VQA model's
     feature set (easy-vqa has no val split, for one)."""
-    from model.checkpoint import load_checkpoint
+    from model.training.checkpoint import load_checkpoint
     feature_set = load_checkpoint(trained["checkpoint"])["model_config"]["feature_set"]
     con = connect(warehouse)
     try:
@@ -73,7 +65,7 @@ def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str
 
 def lineage(warehouse, checkpoint: str) -> dict:
     """Tags that say what a registered model was made from."""
-    from model.checkpoint import load_checkpoint
+    from model.training.checkpoint import load_checkpoint
     cfg = load_checkpoint(checkpoint)["model_config"]
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     snap = wh.current()
@@ -88,7 +80,7 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     """Register each model's serving package (logged by its training run; the VQA package, which
     adds the answer head, is logged here into the VQA run) as `challenger`, and promote it to
     `champion` only when its val metric beats the champion's."""
-    from model.registry import promote
+    from model.serving.registry import promote
     trained = {"pre": pre, "ret": ret, "vqa": vqa}
     metrics = {"pre": val["zero-shot"], "ret": val["retrieval"],
                "vqa": {"vqa_acc": _mean_vqa(val["vqa"])}}
@@ -110,8 +102,8 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
 
 def _register(client, name: str, key: str, metric: str, trained: dict, pre: dict,
               metrics: dict, warehouse) -> str:
-    from model.registry import register
-    from model.serving import log_pyfunc
+    from model.serving.pyfunc import log_pyfunc
+    from model.serving.registry import register
     base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
     if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
         with mlflow.start_run(run_id=trained["vqa"]["run_id"]):
@@ -147,9 +139,9 @@ def log_pictures(warehouse, trained: dict, tracking: dict, split: str = "test") 
     grounding picture of the pre-trained model on `split`, logged to the parent run."""
     import torch
 
-    from model import artifacts
-    from model.data import PretrainData
-    from model.evaluate import load_model
+    from model.pipeline import pictures as artifacts
+    from model.training.checkpoint import load_mvp
+    from model.training.data import PretrainData
     client = mlflow.MlflowClient(tracking["tracking_uri"])
     keys = ["loss", "vsc", "itm", "mlm", "wpg"]
     with tempfile.TemporaryDirectory(prefix="mvp-pictures-") as tmp, torch.no_grad():
@@ -157,7 +149,7 @@ def log_pictures(warehouse, trained: dict, tracking: dict, split: str = "test") 
         paths = [artifacts.loss_curves(client, {k: r["run_id"] for k, r in trained.items()},
                                        keys, tmp / "loss_curves.png")]
         for key, name in (("retrieval", "retrieval_examples.png"), ("stage2", "grounding.png")):
-            model, _ = load_model(trained[key]["checkpoint"])
+            model, _ = load_mvp(trained[key]["checkpoint"])
             cfg = model.cfg
             data = PretrainData(warehouse, cfg.feature_set, cfg.vocab_version, cfg, split=split)
             if key == "retrieval":

@@ -30,7 +30,7 @@ tags `[CLS] [SEP]` (model/evaluate.evaluate shows every model the concepts and t
 ablations would meet inputs they never saw). VQA fine-tuning gives every variant the same inputs
 (question + tags): it is the downstream task, and the fine-tuning steps teach the model to use them.
 
-Every step is a cached pipeline step (model/pipeline.py): a rerun trains and evaluates nothing
+Every step is a cached pipeline step (model/pipeline/steps.py): a rerun trains and evaluates nothing
 already done. MLflow: every run nested under one parent run (model/pipeline_report.pipeline_run,
 which opens it in the experiment "mvp-pipeline"; the parent carries param flow=mvp-compare).
 """
@@ -43,15 +43,15 @@ from typing import Callable
 
 import mlflow
 
-from model import pipeline
-from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.data import PretrainData
-from model.evaluate import evaluate_retrieval, load_model
-from model.pipeline_report import pipeline_run, vqa_datasets
-from model.step_cache import run_once
-from model.task import _without_concepts
-from model.train_config import load_train_config, schedule_for
+from model.downstream.evaluate import evaluate_retrieval
+from model.pipeline import steps as pipeline
+from model.pipeline.cache import run_once
+from model.pipeline.report import pipeline_run, vqa_datasets
+from model.training.checkpoint import load_checkpoint, load_mvp
+from model.training.config import load_train_config, schedule_for
+from model.training.data import PretrainData
+from model.training.task import without_concepts
 from warehouse.version import code_version
 
 
@@ -118,8 +118,8 @@ def describe(v: Variant, budget: int) -> str:
 def vqa_chance(warehouse, trained: dict, dataset: str, split: str = "test") -> dict:
     """Accuracy on `split` of the dataset's most common training answer ("majority") and of
     the most common answer per question type ("type_prior"), on the questions scored."""
-    from model.vqa import baselines
-    from model.vqa_data import VQAData
+    from model.downstream.vqa.data import VQAData
+    from model.downstream.vqa.finetune import baselines
     state = load_checkpoint(trained["checkpoint"])
     cfg = ModelConfig(**state["model_config"])
     train = VQAData(warehouse, cfg.feature_set, cfg, split="train", dataset=dataset)
@@ -128,7 +128,7 @@ def vqa_chance(warehouse, trained: dict, dataset: str, split: str = "test") -> d
 
 
 class _WithoutConcepts:
-    """A split's PretrainData as a concepts=false model was trained on it (model/task.py)."""
+    """A split's PretrainData as a concepts=false model was trained on it (model/training/task.py)."""
 
     def __init__(self, data: PretrainData):
         self.data, self.image_of = data, data.image_of
@@ -140,7 +140,7 @@ class _WithoutConcepts:
         return self.data[i]
 
     def collate(self, items: list[dict]):
-        return _without_concepts(self.data.collate(items), self.data.cfg)
+        return without_concepts(self.data.collate(items), self.data.cfg)
 
 
 def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
@@ -155,7 +155,7 @@ def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_t
               "code": code_version()}
 
     def run(folder: Path) -> dict:
-        model, stage = load_model(state)
+        model, stage = load_mvp(state)
         cfg = model.cfg
         data = PretrainData(warehouse, cfg.feature_set, cfg.vocab_version, cfg, split=split)
         return {"metrics": {"split": split, "stage": stage, "concepts": False,
@@ -166,7 +166,7 @@ def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_t
 
 # What `compare` runs, by kind; a Prefect flow passes its own `call` to run each as a task.
 STEPS: dict[str, Callable[..., dict]] = {
-    "train": pipeline.train_step, "evaluate": evaluate_as_trained, "vqa": pipeline.vqa_step,
+    "train": pipeline.stage_step, "evaluate": evaluate_as_trained, "vqa": pipeline.vqa_step,
     "evaluate-vqa": pipeline.vqa_evaluate_step, "vqa-chance": vqa_chance}
 
 
@@ -205,7 +205,7 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
 def compare(warehouse, root="runs/compare", config: str = "small", budget: int = 600,
             vqa_steps: int = 200, variants: list[str] | None = None, split: str = "test",
             k_text: int = 128, k_image: int = 64, tracking_uri: str | None = None,
-            call: Callable[..., dict] = run_step) -> dict:
+            call: Callable[..., dict] = run_step, run_name: str = "compare") -> dict:
     """Every variant (default: all of VARIANTS) at `budget` pre-training steps, scored on
     `split`; the results also go to <root>/results.json and as metrics to the parent run.
     Returns {"settings", "variants" (name -> run_variant result), "chance"}."""
@@ -214,7 +214,8 @@ def compare(warehouse, root="runs/compare", config: str = "small", budget: int =
                 "budget": budget, "batch_size": load_train_config(config).batch_size,
                 "vqa_steps": vqa_steps, "split": split,
                 "variants": ",".join(v.name for v in chosen)}
-    with pipeline_run(tracking_uri, settings, experiment="mvp-compare") as tracking:
+    with pipeline_run(tracking_uri, settings, experiment="mvp-compare",
+                      run_name=run_name) as tracking:
         results = {v.name: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
                                        split, k_text, k_image, call) for v in chosen}
         first = next(iter(results.values()))

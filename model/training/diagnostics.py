@@ -17,7 +17,7 @@ import torch
 from model import losses
 from model.batch import PretrainBatch
 from model.masking import IGNORE, mask_with_concepts
-from model.task import PretrainTask
+from model.training.task import PretrainTask
 
 CROSS_LOSSES = ("itm", "mlm", "wpg")   # the losses whose gradient reaches the cross encoder
 

@@ -5,11 +5,11 @@ re-ranking, METHOD.md §4) and masked-word accuracy (MLM) against a majority-tok
     for name, value in results_rows(metrics):
         print(f"{name:24s} {value}")
 
-    python -m model.evaluate runs/pretrain/stage2/last.pt --warehouse runs/demo/warehouse
+    python -m model.downstream.evaluate runs/pretrain/stage2/last.pt --warehouse runs/demo/warehouse
 
 A stage-1 checkpoint has an untrained cross encoder: it is evaluated as a dual encoder only (no
 re-ranking, no MLM). The gallery holds every image of the split once; each caption's gold image
-is its own. Ties and chance levels: see model/retrieval.py.
+is its own. Ties and chance levels: see model/downstream/retrieval.py.
 
 MLM accuracy masks the split's captions with the training rule (model/masking.py
 `mask_with_concepts`) drawn with a generator seeded by (`seed`, caption id), so two models (and
@@ -35,17 +35,15 @@ from torch import nn
 
 from features.vocabulary import latest_vocab
 from model.batch import PretrainBatch, assemble_text
-from model.checkpoint import load_checkpoint
-from model.config import ModelConfig
-from model.data import PretrainData
-from model.diagnostics import other_image
+from model.downstream.retrieval import chance_recall_at_1, recall_at_k, rerank
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
-from model.pretrain import _pick_feature_set
-from model.retrieval import chance_recall_at_1, recall_at_k, rerank
-from model.task import PretrainTask
-from model.train import load_weights
-from model.train_config import TrainConfig
+from model.training.checkpoint import load_mvp
+from model.training.config import TrainConfig
+from model.training.data import PretrainData
+from model.training.diagnostics import other_image
+from model.training.pretrain import pick_feature_set
+from model.training.task import PretrainTask
 from warehouse.store import Warehouse
 
 
@@ -243,14 +241,6 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
             "mlm_majority_token": majority_token, "mlm_masked_tokens": total}
 
 
-def load_model(checkpoint) -> tuple[MVP, str | None]:
-    """An MVP built from a checkpoint's own model_config, and the stage it was trained in."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model = MVP(ModelConfig(**state["model_config"]))
-    load_weights(model, state)
-    return model, (state.get("train_config") or {}).get("stage")
-
-
 def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: str | None = None,
              vocab: str | None = None, *, k_text: int = 128, k_image: int = 64,
              batch_size: int = 64, mlm_seed: int = 0, mask_prob: float = 0.15,
@@ -261,13 +251,13 @@ def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: s
     if isinstance(checkpoint_or_model, nn.Module):
         model, stage = getattr(checkpoint_or_model, "model", checkpoint_or_model), None
     else:
-        model, stage = load_model(checkpoint_or_model)
+        model, stage = load_mvp(checkpoint_or_model)
     if device is not None:
         model.to(device)
     cross_encoder_trained = stage != "stage1"
     cfg = model.cfg
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    spec = _pick_feature_set(wh, feature_set or cfg.feature_set)
+    spec = pick_feature_set(wh, feature_set or cfg.feature_set)
     vocab = vocab or cfg.vocab_version or latest_vocab(wh)
     data = PretrainData(wh, spec.id, vocab, cfg, split=split)
     if len(data) == 0:

@@ -34,8 +34,59 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+_READY: set[str] = set()
+
+
+def ready_store(uri: str) -> None:
+    """Make a sqlite store safe to open. MLflow creates a new database by running its schema
+    migrations in place, so a process killed meanwhile leaves a half-made file that every later
+    open fails on ("table ... already exists"). A new store is therefore built in a private file
+    and linked into place only when complete (os.link: a concurrent creator's store wins, ours
+    is dropped); a half-made one that holds no runs is set aside and built again."""
+    if uri in _READY or not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists() and not _half_made(path):
+        _READY.add(uri)
+        return
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}.incomplete-{os.getpid()}"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.unlink(missing_ok=True)
+    mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments()   # runs the migrations
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    _READY.add(uri)
+
+
+def _half_made(path: Path) -> bool:
+    """A store whose creation was interrupted: not stamped with this MLflow's schema revision
+    (the stamp is a migration's last write) and holding no runs a user could lose by setting
+    it aside. Read with sqlite3: MLflow caches a store per URI once it has opened it."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's own head revision
+    con = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        stamped = "alembic_version" in tables and con.execute(
+            "SELECT version_num FROM alembic_version").fetchone() == (
+                _get_latest_schema_revision(),)
+        if stamped:
+            return False
+        return "runs" not in tables or con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
 def experiment_id(name: str, uri: str | None = None) -> str:
     uri = tracking_uri(uri)
+    ready_store(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:

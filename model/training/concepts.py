@@ -1,5 +1,5 @@
 """Request text and tags -> model ids, the way the pre-training data path builds them
-(model/data.py): `[CLS] caption BPE words... concepts... [SEP]` and `[CLS] label BPE... [SEP]`.
+(model/training/data.py): `[CLS] caption BPE words... concepts... [SEP]` and `[CLS] label BPE... [SEP]`.
 
     vocab = ConceptVocabulary.from_warehouse(wh, vocab_id).write(folder / "vocabulary.json")
     text = ConceptVocabulary.read(path).encode("a red circle left of a blue square", cfg)
@@ -18,27 +18,15 @@ differ).
 """
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from features.nltk_setup import NltkDataMissing, nlp_record
 from features.text_concepts import extract
 from model.config import ModelConfig
-from model.data import caption_input, pad_rows
+from model.text import EncodedText, caption_input
 from warehouse.catalog import connect
-
-
-@dataclass
-class EncodedText:
-    token_ids: list[int]          # [CLS] + caption BPE ids
-    concept_ids: list[int]        # offset by cfg.concept_offset
-    concepts: list[str] | None    # their text; None when NLTK data is missing
 
 
 class ConceptVocabulary:
@@ -77,7 +65,7 @@ class ConceptVocabulary:
         except NltkDataMissing:
             here = None
             warnings.warn("NLTK WordNet data is missing: captions are served without concepts "
-                          "(see model/serving_text.py)")
+                          "(see model/training/concepts.py)")
         if here and vocab.nlp and here.get("tagger") != vocab.nlp.get("tagger"):
             warnings.warn(f"concepts were built with tagger {vocab.nlp.get('tagger')}, this "
                           f"server has {here.get('tagger')}: caption tuples may differ")
@@ -96,33 +84,3 @@ class ConceptVocabulary:
                            None if mentions is None else [self.texts[c] for c in chosen])
 
 
-CHARS_PER_TOKEN = 32   # the longest CLIP BPE token is 32 bytes: no token covers more characters
-_WORD = re.compile(r"\S+")
-
-
-def readable(text: str, cfg: ModelConfig) -> str:
-    """The start of `text` that the model can read, so a long request costs what a short one
-    does. The model reads at most max_text_len tokens; a whitespace-separated word is at least
-    one token and a token covers at most CHARS_PER_TOKEN characters, so the first max_text_len
-    words within max_text_len * (CHARS_PER_TOKEN + 1) characters (a space each) hold all it
-    reads, plus two words of context for the tagger. A run of spaces becomes its first
-    character (the tokenizer splits on either alike). Concepts mentioned only past the cut are
-    dropped: the model cannot read their words."""
-    limit, used, kept, end = cfg.max_text_len * (CHARS_PER_TOKEN + 1), 0, [], 0
-    for word in itertools.islice(_WORD.finditer(text), cfg.max_text_len):
-        piece = text[end:end + 1] if word.start() > end else ""   # the space before the word
-        used += len(piece) + len(word.group())
-        if used > limit:   # this word would not fit in max_text_len tokens
-            break
-        kept.append(piece + word.group())
-        end = word.end()
-    return "".join(kept)
-
-
-def text_batch(cfg: ModelConfig, texts: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor]:
-    """encode_text's (ids, mask) for the texts: each row `[CLS] words... concepts... [SEP]` with
-    no padding between its parts, so a batch is never longer than max_text_len (a long caption
-    next to one with many concepts would be, lined up by assemble_text); encode_text counts
-    positions over real tokens, so a row reads as it would alone."""
-    return pad_rows([torch.tensor([*t.token_ids, *t.concept_ids, cfg.sep_id], dtype=torch.long)
-                     for t in texts], cfg.pad_id)

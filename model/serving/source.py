@@ -3,7 +3,7 @@
     resolve_model("runs/pipeline/retrieval-.../retrieval/last.pt")
     resolve_model("models:/mvp-retrieval@champion")    # -> {"checkpoint": ..., "vqa_checkpoint": ...}
 
-A logged model is the serving package of model/serving.py; its MLmodel file maps artifact names
+A logged model is the serving package of model/serving/pyfunc.py; its MLmodel file maps artifact names
 to files, so the checkpoint inside it is found by name, not by guessing paths.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> dict:
         return {"checkpoint": str(path), "vqa_checkpoint": None, "source": model}
     import mlflow
 
-    from model.tracking import tracking_uri as resolve_uri
+    from model.training.tracking import tracking_uri as resolve_uri
     mlflow.set_tracking_uri(resolve_uri(tracking_uri))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
     spec = yaml.safe_load((local / "MLmodel").read_text())

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from warehouse.faults import fault_point
 from warehouse.hashing import file_sha256
 from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
 from warehouse.ingest.emitter import Emitter
@@ -102,14 +102,8 @@ def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
     finally:
         emit.close()
     staged = staging.close()
-    _fault("after-stage")
+    fault_point("after-stage")
     return staged, {"read": emit.counts.read, "rejected": emit.counts.rejected}
-
-
-def _fault(point: str) -> None:
-    """Test hook: die like a killed process at a named point of a build."""
-    if os.environ.get("MVP_FAULT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read_counts: dict,
@@ -120,7 +114,7 @@ def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read
                                 wh.staging_dir(ingest_id))
     report = _report(p, ingest_id, parent.version + 1, read_counts, outcomes)
     report.seconds = time.time() - started
-    _fault("before-commit")
+    fault_point("before-commit")
     build = {"ingest_id": ingest_id, "snapshot": parent.version + 1, "kind": "ingest",
              "fingerprint": p.fingerprint, "params": p.params, "inputs": p.inputs,
              "code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",

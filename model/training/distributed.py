@@ -1,8 +1,8 @@
 """Data-parallel training across processes: the process group from torchrun's environment, the
 rank/world helpers the training code asks, and the slice of a global batch each rank trains on.
 
-    with distributed() as device:        # torchrun --nproc_per_node 2 -m model.pretrain ...
-        pretrain(..., device=device)     # plain `python -m model.pretrain`: no group, world 1
+    with distributed() as device:        # torchrun --nproc_per_node 2 -m model.training.pretrain ...
+        pretrain(..., device=device)     # plain `python -m model.training.pretrain`: no group, world 1
 
 torchrun sets WORLD_SIZE, RANK, LOCAL_RANK (and the rendezvous address); `distributed()` starts
 the group when WORLD_SIZE > 1 (NCCL with one GPU per local rank, gloo on CPU) and destroys it on

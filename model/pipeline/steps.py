@@ -1,11 +1,11 @@
 """The steps of the end-to-end pipeline, without Prefect (flows/pipeline.py orchestrates them):
 pre-train (stage1 -> stage2, or joint), fine-tune for retrieval and VQA, evaluate, register.
 
-    s1 = train_step(root, wh, "stage1", "small", 200)
-    s2 = train_step(root, wh, "stage2", "small", 300, init=s1)
+    s1 = stage_step(root, wh, "stage1", "small", 200)
+    s2 = stage_step(root, wh, "stage2", "small", 300, init=s1)
     ev = evaluate_step(root, wh, s2, split="val")
 
-Every step runs once per fingerprint of its inputs (model/step_cache.py): the warehouse snapshot,
+Every step runs once per fingerprint of its inputs (model/pipeline/cache.py): the warehouse snapshot,
 the config and budget, the code version and the upstream step's folder. A rerun of the pipeline
 skips finished steps; an interrupted training step resumes from the checkpoint in its folder.
 """
@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.config import config_file
-from model.evaluate import evaluate
-from model.pretrain import pretrain
-from model.step_cache import run_once
-from model.train_config import schedule_for
+from model.downstream.evaluate import evaluate
+from model.pipeline.cache import run_once
+from model.serving.pyfunc import log_to_run
+from model.training.config import schedule_for
+from model.training.pretrain import pretrain
 from warehouse.hashing import file_sha256
 from warehouse.store import Warehouse
 from warehouse.version import code_version
@@ -35,7 +36,7 @@ def config_state(config: str) -> dict:
     return {"name": str(config), "sha256": file_sha256(config_file(config))}
 
 
-def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict | None = None,
+def stage_step(root, warehouse, stage: str, config: str, steps: int, init: dict | None = None,
                overrides: dict | None = None, name: str | None = None,
                tracking: dict | None = None) -> dict:
     """One pre-training (or retrieval fine-tuning) stage. `init`: the upstream step's result
@@ -53,8 +54,9 @@ def train_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
                      resume=last.exists(), init_from=None if last.exists() or init is None
                      else init["checkpoint"], train_overrides=overrides, run_name=name,
                      **(tracking or {}))
+        model_uri = log_to_run(r, warehouse, (tracking or {}).get("tracking_uri"))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "steps": r["steps"],
-                "final": r["final"], "model_uri": r["model_uri"], "files": [r["checkpoint"]]}
+                "final": r["final"], "model_uri": model_uri, "files": [r["checkpoint"]]}
 
     return run_once(root, name, inputs, run)
 
@@ -63,7 +65,7 @@ def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str 
              train_split: str = "train", eval_split: str = "val", name: str = "vqa",
              batch_size: int | None = None, tracking: dict | None = None) -> dict:
     """Fine-tune the VQA head and model from a pre-training step's checkpoint."""
-    from model.vqa import finetune_vqa
+    from model.downstream.vqa.finetune import finetune_vqa
     inputs = {"step": "vqa", "config": config_state(config), "steps": steps, "dataset": dataset,
               "splits": [train_split, eval_split], "init": init["folder"], "batch": batch_size,
               "data": data_state(warehouse), "code": code_version()}
@@ -72,7 +74,7 @@ def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str 
         r = finetune_vqa(warehouse, init["checkpoint"], config=config, steps=steps,
                          dataset=dataset, out_dir=folder, train_split=train_split,
                          eval_split=eval_split, batch_size=batch_size, run_name=name,
-                         **(tracking or {}))
+                         resume=(folder / "vqa" / "last.pt").exists(), **(tracking or {}))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "eval": r["eval"],
                 "baselines": r.get("baselines"), "files": [r["checkpoint"]]}
 
@@ -94,7 +96,7 @@ def evaluate_step(root, warehouse, trained: dict, split: str = "test", k_text: i
 
 def vqa_evaluate_step(root, warehouse, trained: dict, split: str = "test",
                       dataset: str | None = None) -> dict:
-    from model.vqa import evaluate_vqa
+    from model.downstream.vqa.finetune import evaluate_vqa
     inputs = {"step": "evaluate-vqa", "split": split, "dataset": dataset,
               "model": trained["folder"], "data": data_state(warehouse), "code": code_version()}
 
