@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # long training or subprocesses: not in make test-fast
+
 BIN = Path(sys.executable).parent
 
 

@@ -8,6 +8,8 @@ import pytest
 from model.pipeline.compare import VARIANT_NAMES, compare, results_table, stage_steps, variant
 from model.training.data import PretrainData
 
+pytestmark = pytest.mark.slow  # long training or subprocesses: not in make test-fast
+
 BUDGET, VQA_STEPS = 4, 2
 # MLflow run name -> train.losses of every pre-training step
 LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,itm,mlm,wpg",

@@ -2,12 +2,15 @@
 to VSC accuracy 1.0, ITM separates the true pairs from the false ones by wide margins, and MLM
 recovers masked words of a memorised caption. The step at which ITM leaves ln 2 depends on the
 summation order (threads, kernels): 600 steps is ~3x the latest seen (185)."""
+import pytest
 import torch
 
 from model.config import load_config
 from model.losses import itm, itm_negatives, mlm, vsc
 from model.masking import mask_tokens
 from model.mvp import MVP, param_groups
+
+pytestmark = pytest.mark.slow  # long training or subprocesses: not in make test-fast
 
 
 def _pairs(cfg, n=8, text_len=10, tags=6, regions=5, seed=0):
