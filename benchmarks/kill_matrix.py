@@ -222,13 +222,15 @@ def compare_rows(ref: dict, got: dict) -> tuple[int, int, str]:
 def registered_versions(work: Path) -> dict:
     """(model name, training step) -> [versions], and model name -> champion version."""
     from mlflow import MlflowClient
+
+    from model.pipeline.report import STEP_TAG
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     versions, champions = {}, {}
     for rm in client.search_registered_models():
         champions[rm.name] = rm.aliases.get("champion")
         for mv in client.search_model_versions(f"name = '{rm.name}'"):
-            key = (rm.name, mv.tags.get("pipeline_step"))
+            key = (rm.name, mv.tags.get(STEP_TAG))
             versions.setdefault(key, []).append(mv.version)
     return {"versions": versions, "champions": champions}
 

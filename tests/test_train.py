@@ -196,7 +196,8 @@ def test_dropout_makes_resume_depend_on_the_torch_rng(tmp_path):
 
 def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(tmp_path):
     stage1, cfg = make_trainer("stage1")
-    stage1.fit(synthetic_batch(cfg, 0, i) for i in range(3))
+    for i in range(3):
+        stage1.train_step([synthetic_batch(cfg, 0, i)])
     assert stage1.step == 3
     stage1.save(tmp_path / "stage1.pt", data_position={"epoch": 0, "index": 3})
     assert not (tmp_path / "stage1.pt.tmp").exists()

@@ -80,7 +80,7 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     """Register each model's serving package (logged by its training run; the VQA package, which
     adds the answer head, is logged here into the VQA run) as `challenger`, and promote it to
     `champion` only when its val metric beats the champion's."""
-    from model.serving.registry import promote
+    from model.serving.registry import metric_tag, promote
     trained = {"pre": pre, "ret": ret, "vqa": vqa}
     metrics = {"pre": val["zero-shot"], "ret": val["retrieval"],
                "vqa": {"vqa_acc": _mean_vqa(val["vqa"])}}
@@ -90,20 +90,20 @@ def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
     for name, (key, metric) in REGISTERED.items():
         version = _registered_from(client, name, trained[key]["folder"])
         if version is None:
-            version = _register(client, name, key, metric, trained, pre, metrics[key],
-                                warehouse)
+            version = _register(client, name, key, metric, trained, metrics[key], warehouse)
         # on a rerun this finishes (or repeats) the decision an earlier run recorded
         promoted, reason = promote(name, version, metric, client=client)
-        value = float(client.get_model_version(name, version).tags[f"metric.{metric}"])
+        value = float(client.get_model_version(name, version).tags[metric_tag(metric)])
         out[name] = {"version": version, "metric": metric, "value": value,
                      "promoted": promoted, "reason": reason}
     return out
 
 
-def _register(client, name: str, key: str, metric: str, trained: dict, pre: dict,
-              metrics: dict, warehouse) -> str:
+def _register(client, name: str, key: str, metric: str, trained: dict, metrics: dict,
+              warehouse) -> str:
     from model.serving.pyfunc import log_pyfunc
     from model.serving.registry import register
+    pre = trained["pre"]
     base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
     if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
         with mlflow.start_run(run_id=trained["vqa"]["run_id"]):

@@ -24,7 +24,7 @@ LINEAGE = ("feature_set", "vocab", "warehouse_snapshot", "git_commit")
 PROMOTION_TAG, REASON_TAG = "promotion", "promotion_reason"
 
 
-def _metric_tag(metric: str) -> str:
+def metric_tag(metric: str) -> str:
     return f"metric.{metric}"
 
 
@@ -57,7 +57,7 @@ def register(model_uri: str, name: str, lineage: dict, metric: str, value: float
             raise
     source, run_id, model_id = _source(client, model_uri)
     tags = {**{k: str(v) for k, v in lineage.items()}, "metric": metric,
-            _metric_tag(metric): repr(float(value)), **(tags or {})}
+            metric_tag(metric): repr(float(value)), **(tags or {})}
     mv = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id,
                                      description=f"{metric} = {float(value):.6g}")
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
@@ -65,7 +65,7 @@ def register(model_uri: str, name: str, lineage: dict, metric: str, value: float
 
 
 def _value(mv, metric: str) -> float | None:
-    raw = mv.tags.get(_metric_tag(metric))
+    raw = mv.tags.get(metric_tag(metric))
     return None if raw is None else float(raw)
 
 
@@ -88,7 +88,7 @@ def promote(name: str, version, metric: str, higher_is_better: bool = True,
     mv = client.get_model_version(name, version)
     value = _value(mv, metric)
     if value is None:
-        raise ValueError(f"{name} v{version} has no {metric} (tag {_metric_tag(metric)}): "
+        raise ValueError(f"{name} v{version} has no {metric} (tag {metric_tag(metric)}): "
                          "register it with that metric")
     if PROMOTION_TAG in mv.tags:  # decided by an earlier, possibly interrupted, call
         promoted = mv.tags[PROMOTION_TAG] == "promoted"

@@ -3,17 +3,16 @@ accumulation, global-norm clipping, bf16 autocast on CUDA (fp32 on CPU), and che
 a run resumes EXACTLY (same losses after step k as an uninterrupted run).
 
     trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg)
-    for step_batches in ...:                        # grad_accum micro-batches per step
-        log = trainer.train_step(step_batches)      # {"loss": ..., "vsc": ..., "lr": ...}
-    trainer.save("ckpt.pt", data_position={"epoch": 0, "index": 37})
-    position = trainer.load("ckpt.pt")              # a new Trainer continues where it stopped
+    position = {"epoch": 0, "index": 0}             # or trainer.load("ckpt.pt") to continue
+    last = trainer.run(data, position, stop=1000, checkpoint="ckpt.pt", checkpoint_every=500)
+    log = trainer.train_step(micro_batches)         # one step on ready-made batches
 
-The trainer knows nothing about the data: the caller says where its data stands (`data_position`)
-when saving and gets it back when loading. Any module whose forward(batch, generator) returns a
-dict with a scalar "loss" can be trained.
+`run` walks a Dataset (with `collate`) in DeterministicSampler order and keeps `position` (epoch,
+index) current; the checkpoint records it, so `load` + `run` continues exactly. Any module whose
+forward(batch, generator) returns a dict with a scalar "loss" can be trained.
 
-Under a process group (model/training/distributed.py) the trainer wraps the task in DDP: each rank runs
-its own slice of the global batch and the gradients are averaged. Rank r's task generator is
+Under a process group (model/training/distributed.py) the trainer wraps the task in DDP: each rank
+runs its own slice of the global batch and the gradients are averaged. Rank r's task generator is
 seeded with seed + r, so ranks draw different masks; rank 0's equals a single process's. Logged
 losses are means over the ranks, `samples_seen` counts the global batch, and a checkpoint holds
 the unwrapped model plus every rank's RNG states (written by rank 0 only), so a resumed run with
@@ -27,7 +26,6 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -114,24 +112,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return log
-
-    def fit(self, batches: Iterable, max_steps: int | None = None,
-            on_step=None) -> list[dict[str, float]]:
-        """Train on ready-made `batches` (micro-batches, grouped by grad_accum) until they run
-        out or the step count reaches max_steps (default total_steps): for tests and
-        benchmarks on synthetic batches. Data sets train through `run`. Returns the logs."""
-        stop = self.tcfg.total_steps if max_steps is None else max_steps
-        logs, group = [], []
-        for batch in batches:
-            if self.step >= stop:
-                break
-            group.append(batch)
-            if len(group) == self.tcfg.grad_accum:
-                logs.append(self.train_step(group))
-                group = []
-                if on_step is not None:
-                    on_step(self.step, logs[-1])
-        return logs
 
     def run(self, data, position: dict, stop: int, checkpoint: str | Path | None = None,
             checkpoint_every: int = 0, on_step=None) -> dict[str, float]:
