@@ -66,8 +66,8 @@ def ready_store(uri: str) -> None:
 
 def _half_made(path: Path) -> bool:
     """A store whose creation was interrupted: not stamped with this MLflow's schema revision
-    (the stamp is a migration's last write) and holding no runs a user could lose by setting
-    it aside. Read with sqlite3: MLflow caches a store per URI once it has opened it."""
+    (the stamp is a migration's last write) and holding no runs or registered models a user
+    could lose by setting it aside (it is renamed, never deleted). Read with sqlite3: MLflow caches a store per URI once it has opened it."""
     import sqlite3
 
     from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's own head revision
@@ -79,7 +79,9 @@ def _half_made(path: Path) -> bool:
                 _get_latest_schema_revision(),)
         if stamped:
             return False
-        return "runs" not in tables or con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        # runs and registered models are what a user would lose; a half-made store has neither
+        return not any(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in ("runs", "registered_models") if t in tables)
     finally:
         con.close()
 
