@@ -67,7 +67,8 @@ def ready_store(uri: str) -> None:
 def _half_made(path: Path) -> bool:
     """A store whose creation was interrupted: not stamped with this MLflow's schema revision
     (the stamp is a migration's last write) and holding no runs or registered models a user
-    could lose by setting it aside (it is renamed, never deleted). Read with sqlite3: MLflow caches a store per URI once it has opened it."""
+    could lose by setting it aside (it is renamed, never deleted). Read with sqlite3: MLflow
+    caches a store per URI once it has opened it."""
     import sqlite3
 
     from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's own head revision
