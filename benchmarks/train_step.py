@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.batch import PretrainBatch  # noqa: E402
+from model.batch import PretrainBatch, VisualInputs  # noqa: E402
 from model.config import load_config  # noqa: E402
 from model.mvp import MVP  # noqa: E402
 from model.training.config import load_train_config  # noqa: E402
@@ -37,11 +37,11 @@ def synthetic_batch(cfg, B: int, g: torch.Generator, words=33, concepts=5, tags=
     return PretrainBatch(
         token_ids=token_ids, token_mask=torch.ones_like(token_ids, dtype=torch.bool),
         concept_ids=concept_ids, concept_mask=torch.ones(B, concepts, dtype=torch.bool),
-        concept_spans=torch.stack([starts, starts + 2], -1), tag_ids=tag_ids,
-        tag_mask=torch.ones(B, tags, dtype=torch.bool),
-        regions=torch.randn(B, R, cfg.feat_dim, generator=g),
-        geometry=torch.rand(B, R, 6, generator=g),
-        region_mask=torch.ones(B, R, dtype=torch.bool), image_index=torch.arange(B),
+        concept_spans=torch.stack([starts, starts + 2], -1),
+        visual=VisualInputs(tag_ids, torch.ones(B, tags, dtype=torch.bool),
+                            torch.randn(B, R, cfg.feat_dim, generator=g),
+                            torch.rand(B, R, 6, generator=g), torch.ones(B, R, dtype=torch.bool)),
+        image_index=torch.arange(B),
         caption_ids=[str(i) for i in range(B)], image_ids=[str(i) for i in range(B)])
 
 

@@ -11,16 +11,33 @@ import torch
 
 
 class TensorBatch:
-    """A dataclass batch whose tensor fields move to a device together; `token_ids` rows are
-    its samples."""
+    """A dataclass batch whose tensor fields (and nested batches) move to a device together; the
+    rows of its first field are its samples."""
 
-    def to(self, device):
+    def to(self, device, non_blocking: bool = True):
         return type(self)(**{f.name: (v.to(device, non_blocking=True)
-                                      if isinstance(v, torch.Tensor) else v)
+                                      if isinstance(v, (torch.Tensor, TensorBatch)) else v)
                              for f in fields(self) for v in [getattr(self, f.name)]})
 
     def __len__(self) -> int:
-        return self.token_ids.shape[0]
+        return getattr(self, fields(self)[0].name).shape[0]
+
+    def take(self, rows: torch.Tensor):
+        """These rows (an index or a bool mask) of every tensor field and nested batch; other
+        fields are kept whole."""
+        return type(self)(**{f.name: (v.take(rows) if isinstance(v, TensorBatch)
+                                      else v[rows] if isinstance(v, torch.Tensor) else v)
+                             for f in fields(self) for v in [getattr(self, f.name)]})
+
+
+@dataclass
+class VisualInputs(TensorBatch):
+    """What `MVP.encode_visual` reads: tags then regions, the same in every batch kind."""
+    tag_ids: torch.Tensor         # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
+    tag_mask: torch.Tensor        # [B, Lg] bool
+    regions: torch.Tensor         # [B, R, feat_dim] float
+    geometry: torch.Tensor        # [B, R, 6] float
+    region_mask: torch.Tensor     # [B, R] bool
 
 
 @dataclass
@@ -31,15 +48,10 @@ class PretrainBatch(TensorBatch):
     concept_mask: torch.Tensor    # [B, C] bool
     concept_spans: torch.Tensor   # [B, C, 2] long: [start, end) positions in token_ids (may be
     #                               empty, start == end, when a concept's words were truncated)
-    tag_ids: torch.Tensor         # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
-    tag_mask: torch.Tensor        # [B, Lg] bool
-    regions: torch.Tensor         # [B, R, feat_dim] float
-    geometry: torch.Tensor        # [B, R, 6] float
-    region_mask: torch.Tensor     # [B, R] bool
+    visual: VisualInputs
     image_index: torch.Tensor     # [B] long: equal values = same image (no ITM negative there)
     caption_ids: list[str]
     image_ids: list[str]
-
 
 
 def assemble_text(token_ids: torch.Tensor, token_mask: torch.Tensor, concept_ids: torch.Tensor,

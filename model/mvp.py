@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.batch import VisualInputs
 from model.config import ModelConfig
 from model.encoders import Encoder
 
@@ -146,11 +147,10 @@ class MVP(nn.Module):
         h = self.text_encoder(x, mask)
         return TextOutput(hidden=h, mask=mask, g=F.normalize(self.text_proj(h[:, 0]), dim=-1))
 
-    def encode_visual(self, tag_ids: torch.Tensor, tag_mask: torch.Tensor, regions: torch.Tensor,
-                      geometry: torch.Tensor, region_mask: torch.Tensor) -> VisualOutput:
-        """tag_ids/tag_mask [B, Lg] (`[CLS] tag tokens... [SEP]` then padding), regions
-        [B, R, feat_dim], geometry [B, R, 6], region_mask [B, R]."""
+    def encode_visual(self, visual: VisualInputs) -> VisualOutput:
         cfg = self.cfg
+        tag_ids, tag_mask, regions = visual.tag_ids, visual.tag_mask, visual.regions
+        geometry, region_mask = visual.geometry, visual.region_mask
         B, Lg = tag_ids.shape
         R = regions.shape[1]
         _check(Lg <= cfg.max_tags, f"tag length {Lg} > max_tags {cfg.max_tags}")

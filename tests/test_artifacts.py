@@ -88,11 +88,10 @@ def test_grounding_is_what_wpg_scores_with_top_1(tiny):
     with torch.no_grad():
         ids, mask, start = assemble_text(batch.token_ids, batch.token_mask, batch.concept_ids,
                                          batch.concept_mask, cfg.sep_id, cfg.pad_id)
-        fused = model.fuse(model.encode_text(ids, mask), model.encode_visual(
-            batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry, batch.region_mask))
+        fused = model.fuse(model.encode_text(ids, mask), model.encode_visual(batch.visual))
         C = batch.concept_ids.shape[1]
         phrases = fused.text_hidden[:, start:start + C]
-        out = losses.wpg(phrases, batch.concept_mask, fused.region_hidden, batch.region_mask,
+        out = losses.wpg(phrases, batch.concept_mask, fused.region_hidden, batch.visual.region_mask,
                          torch.Generator().manual_seed(0), top_k=1)
     n = len(concepts)
     cos = torch.nn.functional.cosine_similarity(phrases[0, :n],

@@ -44,17 +44,18 @@ def test_batch_matches_the_contract(built, data):
     assert 0 < len(data) == n_train < 36  # 12 shapes images, 3 captions each; some held out
     b = data.collate([data[i] for i in range(7)])
     assert isinstance(b, PretrainBatch) and len(b) == 7
-    for name, dtype in [("token_ids", torch.long), ("concept_ids", torch.long),
-                        ("concept_spans", torch.long), ("tag_ids", torch.long),
-                        ("regions", torch.float32), ("geometry", torch.float32),
-                        ("image_index", torch.long), ("token_mask", torch.bool),
-                        ("concept_mask", torch.bool), ("tag_mask", torch.bool),
-                        ("region_mask", torch.bool)]:
-        assert getattr(b, name).dtype == dtype, name
+    v = b.visual
+    for part, name, dtype in [(b, "token_ids", torch.long), (b, "concept_ids", torch.long),
+                              (b, "concept_spans", torch.long), (v, "tag_ids", torch.long),
+                              (v, "regions", torch.float32), (v, "geometry", torch.float32),
+                              (b, "image_index", torch.long), (b, "token_mask", torch.bool),
+                              (b, "concept_mask", torch.bool), (v, "tag_mask", torch.bool),
+                              (v, "region_mask", torch.bool)]:
+        assert getattr(part, name).dtype == dtype, name
     B, Lw = b.token_ids.shape
-    C, Lg, R = b.concept_ids.shape[1], b.tag_ids.shape[1], b.regions.shape[1]
-    assert b.concept_spans.shape == (B, C, 2) and b.regions.shape == (B, R, cfg.feat_dim)
-    assert b.geometry.shape == (B, R, 6) and b.region_mask.shape == (B, R)
+    C, Lg, R = b.concept_ids.shape[1], b.visual.tag_ids.shape[1], b.visual.regions.shape[1]
+    assert b.concept_spans.shape == (B, C, 2) and b.visual.regions.shape == (B, R, cfg.feat_dim)
+    assert b.visual.geometry.shape == (B, R, 6) and b.visual.region_mask.shape == (B, R)
     assert C <= MAX_CONCEPTS and Lg <= cfg.max_tags and R <= cfg.max_regions
     # text fits: [CLS] words concepts [SEP]
     assert (b.token_mask.sum(1) + b.concept_mask.sum(1) + 1 <= cfg.max_text_len).all()
@@ -73,18 +74,19 @@ def test_padding_and_masks(built, data):
     cfg = built[3]
     b = data.collate([data[i] for i in range(len(data))])
     for ids, mask in [(b.token_ids, b.token_mask), (b.concept_ids, b.concept_mask),
-                      (b.tag_ids, b.tag_mask)]:
+                      (b.visual.tag_ids, b.visual.tag_mask)]:
         assert (ids[~mask] == cfg.pad_id).all() and (ids[mask] != cfg.pad_id).all()
         # real entries first, then padding
         assert (mask.long().diff(dim=1) <= 0).all()
-    assert (b.regions[~b.region_mask] == 0).all() and (b.geometry[~b.region_mask] == 0).all()
+    pad = ~b.visual.region_mask
+    assert (b.visual.regions[pad] == 0).all() and (b.visual.geometry[pad] == 0).all()
     assert (b.concept_spans[~b.concept_mask] == 0).all()
     # lengths differ across captions, so padding is really exercised
     assert b.token_mask.sum(1).unique().numel() > 1
     # tags: [CLS] labels [SEP] of the image's distinct region labels
     for k in range(len(b)):
-        n = int(b.tag_mask[k].sum())
-        assert b.tag_ids[k, 0] == cfg.cls_id and b.tag_ids[k, n - 1] == cfg.sep_id
+        n = int(b.visual.tag_mask[k].sum())
+        assert b.visual.tag_ids[k, 0] == cfg.cls_id and b.visual.tag_ids[k, n - 1] == cfg.sep_id
 
 
 def test_concept_spans_decode_to_their_words(built, data):
@@ -115,10 +117,10 @@ def test_regions_are_the_images_vectors(built, data):
     row = {img: k for k, img in enumerate(rf.image_ids)}
     for k, img in enumerate(b.image_ids):
         r0, r1 = rf.offsets[row[img]:row[img] + 2]
-        n = int(b.region_mask[k].sum())
+        n = int(b.visual.region_mask[k].sum())
         assert n == min(r1 - r0, cfg.max_regions)
-        assert torch.equal(b.regions[k, :n], rf.vectors[r0:r0 + n].float())
-        assert torch.equal(b.geometry[k, :n], torch.tensor(rf.geometry[r0:r0 + n]))
+        assert torch.equal(b.visual.regions[k, :n], rf.vectors[r0:r0 + n].float())
+        assert torch.equal(b.visual.geometry[k, :n], torch.tensor(rf.geometry[r0:r0 + n]))
     # same image <-> same image_index
     same_img = torch.tensor([[a == c for c in b.image_ids] for a in b.image_ids])
     assert torch.equal(same_img, b.image_index[:, None] == b.image_index[None, :])
@@ -130,7 +132,7 @@ def test_truncation_to_the_config(built):
     d = PretrainData(wh, fs, vocab, small)
     b = d.collate([d[i] for i in range(len(d))])
     assert (b.token_mask.sum(1) + b.concept_mask.sum(1) + 1 <= 12).all()
-    assert b.tag_ids.shape[1] <= 4 and b.regions.shape[1] == 2
+    assert b.visual.tag_ids.shape[1] <= 4 and b.visual.regions.shape[1] == 2
     # spans never point past the kept words (empty when a concept's words were cut)
     ends = b.concept_spans[..., 1]
     assert (ends <= b.token_mask.sum(1, keepdim=True)).all()

@@ -34,11 +34,8 @@ def test_diagnostics_are_in_range_and_each_loss_has_its_own_gradient():
 def test_matched_and_shuffled_agree_when_every_row_shows_one_image():
     trainer, cfg = make_trainer("joint")
     batch = synthetic_batch(cfg, 0, 0)
-    one = dataclasses.replace(batch, regions=batch.regions[:1].expand_as(batch.regions),
-                              geometry=batch.geometry[:1].expand_as(batch.geometry),
-                              region_mask=batch.region_mask[:1].expand_as(batch.region_mask),
-                              tag_ids=batch.tag_ids[:1].expand_as(batch.tag_ids),
-                              tag_mask=batch.tag_mask[:1].expand_as(batch.tag_mask))
+    first_image = batch.visual.take(torch.zeros(len(batch), dtype=torch.long))
+    one = dataclasses.replace(batch, visual=first_image)
     with torch.no_grad():
         gap = mlm_image_gap(trainer.task.eval(), one, step=3)
     assert gap["mlm_acc_matched"] == gap["mlm_acc_shuffled"]

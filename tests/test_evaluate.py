@@ -56,8 +56,7 @@ def test_embeddings_are_the_encoders_outputs(built):
         assert torch.allclose(emb.text.g[5:10], text.g, atol=1e-6)
         # ITM of (caption 7, image 3) on the padded, re-assembled rows = the pair fused alone
         image = data.collate([data[int(data.image_of.tolist().index(3))]])
-        visual = model.encode_visual(image.tag_ids, image.tag_mask, image.regions,
-                                     image.geometry, image.region_mask)
+        visual = model.encode_visual(image.visual)
         p = model.itm_logits(model.fuse(text.take(torch.tensor([2])), visual)).softmax(-1)
         assert image.image_index.item() == 3 and visual.g[0].allclose(emb.images.g[3], atol=1e-6)
     got = itm_scorer(model, emb)(torch.tensor([7]), torch.tensor([3]))

@@ -1,11 +1,12 @@
 """The MVP model with the tiny config: shapes, padding masks, tied MLM weights, stage separation,
 parameter count of the paper's size, config loading."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.batch import assemble_text, pad_rows
+from model.batch import VisualInputs, assemble_text, pad_rows
 from model.config import ConfigError, ModelConfig, load_config
 from model.mvp import MVP, param_groups
 
@@ -40,14 +41,13 @@ def make_batch(cfg, b=B, lt=LT, lg=LG, r=R, seed=0):
     ids[1, -4:], mask[1, -4:] = cfg.pad_id, False
     tag_ids[1, -2:], tag_mask[1, -2:] = cfg.pad_id, False
     region_mask[1, -2:] = False
-    return dict(ids=ids, mask=mask, tag_ids=tag_ids, tag_mask=tag_mask, regions=regions,
-                geometry=geometry, region_mask=region_mask)
+    return dict(ids=ids, mask=mask,
+                visual=VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask))
 
 
 def run(model, b):
     t = model.encode_text(b["ids"], b["mask"])
-    v = model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"], b["geometry"],
-                            b["region_mask"])
+    v = model.encode_visual(b["visual"])
     return t, v, model.fuse(t, v)
 
 
@@ -81,21 +81,24 @@ def test_output_shapes(model, cfg):
 def test_padding_masks_really_mask(model, cfg):
     b = make_batch(cfg)
     t0, v0, f0 = run(model, b)
-    c = {k: x.clone() for k, x in b.items()}
+    c = {"ids": b["ids"].clone(), "mask": b["mask"].clone(),
+         "visual": b["visual"].take(torch.arange(B))}  # indexing copies every field
+    cv = c["visual"]
     c["ids"][1, -4:] = 123                       # change padded inputs only
-    c["tag_ids"][1, -2:] = 456
-    c["regions"][1, -2:] += 10.0
-    c["geometry"][1, -2:] = 0.5
+    cv.tag_ids[1, -2:] = 456
+    cv.regions[1, -2:] += 10.0
+    cv.geometry[1, -2:] = 0.5
     t1, v1, f1 = run(model, c)
-    real_t, real_v = b["mask"], torch.cat([b["tag_mask"], b["region_mask"]], 1)
-    real_f = torch.cat([b["mask"], b["region_mask"]], 1)
+    bv = b["visual"]
+    real_t, real_v = b["mask"], torch.cat([bv.tag_mask, bv.region_mask], 1)
+    real_f = torch.cat([b["mask"], bv.region_mask], 1)
     assert torch.allclose(t0.hidden[real_t], t1.hidden[real_t], atol=1e-6)
     assert torch.allclose(v0.hidden[real_v], v1.hidden[real_v], atol=1e-6)
     assert torch.allclose(f0.hidden[real_f], f1.hidden[real_f], atol=1e-6)
     assert torch.allclose(f0.pooled, f1.pooled, atol=1e-6)
     # and the same edits on real positions do change the outputs (the test can fail)
     c["mask"][1, -4:] = True
-    c["region_mask"][1, -2:] = True
+    cv.region_mask[1, -2:] = True
     t2, v2, f2 = run(model, c)
     assert not torch.allclose(t0.g[1], t2.g[1], atol=1e-4)
     assert not torch.allclose(f0.pooled[1], f2.pooled[1], atol=1e-4)
@@ -148,8 +151,7 @@ def test_stage1_does_not_touch_cross_encoder(cfg):
     model = MVP(cfg)
     b = make_batch(cfg)
     t = model.encode_text(b["ids"], b["mask"])
-    v = model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"], b["geometry"],
-                            b["region_mask"])
+    v = model.encode_visual(b["visual"])
     loss = model.similarity(t.g, v.g).logsumexp(1).mean() + model.mcr_logits(v.tag_hidden).mean()
     loss.backward()
     stage2_only = ("cross_encoder.", "pooler.", "itm_head.")
@@ -205,8 +207,8 @@ def test_input_checks(model, cfg):
         model.encode_text(torch.zeros(1, cfg.max_text_len + 1, dtype=torch.long),
                           torch.ones(1, cfg.max_text_len + 1))
     with pytest.raises(ValueError, match="regions"):
-        model.encode_visual(b["tag_ids"], b["tag_mask"], b["regions"][..., :-1], b["geometry"],
-                            b["region_mask"])
+        narrow = b["visual"].regions[..., :-1]
+        model.encode_visual(dataclasses.replace(b["visual"], regions=narrow))
 
 
 def test_a_batch_wider_than_max_text_len_is_fine_when_each_row_fits(model, cfg):

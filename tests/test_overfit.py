@@ -5,6 +5,7 @@ summation order (threads, kernels): 600 steps is ~3x the latest seen (185)."""
 import pytest
 import torch
 
+from model.batch import VisualInputs
 from model.config import load_config
 from model.losses import itm, itm_negatives, mlm, vsc
 from model.masking import mask_tokens
@@ -22,8 +23,8 @@ def _pairs(cfg, n=8, text_len=10, tags=6, regions=5, seed=0):
     feats = torch.randn(n, regions, cfg.feat_dim, generator=g)
     geom = torch.rand(n, regions, 6, generator=g)
     ones = lambda t: torch.ones_like(t, dtype=torch.bool)  # noqa: E731
-    return ids, ones(ids), tag_ids, ones(tag_ids), feats, geom, torch.ones(n, regions,
-                                                                          dtype=torch.bool)
+    visual = VisualInputs(tag_ids, ones(tag_ids), feats, geom, torch.ones(n, regions, dtype=torch.bool))
+    return ids, ones(ids), visual
 
 
 def test_tiny_model_fits_eight_pairs_vsc_itm_and_mlm():
@@ -31,14 +32,14 @@ def test_tiny_model_fits_eight_pairs_vsc_itm_and_mlm():
     cfg = load_config("tiny")
     model = MVP(cfg)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3)
-    ids, mask, tag_ids, tag_mask, feats, geom, region_mask = _pairs(cfg)
+    ids, mask, visual = _pairs(cfg)
     special = (ids == cfg.cls_id) | (ids == cfg.sep_id)
     gen = torch.Generator().manual_seed(1)
     for _ in range(600):
         masked, labels = mask_tokens(ids, special, (1000, 2000), gen, prob=0.3,
                                      mask_id=cfg.mask_id)
         t = model.encode_text(ids, mask)
-        v = model.encode_visual(tag_ids, tag_mask, feats, geom, region_mask)
+        v = model.encode_visual(visual)
         sim = model.similarity(t.g, v.g)
         # sampled (ALBEF's): the hardest alone would leave 48 of the 56 false pairs unseen
         ti, vi, y = itm_negatives(sim.detach(), gen, mode="sampled")
@@ -54,7 +55,7 @@ def test_tiny_model_fits_eight_pairs_vsc_itm_and_mlm():
     model.eval()
     with torch.no_grad():
         t = model.encode_text(ids, mask)
-        v = model.encode_visual(tag_ids, tag_mask, feats, geom, region_mask)
+        v = model.encode_visual(visual)
         sim = model.similarity(t.g, v.g)
         diag = torch.arange(8)
         assert (sim.argmax(1) == diag).all() and (sim.argmax(0) == diag).all()  # VSC acc 1.0

@@ -79,8 +79,7 @@ def test_served_vectors_are_the_training_ones(served):
         ids, mask, _ = assemble_text(batch.token_ids, batch.token_mask, batch.concept_ids,
                                      batch.concept_mask, m.cfg.sep_id, m.cfg.pad_id)
         text_out = m.encode_text(ids, mask)
-        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
-                                 batch.region_mask)
+        visual = m.encode_visual(batch.visual)
         p_match = m.itm_logits(m.fuse(text_out, visual)).softmax(-1)[0, 1]
     # same ids (words, concepts, tags) -> the same text vector to float precision
     np.testing.assert_allclose(row["text_embedding"], text_out.g[0].numpy(), atol=1e-6)
@@ -172,9 +171,7 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     with torch.no_grad():  # an untrained model's states barely differ: centre the logits on
         m = vqa_model.mvp  # them, so the answers depend on each question and image
         h = vqa_model.transform(m.fuse(m.encode_text(batch.token_ids, batch.token_mask),
-                                       m.encode_visual(batch.tag_ids, batch.tag_mask,
-                                                       batch.regions, batch.geometry,
-                                                       batch.region_mask)).hidden[:, 0])
+                                       m.encode_visual(batch.visual)).hidden[:, 0])
         vqa_model.classifier.bias.copy_(-vqa_model.classifier.weight @ h.mean(0))
     checkpoint = tmp_path / "vqa.pt"
     torch.save({"model": vqa_model.state_dict(), "model_config": cfg.to_dict()}, checkpoint)

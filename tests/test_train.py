@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.batch import PretrainBatch
+from model.batch import PretrainBatch, VisualInputs
 from model.config import load_config
 from model.mvp import MVP
 from model.training.checkpoint import load_weights
@@ -35,11 +35,10 @@ def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> 
     region_mask[2, -2:] = False
     return PretrainBatch(
         token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
-        concept_mask=concept_mask, concept_spans=spans, tag_ids=tag_ids,
-        tag_mask=torch.ones(B, Lg, dtype=torch.bool),
-        regions=torch.randn(B, R, cfg.feat_dim, generator=g), geometry=torch.rand(B, R, 6,
-                                                                                 generator=g),
-        region_mask=region_mask,
+        concept_mask=concept_mask, concept_spans=spans,
+        visual=VisualInputs(tag_ids, torch.ones(B, Lg, dtype=torch.bool),
+                            torch.randn(B, R, cfg.feat_dim, generator=g),
+                            torch.rand(B, R, 6, generator=g), region_mask),
         image_index=torch.tensor([0, 0, 1, 2])[:B],   # two captions of one image
         caption_ids=[f"c{i}" for i in range(B)], image_ids=[f"i{i}" for i in range(B)])
 

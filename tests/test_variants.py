@@ -82,8 +82,9 @@ def _other_concepts_and_tags(batch, cfg):
         batch, concept_ids=cfg.concept_offset + torch.randint(0, cfg.n_concepts, (B, C + 1),
                                                               generator=g),
         concept_mask=torch.ones(B, C + 1, dtype=torch.bool),
-        concept_spans=torch.tensor([1, 3]).repeat(B, C + 1, 1), tag_ids=tags,
-        tag_mask=torch.ones(B, 9, dtype=torch.bool))
+        concept_spans=torch.tensor([1, 3]).repeat(B, C + 1, 1),
+        visual=dataclasses.replace(batch.visual, tag_ids=tags,
+                                   tag_mask=torch.ones(B, 9, dtype=torch.bool)))
 
 
 @pytest.mark.parametrize("concepts", [False, True])

@@ -84,7 +84,7 @@ def test_shapes_items_hold_question_tags_and_targets(shapes):
     for k, i in enumerate(b.index.tolist()):
         n = int(b.token_mask[k].sum())
         words = [t for w in data.questions[i].replace("?", " ?").split() for t in bpe(w)]
-        tags = b.tag_ids[k, 1:int(b.tag_mask[k].sum()) - 1].tolist()
+        tags = b.visual.tag_ids[k, 1:int(b.visual.tag_mask[k].sum()) - 1].tolist()
         # [CLS] question [SEP] tags [SEP]: the visual side's tags appended to the question
         assert b.token_ids[k, :n].tolist() == [cfg.cls_id, *words, cfg.sep_id, *tags, cfg.sep_id]
         # shapes answers are unanimous (10 annotators): one target at 1.0
@@ -105,8 +105,7 @@ def test_head_starts_as_the_mlm_decoder(shapes):
     b = data.collate([data[i] for i in range(6)])
     with torch.no_grad():
         fused = mvp.fuse(mvp.encode_text(b.token_ids, b.token_mask),
-                         mvp.encode_visual(b.tag_ids, b.tag_mask, b.regions, b.geometry,
-                                           b.region_mask))
+                         mvp.encode_visual(b.visual))
         mlm = mvp.mlm_logits(fused.hidden[:, 0])   # the fused [CLS], as the authors' head
         logits = model.logits(b)
     assert len(bpe("yes")) == 1 and len(bpe("slice of pizza")) == 3

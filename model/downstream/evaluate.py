@@ -102,8 +102,7 @@ def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEm
         assert (rows == np.arange(len(rows))).all(), "every gallery image has a caption"
         regions, region_g = [], []
         for batch in _batches(data, first, batch_size, device):
-            out = model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
-                                      batch.geometry, batch.region_mask)
+            out = model.encode_visual(batch.visual)
             regions.append((out.region_hidden, out.region_mask))
             region_g.append(out.g)
     finally:
@@ -219,8 +218,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
             for row, (_, label) in enumerate(masked):
                 labels[row, :len(label)] = label
             ids, mask, concept_start = _text_input(model, batch)
-            visual = model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
-                                         batch.geometry, batch.region_mask)
+            visual = model.encode_visual(batch.visual)
             text = model.encode_text(ids, mask)
             sel = labels != IGNORE
             target = labels[sel]

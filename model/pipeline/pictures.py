@@ -110,11 +110,10 @@ def ground_caption(model, data, index: int) -> tuple[list[int], list[int]]:
     ids, mask, start = assemble_text(batch.token_ids, batch.token_mask, batch.concept_ids,
                                      batch.concept_mask, cfg.sep_id, cfg.pad_id)
     fused = model.fuse(model.encode_text(ids, mask),
-                       model.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
-                                           batch.geometry, batch.region_mask))
+                       model.encode_visual(batch.visual))
     C = batch.concept_ids.shape[1]
     best = best_regions(fused.text_hidden[0, start:start + C], fused.region_hidden[0],
-                        batch.region_mask[0])
+                        batch.visual.region_mask[0])
     concepts = (batch.concept_ids[0] - cfg.concept_offset).tolist()
     return concepts, best.tolist()
 

@@ -63,7 +63,7 @@ import torch
 from features.backbone import EFFICIENTNETS, efficientnet_weights_file
 from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
-from model.batch import pad_rows
+from model.batch import VisualInputs, pad_rows
 from model.config import ModelConfig
 from model.mvp import MVP
 from model.serving import vqa_hook
@@ -189,7 +189,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         """Fill rows `at` of `out` with the answers for `rows`."""
         images = [r.image for r in rows]
         visual_inputs = _visual_batch(self.cfg, images, [r.tags for r in rows])
-        visual = self.model.encode_visual(*visual_inputs)
+        visual = self.model.encode_visual(visual_inputs)
         for j, k in enumerate(at):
             out.at[k, "image_embedding"] = visual.g[j].float().tolist()
             out.at[k, "n_regions"] = len(images[j].boxes)
@@ -214,7 +214,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
             sel = torch.tensor(asked)
             questions = [rows[j].question for j in asked]
             concepts = [self.vocabulary.encode(q, self.cfg).concept_ids for q in questions]
-            answers = self.vqa.answer(questions, concepts, *(x[sel] for x in visual_inputs))
+            answers = self.vqa.answer(questions, concepts, visual_inputs.take(sel))
             for j, a in zip(asked, answers):
                 out.at[at[j], "answer"] = a
 
@@ -310,13 +310,13 @@ def _one_line(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
-def _visual_batch(cfg: ModelConfig, images: list, tags: list):
-    """encode_visual's arguments for the rows: padded tag sequences, regions and geometry."""
+def _visual_batch(cfg: ModelConfig, images: list, tags: list) -> VisualInputs:
+    """encode_visual's input for the rows: padded tag sequences, regions and geometry."""
     tag_ids, tag_mask = pad_rows([torch.tensor(tag_sequence(t or [], cfg))
                                   for t in tags], cfg.pad_id)
     regions, region_mask = pad_rows([im.vectors for im in images], 0.0)
     geometry, _ = pad_rows([torch.from_numpy(im.geometry) for im in images], 0.0)
-    return tag_ids, tag_mask, regions, geometry, region_mask
+    return VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask)
 
 
 def packaged_weights(spec) -> str | None:

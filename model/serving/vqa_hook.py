@@ -16,7 +16,7 @@ import importlib.util
 
 import torch
 
-from model.batch import pad_rows
+from model.batch import VisualInputs, pad_rows
 from model.text import question_tokens
 
 MODULE = "model.downstream.vqa.finetune"
@@ -43,20 +43,18 @@ class Answerer:
         self.model = vqa_module.load_vqa(checkpoint_path)
 
     @torch.no_grad()
-    def answer(self, questions: list[str], concept_ids: list[list[int]], tag_ids: torch.Tensor,
-               tag_mask: torch.Tensor, regions: torch.Tensor, geometry: torch.Tensor,
-               region_mask: torch.Tensor) -> list[str]:
+    def answer(self, questions: list[str], concept_ids: list[list[int]], visual: VisualInputs
+               ) -> list[str]:
         """Answers for questions (with their concept ids, offset) on images given as
-        encode_visual's (padded) inputs."""
+        encode_visual's input."""
         from model.downstream.vqa.data import VQABatch
         cfg, B = self.model.cfg, len(questions)
-        words = [ids[m][1:-1].tolist() for ids, m in zip(tag_ids, tag_mask)]  # no [CLS]/[SEP]
+        words = [ids[m][1:-1].tolist() for ids, m in zip(visual.tag_ids, visual.tag_mask)]  # no [CLS]/[SEP]
         tokens, token_mask = pad_rows([torch.tensor(question_tokens(q, w, cfg, c))
                                        for q, w, c in zip(questions, words, concept_ids)],
                                       cfg.pad_id)
-        batch = VQABatch(token_ids=tokens, token_mask=token_mask, tag_ids=tag_ids,
-                         tag_mask=tag_mask, regions=regions, geometry=geometry,
-                         region_mask=region_mask, image_index=torch.arange(B),
+        batch = VQABatch(token_ids=tokens, token_mask=token_mask, visual=visual,
+                         image_index=torch.arange(B),
                          targets=torch.zeros(B, len(self.model.answer_vocab)),
                          index=torch.arange(B), question_ids=[""] * B, image_ids=[""] * B)
         return self.vqa.answer(self.model, batch)

@@ -17,7 +17,7 @@ its words cover ([CLS] is position 0). Up to MAX_CONCEPTS distinct concepts are 
 mentions in caption order), and whole words are kept while [CLS] + words + concepts + [SEP] fit.
 Tags are `[CLS] label BPE tokens... [SEP]` of the image's distinct region labels (first-seen
 order of its feature rows), cut to max_tags; the image side (regions, geometry, tags) is
-`ImageSide`, which the VQA data path (model/downstream/vqa/data.py) shares.
+`VisualSource`, which the VQA data path (model/downstream/vqa/data.py) shares.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from features.feature_sets import check_compatible, require_feature_set
 from features.load import load_region_features
-from model.batch import PretrainBatch, pad_rows
+from model.batch import PretrainBatch, VisualInputs, pad_rows
 from model.config import ModelConfig
 from model.text import caption_input, tag_sequence
 from warehouse.catalog import connect
@@ -72,7 +72,7 @@ class PretrainData(Dataset):
                 "SELECT id, image_id, text FROM captions WHERE (? IS NULL OR split = ?) "
                 "AND (? IS NULL OR dataset = ?) ORDER BY id",
                 params=[split, split, dataset, dataset]).to_arrow_table()
-            self.images = ImageSide(wh, feature_set_id,
+            self.images = VisualSource(wh, feature_set_id,
                                     pc.unique(captions["image_id"]).to_pylist(), cfg)
             self.regions = self.images.regions
             # captions whose image has no features in this set are dropped
@@ -140,7 +140,7 @@ def require_model_feature_set(wh: Warehouse, feature_set_id: str, cfg: ModelConf
     check_compatible(spec, feature_set=cfg.feature_set, dim=cfg.feat_dim)
 
 
-class ImageSide:
+class VisualSource:
     """The visual input of every image that has region features in a feature set: region vectors
     and geometry (CSR by image row), and tags `[CLS] label BPE tokens... [SEP]` of the image's
     distinct region labels (first-seen order of its feature rows), cut to max_tags. Shared by the
@@ -174,12 +174,12 @@ class ImageSide:
                 "image_index": row, "image_id": str(self.regions.image_ids[row])}
 
     def collate(self, items: list[dict]) -> dict:
-        """Padded visual fields of a batch of `item`s, named as in the batch dataclasses."""
+        """The padded visual inputs of a batch of `item`s and which images they are, named as in the
+        batch dataclasses."""
         tag_ids, tag_mask = pad_rows([x["tag_ids"] for x in items], self.cfg.pad_id)
         regions, region_mask = pad_rows([x["regions"].float() for x in items], 0.0)
         geometry, _ = pad_rows([x["geometry"] for x in items], 0.0)
-        return {"tag_ids": tag_ids, "tag_mask": tag_mask, "regions": regions,
-                "geometry": geometry, "region_mask": region_mask,
+        return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask),
                 "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
                 "image_ids": [x["image_id"] for x in items]}
 

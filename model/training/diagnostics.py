@@ -57,8 +57,7 @@ def itm_accuracies(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[
     batch = task.visible(batch)
     text_ids, text_mask, _ = task.text_input(batch, batch.token_ids, batch.concept_ids)
     text = m.encode_text(text_ids, text_mask)
-    visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
-                             batch.region_mask)
+    visual = m.encode_visual(batch.visual)
     sim = m.similarity(text.g, visual.g)
     same_text = torch.unique(batch.token_ids, dim=0, return_inverse=True)[1]
     out = {}
@@ -83,8 +82,7 @@ def mlm_image_gap(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[s
         concept_mask=batch.concept_mask)
     ids, mask, concept_start = task.text_input(batch, tokens, concepts)
     text = m.encode_text(ids, mask)
-    visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
-                             batch.region_mask)
+    visual = m.encode_visual(batch.visual)
     sel = labels != IGNORE
     out = {}
     for name, images in (("matched", None), ("shuffled", other_image(batch.image_index))):

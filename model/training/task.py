@@ -84,9 +84,9 @@ class PretrainTask(nn.Module):
         m_tokens, token_labels, m_concepts, concept_labels = mask_with_concepts(
             batch.token_ids, word_special, batch.concept_ids, batch.concept_spans, cfg.mask_id,
             self.word_range, self.concept_range, generator, p, concept_mask=batch.concept_mask)
-        real_tags = (batch.tag_mask.bool() & (batch.tag_ids != cfg.cls_id)
-                     & (batch.tag_ids != cfg.sep_id))
-        m_tags, tag_labels = mask_tags(batch.tag_ids, real_tags, self.word_range, generator, p,
+        tag_ids = batch.visual.tag_ids
+        real_tags = batch.visual.tag_mask.bool() & (tag_ids != cfg.cls_id) & (tag_ids != cfg.sep_id)
+        m_tags, tag_labels = mask_tags(tag_ids, real_tags, self.word_range, generator, p,
                                        mask_id=cfg.mask_id)
 
         # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
@@ -94,16 +94,14 @@ class PretrainTask(nn.Module):
                                                              batch.concept_ids)
         if need & {"vsc", "itm", "wpg"}:
             text = m.encode_text(text_ids, text_mask)
-            visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions,
-                                     batch.geometry, batch.region_mask)
+            visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
         if "vsc" in need:
             out["vsc"] = losses.vsc(sim)
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
         if need & {"mcr", "mlm"}:
-            m_visual = m.encode_visual(m_tags, batch.tag_mask, batch.regions, batch.geometry,
-                                       batch.region_mask)
+            m_visual = m.encode_visual(dataclasses.replace(batch.visual, tag_ids=m_tags))
         if "mcr" in need:
             sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
             out["mcr"] = losses.mcr(m.mcr_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
@@ -132,7 +130,7 @@ class PretrainTask(nn.Module):
         if "wpg" in need:
             out["wpg"] = losses.wpg(pos.text_hidden[:, concept_start:concept_start + C],
                                     batch.concept_mask.bool(), pos.region_hidden,
-                                    batch.region_mask.bool(), generator).loss
+                                    batch.visual.region_mask.bool(), generator).loss
         if "mlm" in need:
             # ---- MLM: masked text fused with its own (masked-tag) image ----
             m_fused = m.fuse(m_text, m_visual)
@@ -169,8 +167,9 @@ class PretrainTask(nn.Module):
 def without_concepts(batch: PretrainBatch, cfg) -> PretrainBatch:
     """The batch as the no-concept variant sees it: no concept tokens, tags `[CLS] [SEP]`."""
     B = len(batch)
-    tags = torch.tensor([cfg.cls_id, cfg.sep_id], device=batch.tag_ids.device).repeat(B, 1)
+    tags = torch.tensor([cfg.cls_id, cfg.sep_id], device=batch.token_ids.device).repeat(B, 1)
+    visual = dataclasses.replace(batch.visual, tag_ids=tags,
+                                 tag_mask=torch.ones_like(tags, dtype=torch.bool))
     return dataclasses.replace(
         batch, concept_ids=batch.concept_ids[:, :0], concept_mask=batch.concept_mask[:, :0],
-        concept_spans=batch.concept_spans[:, :0], tag_ids=tags,
-        tag_mask=torch.ones_like(tags, dtype=torch.bool))
+        concept_spans=batch.concept_spans[:, :0], visual=visual)

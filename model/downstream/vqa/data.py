@@ -11,7 +11,7 @@ Text: `[CLS] question words, its phrase concepts [SEP] tag words [SEP]` of at mo
 the question's concepts (parsed as captions are, against the model's concept vocabulary) as the
 authors' VQA, and the image's tags (its distinct region labels, as on the visual side) appended
 as the paper does (METHOD.md §4).
-The visual side (tags, regions, geometry) is model.training.data.ImageSide, exactly as in pre-training.
+The visual side (tags, regions, geometry) is model.training.data.VisualSource, exactly as in pre-training.
 
 Answers: the vocabulary is built from the TRAINING questions: answers ranked by how many
 questions list them (ties: alphabetical), at most MAX_ANSWERS (the paper's 3,129). A question's
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.batch import TensorBatch, pad_rows
+from model.batch import TensorBatch, VisualInputs, pad_rows
 from model.config import ModelConfig
 from model.downstream.vqa.metrics import vqa_score
 from model.text import question_tokens
 from model.training.concepts import ConceptVocabulary
-from model.training.data import ImageSide, require_model_feature_set
+from model.training.data import VisualSource, require_model_feature_set
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
@@ -45,11 +45,7 @@ MAX_ANSWERS = 3129
 class VQABatch(TensorBatch):
     token_ids: torch.Tensor     # [B, L] long: [CLS] question [SEP] tags [SEP], then pad_id
     token_mask: torch.Tensor    # [B, L] bool
-    tag_ids: torch.Tensor       # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
-    tag_mask: torch.Tensor      # [B, Lg] bool
-    regions: torch.Tensor       # [B, R, feat_dim] float
-    geometry: torch.Tensor      # [B, R, 6] float
-    region_mask: torch.Tensor   # [B, R] bool
+    visual: VisualInputs
     image_index: torch.Tensor   # [B] long: row of the image in data.images
     targets: torch.Tensor       # [B, n_answers] float: soft score of each vocabulary answer
     index: torch.Tensor         # [B] long: row of the question in the dataset
@@ -82,7 +78,7 @@ class VQAData(Dataset):
                 params=[split, split, dataset, dataset]).fetchall()
         finally:
             con.close()
-        self.images = ImageSide(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)
+        self.images = VisualSource(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)
         kept = [r for r in rows if r[1] in self.images.row]
         self.n_without_features = len(rows) - len(kept)
         self.question_ids = [r[0] for r in kept]

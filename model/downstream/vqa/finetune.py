@@ -76,8 +76,7 @@ class VQAModel(nn.Module):
         """[B, n_answers]."""
         m = self.mvp
         text = m.encode_text(batch.token_ids, batch.token_mask)
-        visual = m.encode_visual(batch.tag_ids, batch.tag_mask, batch.regions, batch.geometry,
-                                 batch.region_mask)
+        visual = m.encode_visual(batch.visual)
         cls = m.fuse(text, visual).hidden[:, 0]
         return self.classifier(self.transform(self.dropout(cls)))
 
