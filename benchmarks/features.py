@@ -220,9 +220,10 @@ def same(loaded: torch.Tensor, x: np.ndarray) -> bool:
 def write_store(root: Path, x: np.ndarray, per_image: int, shard_images: int) -> str:
     """A warehouse holding the vectors as the product stores them: one feature set, one
     region_features part per shard of `shard_images` images written by the product's writer
-    (features.feature_sets.write_part), the 2048-d vector via warehouse/vectors.py and the 6-d
+    (warehouse.publish.write_part), the 2048-d vector via warehouse/vectors.py and the 6-d
     geometry in its own column, ids beside. Returns the feature-set id."""
-    from features.feature_sets import FeatureSetSpec, register_feature_set, write_part
+    from features.feature_sets import FeatureSetSpec, register_feature_set
+    from warehouse.publish import write_part
     from warehouse.schemas import REGION_FEATURES
     from warehouse.store import Warehouse
     dim = x.shape[1] - 6

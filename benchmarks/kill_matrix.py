@@ -189,8 +189,7 @@ def table_keys(wh: Path, from_scratch: bool = False) -> dict:
     instead (a second build of the same thing shows as repeated keys)."""
     from warehouse.catalog import connect
     out = {}
-    con = connect(str(wh))
-    try:
+    with connect(str(wh)) as con:
         for table, key in KEYS.items():
             builds = [c for c in key if c in BUILD_IDS] if from_scratch else []
             cols = [c for c in key if c not in builds] or key
@@ -199,8 +198,6 @@ def table_keys(wh: Path, from_scratch: bool = False) -> dict:
             for b in builds:
                 n = con.execute(f"SELECT count(DISTINCT {b}) FROM {table}").fetchone()[0]
                 out[f"{table}.{b}s"] = (n, set(range(n)))
-    finally:
-        con.close()
     return out
 
 

@@ -48,12 +48,9 @@ def build_model(tmp: Path) -> tuple[str, str, list[str], list[str]]:
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run["run_id"]):
         info = log_pyfunc(run["checkpoint"], wh)
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         paths = [p for p, in con.execute("SELECT path FROM images ORDER BY id").fetchall()]
         captions = [t for t, in con.execute("SELECT text FROM captions ORDER BY id").fetchall()]
-    finally:
-        con.close()
     return uri, info.model_uri, paths, captions
 
 

@@ -26,21 +26,15 @@ from PIL import Image
 
 from features.backbone import Backbone, load_backbone, resolve_pretrained
 from features.boxes import ImageRegions, grid_regions, regions_for_images
-from features.feature_sets import (
-    FeatureSetMismatch,
-    FeatureSetSpec,
-    register_feature_set,
-    write_part,
-)
+from features.feature_sets import FeatureSetMismatch, FeatureSetSpec, register_feature_set
 from features.geometry import clip_boxes, grid_boxes, normalized_geometry, to_input_pixels
 from features.roi import pool_regions
 from warehouse import vectors
 from warehouse.catalog import connect
-from warehouse.faults import fault_point
 from warehouse.ingest.emitter import stable_id
+from warehouse.publish import new_build, publish_new_rows
 from warehouse.schemas import IMAGE_FEATURES, REGION_FEATURES, REJECTS
 from warehouse.store import Snapshot, Warehouse
-from warehouse.version import code_version
 
 __all__ = ["EXTRACT_CODE_VERSION", "plan_feature_set", "register_feature_set", "pending_images",
            "extract_shard", "extract_features", "encode_regions", "backbone_for_feature_set",
@@ -86,8 +80,7 @@ def _feature_builds(snapshot: Snapshot, spec: FeatureSetSpec) -> list[str]:
 def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
              image_ids: list[str] | None, dataset: str | None,
              max_images: int | None = None) -> list[str]:
-    con = connect(wh, snapshot)
-    try:
+    with connect(wh, snapshot) as con:
         # images this feature set already rejected (they no longer decode) are done too, so
         # a rerun does not retry them forever; their builds are named in the manifests.
         con.register("_builds", pa.table({"build_id": pa.array(_feature_builds(snapshot, spec),
@@ -110,8 +103,6 @@ def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
                               WHERE r.record_ref = i.id)
             ORDER BY i.id""", [dataset, dataset] + ([dataset, dataset] if max_images is not None
                                                      else []) + [spec.id]).fetchall()
-    finally:
-        con.close()
     return [r[0] for r in rows]
 
 
@@ -303,16 +294,13 @@ def _extract(wh: Warehouse, spec: FeatureSetSpec, image_ids: list[str], batch_si
     backbone = _backbone_for(spec)
     build_id = f"features-{spec.id}-{uuid.uuid4().hex[:12]}"
     rows = _ShardRows(spec, build_id)
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         _require_registered(con, wh, spec)  # fail before the work, not at publish time
         con.register("_ids", pa.table({"id": pa.array(sorted(set(image_ids)), pa.string())}))
         images = con.sql("SELECT id, dataset, path, width, height FROM images WHERE id IN "
                          "(SELECT id FROM _ids) ORDER BY id").to_arrow_table().to_pylist()
         regions = regions_for_images(con, [(i["id"], i["width"], i["height"]) for i in images],
                                      spec.max_regions, spec.grid)
-    finally:
-        con.close()
 
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     with ThreadPoolExecutor(DECODE_WORKERS) as pool:
@@ -378,61 +366,38 @@ def _require_registered(con, wh: Warehouse, spec: FeatureSetSpec) -> None:
                           "register_feature_set(warehouse, spec) before extracting")
 
 
-class _AlreadyDone(Exception):
-    def __init__(self, image_ids: set[str]):
-        super().__init__(f"{len(image_ids)} images were published by another run meanwhile")
-        self.image_ids = image_ids
-
-
 def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict,
              run_params: dict) -> dict:
     """Write the shard's parts and commit them. Under the writer lock, images that another run
     published meanwhile are found and dropped, so no (feature set, region) row is ever doubled."""
     touched = set(rows.image_ids) | set(rows.reject_images)
-    drop: set[str] = set()
-    build = {"kind": "features", "build_id": rows.build_id,
-             "params": {"feature_set": spec.id, "backbone": spec.backbone,
-                        "pretrained": spec.pretrained, **run_params},
-             "inputs": {"images": len(touched)}, "counts": {}, "code_version": code_version(),
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    build = new_build("features", build_id=rows.build_id,
+                      params={"feature_set": spec.id, "backbone": spec.backbone,
+                              "pretrained": spec.pretrained, **run_params},
+                      inputs={"images": len(touched)}, counts={})
 
-    def check(snapshot: Snapshot) -> None:
-        con = connect(wh, snapshot)
-        try:
+    def published(snapshot: Snapshot) -> set[str]:
+        with connect(wh, snapshot) as con:
             _require_registered(con, wh, spec)
-        finally:
-            con.close()
-        done = touched - set(_pending(wh, snapshot, spec, sorted(touched), None))
-        if done - drop:
-            raise _AlreadyDone(done)
-        build["snapshot"] = snapshot.version + 1
+        return touched - set(_pending(wh, snapshot, spec, sorted(touched), None))
 
-    for attempt in range(3):
+    def rows_without(drop: frozenset) -> dict[str, pa.Table] | None:
         kept = touched - drop
         if not kept:
-            return {"published": False, "dropped_images": len(drop)}
+            return None
         tables = rows.tables(drop)
         build["counts"] = {**counts, "read": len(kept), "new": tables["image_features"].num_rows,
                            "rejected": tables["rejects"].num_rows,
                            "regions": tables["region_features"].num_rows}
-        with wh.staging(f"{rows.build_id}-{attempt}") as folder:
-            staged = {}
-            for name, table in tables.items():
-                if table.num_rows:
-                    staged[name] = [folder / f"{rows.build_id}-{attempt}-{name}.parquet"]
-                    write_part(table, staged[name][0])
-            fault_point("features-before-publish")
-            try:
-                snap = wh.publish(staged, build, check=check)
-            except _AlreadyDone as e:
-                drop |= e.image_ids
-                continue
-        fault_point("features-after-publish")
-        if drop:
-            counts.update(images=build["counts"]["new"], regions=build["counts"]["regions"],
-                          rejected=build["counts"]["rejected"])
-        return {"published": True, "snapshot": snap.version, "dropped_images": len(drop)}
-    raise RuntimeError(f"shard {rows.build_id}: other runs kept publishing the same images")
+        return tables
+
+    snap, drop = publish_new_rows(wh, rows.build_id, rows_without, build, published)
+    if snap is None:
+        return {"published": False, "dropped_images": len(drop)}
+    if drop:
+        counts.update(images=build["counts"]["new"], regions=build["counts"]["regions"],
+                      rejected=build["counts"]["rejected"])
+    return {"published": True, "snapshot": snap.version, "dropped_images": len(drop)}
 
 
 def extract_shard(warehouse: str | Warehouse, spec: FeatureSetSpec, image_ids: list[str],

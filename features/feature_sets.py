@@ -9,15 +9,13 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from warehouse.catalog import connect
+from warehouse.publish import AlreadyPublished, new_build, publish_tables, utc_timestamp
 from warehouse.schemas import FEATURE_SETS
 from warehouse.store import Warehouse
-from warehouse.version import code_version
 
 TABLE = "feature_sets"
 
@@ -67,25 +65,12 @@ class FeatureSetSpec:
         return spec
 
     def with_created(self) -> "FeatureSetSpec":
-        return replace(self, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
-def write_part(table: pa.Table, path: str | Path) -> None:
-    """One Parquet part file of a feature-store table. The vector column is stored plain and
-    uncompressed: float bytes neither repeat nor compress much, and leaving both off keeps
-    reading it a memcpy (warehouse/vectors.py); other columns get dictionaries and zstd."""
-    names = table.schema.names
-    pq.write_table(table, path, compression={n: ("none" if n == "vector" else "zstd")
-                                             for n in names},
-                   use_dictionary=[n for n in names if n != "vector"])
+        return replace(self, created=utc_timestamp())
 
 
 def list_feature_sets(warehouse: str | Warehouse) -> list[FeatureSetSpec]:
-    con = connect(warehouse)
-    try:
+    with connect(warehouse) as con:
         t = con.sql(f"SELECT * FROM {TABLE} ORDER BY created, id").to_arrow_table()
-    finally:
-        con.close()
     seen: dict[str, FeatureSetSpec] = {}
     for row in t.to_pylist():  # a handful of rows; identical re-registrations collapse by id
         seen.setdefault(row["id"], FeatureSetSpec.from_row(row))
@@ -123,10 +108,6 @@ def check_compatible(spec: FeatureSetSpec, *, feature_set: str | None = None,
             "expects, or start a new model for this one.")
 
 
-class _AlreadyRegistered(Exception):
-    pass
-
-
 def register_feature_set(warehouse: str | Warehouse, spec: FeatureSetSpec) -> bool:
     """Publish the feature set's row unless it is already registered (checked under the writer
     lock, so concurrent registrations add one row). Also clears the leftovers of builds killed
@@ -137,26 +118,19 @@ def register_feature_set(warehouse: str | Warehouse, spec: FeatureSetSpec) -> bo
     build_id = f"feature-set-{spec.id}-{time.time_ns():x}"
 
     def check(snapshot) -> None:
-        con = connect(wh, snapshot)
-        try:
+        with connect(wh, snapshot) as con:
             n = con.execute(f"SELECT count(*) FROM {TABLE} WHERE id = ?",
                             [spec.id]).fetchall()[0][0]
-        finally:
-            con.close()
         if n:
-            raise _AlreadyRegistered
-        build["snapshot"] = snapshot.version + 1
+            raise AlreadyPublished()
 
     spec = spec if spec.created else spec.with_created()
-    build = {"kind": "feature-set", "build_id": build_id, "params": {"feature_set": spec.id},
-             "inputs": {}, "counts": {"new": 1}, "feature_set": spec.row(),
-             "code_version": code_version(),
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with wh.staging(build_id) as folder:
-        path = folder / f"{build_id}.parquet"
-        write_part(pa.Table.from_pylist([spec.row()], schema=FEATURE_SETS), path)
-        try:
-            wh.publish({TABLE: [path]}, build, check=check)
-        except _AlreadyRegistered:
-            return False
+    build = new_build("feature-set", build_id=build_id, params={"feature_set": spec.id},
+                      inputs={}, counts={"new": 1}, feature_set=spec.row())
+    try:
+        publish_tables(wh, build_id, {TABLE: pa.Table.from_pylist([spec.row()],
+                                                                  schema=FEATURE_SETS)},
+                       build, check=check)
+    except AlreadyPublished:
+        return False
     return True

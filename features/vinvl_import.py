@@ -40,16 +40,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from features.feature_sets import FeatureSetSpec, register_feature_set, write_part
+from features.feature_sets import FeatureSetSpec, register_feature_set
 from warehouse import vectors
 from warehouse.catalog import connect
 from warehouse.hashing import file_sha256
 from warehouse.ingest.emitter import stable_id
 from warehouse.ingest.readers.vinvl_predictions import image_id_for
 from warehouse.ingest.sources import InputError, require_file
+from warehouse.publish import new_build, publish_new_rows
 from warehouse.schemas import IMAGE_FEATURES, REGION_FEATURES, REJECTS
 from warehouse.store import Snapshot, Warehouse
-from warehouse.version import code_version
 
 WIDTH = 2054                 # floats per box in features.tsv
 DIM = WIDTH - 6              # the RoI feature; the last 6 floats are the geometry
@@ -310,76 +310,50 @@ def _import_line(shard: _Shard, line_no: int, line: bytes, sizes: dict,
 def _done(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec, source: str
           ) -> tuple[set[str], set[str], set[str]]:
     """(images in the feature set, line refs this feature set rejected, reject ids recorded)."""
-    con = connect(wh, snapshot)
-    try:
+    with connect(wh, snapshot) as con:
         images = {r[0] for r in con.execute(
             "SELECT DISTINCT image_id FROM image_features WHERE feature_set = ?",
             [spec.id]).fetchall()}
         rejected = con.execute(
             "SELECT id, record_ref FROM rejects WHERE dataset = ? AND source_file = ? AND "
             "ingest_id LIKE ?", [DATASET, source, f"{BUILD_KIND}-{spec.id}-%"]).fetchall()
-    finally:
-        con.close()
     return images, {r[1] for r in rejected}, {r[0] for r in rejected}
 
 
 def _image_sizes(wh: Warehouse, image_ids: list[str]) -> dict[str, tuple[int, int]]:
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         con.register("_ids", pa.table({"id": pa.array(sorted(set(image_ids)), pa.string())}))
         rows = con.execute("SELECT id, width, height FROM images WHERE id IN "
                            "(SELECT id FROM _ids)").fetchall()
-    finally:
-        con.close()
     return {r[0]: (r[1], r[2]) for r in rows}
-
-
-class _Published(Exception):
-    """Another run published some of this shard's rows meanwhile."""
-
-    def __init__(self, images: set[str], rejects: set[str]):
-        super().__init__(f"{len(images)} images, {len(rejects)} rejects published meanwhile")
-        self.images, self.rejects = images, rejects
 
 
 def _publish(wh: Warehouse, shard: _Shard, build: dict) -> dict:
     """Commit the shard; rows another run published meanwhile (checked under the writer lock)
-    are dropped, so no image or reject is ever recorded twice."""
-    drop_images: set[str] = set()
-    drop_rejects: set[str] = set()
+    are dropped, so no image or reject is ever recorded twice. Returns the published counts."""
 
-    def check(snapshot: Snapshot) -> None:
+    # keys name the table too: an image id and a reject id could be the same string
+    def published(snapshot: Snapshot) -> set[tuple[str, str]]:
         images, _, reject_ids = _done(wh, snapshot, shard.spec, shard.source)
-        new_images = {im.image_id for im in shard.images} & images - drop_images
-        new_rejects = {r["id"] for r in shard.rejects} & reject_ids - drop_rejects
-        if new_images or new_rejects:
-            raise _Published(new_images, new_rejects)
-        build["snapshot"] = snapshot.version + 1
+        return ({("image", im.image_id) for im in shard.images if im.image_id in images}
+                | {("reject", r["id"]) for r in shard.rejects if r["id"] in reject_ids})
 
-    for attempt in range(3):
-        tables = shard.tables(drop_images, drop_rejects)
+    def rows_without(drop: frozenset) -> dict[str, pa.Table] | None:
+        tables = shard.tables({key for kind, key in drop if kind == "image"},
+                              {key for kind, key in drop if kind == "reject"})
         counts = {"images": tables["image_features"].num_rows,
                   "regions": tables["region_features"].num_rows,
                   "rejected": tables["rejects"].num_rows, "reasons": {}}
         for reason in tables["rejects"].column("reason").to_pylist():
             kind = reason.split(":")[0]  # the reason without its particulars
             counts["reasons"][kind] = counts["reasons"].get(kind, 0) + 1
-        if not tables["image_features"].num_rows and not tables["rejects"].num_rows:
-            return counts
         build["counts"] = counts
-        with wh.staging(f"{shard.build_id}-{attempt}") as folder:
-            staged = {}
-            for name, table in tables.items():
-                if table.num_rows:
-                    staged[name] = [folder / f"{shard.build_id}-{attempt}-{name}.parquet"]
-                    write_part(table, staged[name][0])
-            try:
-                wh.publish(staged, build, check=check)
-                return counts
-            except _Published as e:
-                drop_images |= e.images
-                drop_rejects |= e.rejects
-    raise RuntimeError(f"shard {shard.build_id}: other runs kept publishing the same lines")
+        if not tables["image_features"].num_rows and not tables["rejects"].num_rows:
+            return None
+        return tables
+
+    publish_new_rows(wh, shard.build_id, rows_without, build, published)
+    return build["counts"]
 
 
 def import_vinvl_features(warehouse: str | Warehouse, features_tsv: str | Path,
@@ -452,11 +426,11 @@ def import_vinvl_features(warehouse: str | Warehouse, features_tsv: str | Path,
                                         f"{first[heads[i][0]] + 1}", line)
                     continue
                 _import_line(shard, i + 1, line, sizes, predictions)
-            build = {"kind": BUILD_KIND, "build_id": build_id,
-                     "params": {"feature_set": spec.id, "dtype": dtype,
-                                "shard_lines": shard_lines, "lines": [todo[0] + 1, todo[-1] + 1]},
-                     "inputs": inputs, "counts": {}, "code_version": code_version(),
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            build = new_build(BUILD_KIND, build_id=build_id,
+                              params={"feature_set": spec.id, "dtype": dtype,
+                                      "shard_lines": shard_lines,
+                                      "lines": [todo[0] + 1, todo[-1] + 1]},
+                              inputs=inputs, counts={})
             counts = _publish(wh, shard, build)
             report["shards"] += 1
             for k in ("images", "regions", "rejected"):

@@ -40,9 +40,9 @@ import pyarrow.parquet as pq
 from features.nltk_setup import nlp_record
 from features.text_concepts import KINDS, extract, normalise_label
 from warehouse.catalog import connect
+from warehouse.publish import AlreadyPublished, new_build, write_part
 from warehouse.schemas import CAPTION_CONCEPTS, CONCEPTS, IMAGE_CONCEPTS
 from warehouse.store import Warehouse
-from warehouse.version import code_version
 
 # Bump when tuple extraction, label normalisation or the selection rules change what a build
 # produces from the same inputs.
@@ -57,10 +57,6 @@ MENTIONS = pa.schema([
     ("caption_id", pa.string()), ("image_id", pa.string()), ("kind", pa.string()),
     ("tuple", pa.list_(pa.string())), ("text", pa.string()),
     ("token_start", pa.int32()), ("token_end", pa.int32())])
-
-
-class AlreadyBuilt(Exception):
-    """Raised under the writer lock when another build published this vocabulary first."""
 
 
 def _as_warehouse(warehouse) -> Warehouse:
@@ -216,61 +212,55 @@ def build_vocabulary(warehouse, min_count: int = 50, max_size: int = 100_000,
         return {**done["counts"], "vocab": vid, "skipped": True}
 
     build_id = f"concepts-{vid}-{time.time_ns():x}"
-    con = connect(wh, snap)
-    try:
-        with wh.staging(build_id) as folder:
-            con.execute("SET temp_directory = ?", [str(folder / "duckdb-tmp")])
-            mention_files, counts = _extract_mentions(con, dataset, folder)
-            con.execute(f"CREATE TEMP VIEW mentions AS SELECT * FROM read_parquet("
-                        f"{_sql_files(mention_files)})")
-            _register_labels(con, dataset)
-            concepts = _select_vocabulary(con, vid, min_count, max_size)
-            concept_path = folder / f"{build_id}-concepts.parquet"
-            pq.write_table(concepts, concept_path, compression="zstd")
+    with connect(wh, snap) as con, wh.staging(build_id) as folder:
+        con.execute("SET temp_directory = ?", [str(folder / "duckdb-tmp")])
+        mention_files, counts = _extract_mentions(con, dataset, folder)
+        con.execute(f"CREATE TEMP VIEW mentions AS SELECT * FROM read_parquet("
+                    f"{_sql_files(mention_files)})")
+        _register_labels(con, dataset)
+        concepts = _select_vocabulary(con, vid, min_count, max_size)
+        concept_path = folder / f"{build_id}-concepts.parquet"
+        write_part(concepts, concept_path)
 
-            caption_parts = _write_parts(con.sql("""
-                SELECT v.vocab, m.caption_id, v.id AS concept_id, m.token_start, m.token_end
-                FROM mentions m JOIN vocab v USING (kind, tuple)
-                ORDER BY m.caption_id, m.token_start, m.token_end, v.id""").to_arrow_reader(),
-                CAPTION_CONCEPTS, folder / f"{build_id}-caption-concepts")
-            # ground truth has no score; a detector's is its most confident box of the concept
-            image_parts = _write_parts(con.sql("""
-                SELECT v.vocab, s.image_id, v.id AS concept_id, s.source,
-                       max(CASE WHEN s.source = 'annotation' THEN NULL ELSE s.score END) AS score
-                FROM visual s JOIN vocab v ON v.kind = 'object' AND v.tuple = [s.concept]
-                GROUP BY ALL ORDER BY s.image_id, v.id, s.source""").to_arrow_reader(),
-                IMAGE_CONCEPTS, folder / f"{build_id}-image-concepts")
+        caption_parts = _write_parts(con.sql("""
+            SELECT v.vocab, m.caption_id, v.id AS concept_id, m.token_start, m.token_end
+            FROM mentions m JOIN vocab v USING (kind, tuple)
+            ORDER BY m.caption_id, m.token_start, m.token_end, v.id""").to_arrow_reader(),
+            CAPTION_CONCEPTS, folder / f"{build_id}-caption-concepts")
+        # ground truth has no score; a detector's is its most confident box of the concept
+        image_parts = _write_parts(con.sql("""
+            SELECT v.vocab, s.image_id, v.id AS concept_id, s.source,
+                   max(CASE WHEN s.source = 'annotation' THEN NULL ELSE s.score END) AS score
+            FROM visual s JOIN vocab v ON v.kind = 'object' AND v.tuple = [s.concept]
+            GROUP BY ALL ORDER BY s.image_id, v.id, s.source""").to_arrow_reader(),
+            IMAGE_CONCEPTS, folder / f"{build_id}-image-concepts")
 
-            counts.update(
-                concepts=concepts.num_rows,
-                by_kind={k: concepts.filter(pc.equal(concepts["kind"], k)).num_rows
-                         for k in KIND_ORDER},
-                by_side={s: concepts.filter(pc.equal(concepts["side"], s)).num_rows
-                         for s in ("text", "visual", "both")},
-                caption_concepts=sum(pq.ParquetFile(p).metadata.num_rows for p in caption_parts),
-                image_concepts=sum(pq.ParquetFile(p).metadata.num_rows for p in image_parts),
-                labels=con.execute("SELECT count(*) FROM label_map").fetchone()[0])
-            build = {"kind": "concepts", "build_id": build_id, "vocab": vid,
-                     "params": {"min_count": min_count, "max_size": max_size,
-                                "dataset": dataset},
-                     "inputs": {"snapshot": snap.version,
-                                "captions_parts": len(snap.tables.get("captions", [])),
-                                "regions_parts": len(snap.tables.get("regions", []))},
-                     "nlp": nlp, "counts": counts, "code_version": code_version(),
-                     "concepts_code_version": CONCEPTS_CODE_VERSION,
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        counts.update(
+            concepts=concepts.num_rows,
+            by_kind={k: concepts.filter(pc.equal(concepts["kind"], k)).num_rows
+                     for k in KIND_ORDER},
+            by_side={s: concepts.filter(pc.equal(concepts["side"], s)).num_rows
+                     for s in ("text", "visual", "both")},
+            caption_concepts=sum(pq.ParquetFile(p).metadata.num_rows for p in caption_parts),
+            image_concepts=sum(pq.ParquetFile(p).metadata.num_rows for p in image_parts),
+            labels=con.execute("SELECT count(*) FROM label_map").fetchone()[0])
+        build = new_build("concepts", build_id=build_id, vocab=vid,
+                          params={"min_count": min_count, "max_size": max_size,
+                                  "dataset": dataset},
+                          inputs={"snapshot": snap.version,
+                                  "captions_parts": len(snap.tables.get("captions", [])),
+                                  "regions_parts": len(snap.tables.get("regions", []))},
+                          nlp=nlp, counts=counts, concepts_code_version=CONCEPTS_CODE_VERSION)
 
-            def check(current) -> None:
-                if _manifest(current, vid) is not None:
-                    raise AlreadyBuilt
+        def check(current) -> None:
+            if _manifest(current, vid) is not None:
+                raise AlreadyPublished()
 
-            try:
-                published = wh.publish({"concepts": [concept_path],
-                                        "caption_concepts": caption_parts,
-                                        "image_concepts": image_parts}, build, check=check)
-            except AlreadyBuilt:
-                return {**_manifest(wh.current(), vid)["counts"], "vocab": vid, "skipped": True}
-    finally:
-        con.close()
+        try:
+            published = wh.publish({"concepts": [concept_path],
+                                    "caption_concepts": caption_parts,
+                                    "image_concepts": image_parts}, build, check=check)
+        except AlreadyPublished:
+            return {**_manifest(wh.current(), vid)["counts"], "vocab": vid, "skipped": True}
     return {**counts, "vocab": vid, "skipped": False, "snapshot": published.version,
             "seconds": round(time.perf_counter() - started, 2)}

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from features.backbone import TextTower, load_text_tower
@@ -48,9 +47,9 @@ from features.feature_sets import FeatureSetMismatch, FeatureSetSpec, require_fe
 from features.load import load_region_features
 from features.vocabulary import latest_vocab
 from warehouse.catalog import connect
+from warehouse.publish import AlreadyPublished, new_build, publish_tables
 from warehouse.schemas import IMAGE_CONCEPTS, REGION_TAGS
 from warehouse.store import Snapshot, Warehouse
-from warehouse.version import code_version
 
 # Bump when the tags this code writes for the same inputs and parameters would change.
 ZERO_SHOT_CODE_VERSION = "1"
@@ -244,10 +243,6 @@ def _tag_chunk(wh: Warehouse, spec: FeatureSetSpec, tagging: str, vocab: str,
     return tags, image_concepts, len(regions), len(regions.image_ids)
 
 
-class _AlreadyTagged(Exception):
-    pass
-
-
 # ---- the build ---------------------------------------------------------------------------------
 def tag_regions(warehouse: str | Warehouse, feature_set_id: str, vocab: str | None = None,
                 top_k: int = 3, threshold: float = 0.25, pretrained_path: str | None = None,
@@ -279,12 +274,9 @@ def tag_regions(warehouse: str | Warehouse, feature_set_id: str, vocab: str | No
               "images": 0, "region_tags": 0, "image_concepts": 0, "chunks": 0}
 
     snap = wh.current()
-    con = connect(wh, snap)
-    try:
+    with connect(wh, snap) as con:
         concepts = _concepts(con, vocab, kinds)
         chunks = _pending_chunks(con, spec, _covered(snap, tagging))
-    finally:
-        con.close()
     if not chunks:  # checked before loading any weights: a rerun costs one query
         return {**report, "skipped": True, "seconds": round(time.perf_counter() - started, 3)}
     if not concepts.num_rows:
@@ -314,24 +306,18 @@ def _publish(wh: Warehouse, tagging: str, params: dict, builds: list[str], count
              tags: pa.Table, image_concepts: pa.Table) -> bool:
     """Commit one chunk; False when another run published this tagging of these builds first."""
     build_id = f"zero-shot-{tagging}-{time.time_ns():x}"
-    build = {"kind": KIND, "build_id": build_id, "tagging": tagging, "params": params,
-             "inputs": {"feature_builds": builds}, "counts": counts,
-             "code_version": code_version(), "zero_shot_code_version": ZERO_SHOT_CODE_VERSION,
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    build = new_build(KIND, build_id=build_id, tagging=tagging, params=params,
+                      inputs={"feature_builds": builds}, counts=counts,
+                      zero_shot_code_version=ZERO_SHOT_CODE_VERSION)
 
     def check(current: Snapshot) -> None:
         if _covered(current, tagging) & set(builds):
-            raise _AlreadyTagged
-        build["snapshot"] = current.version + 1
+            raise AlreadyPublished()
 
-    with wh.staging(build_id) as folder:
-        staged = {}
-        for table, rows in (("region_tags", tags), ("image_concepts", image_concepts)):
-            if rows.num_rows:  # a chunk without tags still publishes its manifest (covered)
-                staged[table] = [folder / f"{build_id}-{table}.parquet"]
-                pq.write_table(rows, staged[table][0], compression="zstd")
-        try:
-            wh.publish(staged, build, check=check)
-        except _AlreadyTagged:
-            return False
+    try:
+        # a chunk without tags still publishes its manifest: its builds are covered
+        publish_tables(wh, build_id, {"region_tags": tags, "image_concepts": image_concepts},
+                       build, check=check)
+    except AlreadyPublished:
+        return False
     return True

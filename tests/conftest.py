@@ -46,11 +46,8 @@ def query():
     from warehouse.catalog import connect
 
     def run(warehouse, sql: str, params=None):
-        con = connect(warehouse)
-        try:
+        with connect(warehouse) as con:
             return con.execute(sql, params or []).fetchall()
-        finally:
-            con.close()
     return run
 
 
@@ -60,11 +57,8 @@ def rejects():
     from warehouse.catalog import connect
 
     def run(warehouse) -> dict[str, int]:
-        con = connect(warehouse)
-        try:
+        with connect(warehouse) as con:
             return dict(con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall())
-        finally:
-            con.close()
     return run
 
 

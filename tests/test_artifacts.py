@@ -53,12 +53,9 @@ def test_loss_curves_png(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_feature_store):
     wh, fs, vocab = tiny_feature_store(tmp_path_factory.mktemp("artifacts"))
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         n = con.execute("SELECT max(id) + 1 FROM concepts WHERE vocab = ?",
                         [vocab["vocab"]]).fetchall()[0][0]
-    finally:
-        con.close()
     cfg = load_config("tiny", feat_dim=fs["dim"], n_concepts=int(n),
                       feature_set=fs["feature_set"], vocab_version=vocab["vocab"])
     torch.manual_seed(0)

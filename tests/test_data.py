@@ -29,18 +29,14 @@ def data(built):
 
 
 def _captions(wh) -> dict:
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         return dict(con.execute("SELECT id, text FROM captions").fetchall())
-    finally:
-        con.close()
 
 
 def test_batch_matches_the_contract(built, data):
     wh, _, _, cfg = built
-    con = connect(wh)
-    n_train = con.execute("SELECT count(*) FROM captions WHERE split = 'train'").fetchall()[0][0]
-    con.close()
+    with connect(wh) as con:
+        n_train = con.execute("SELECT count(*) FROM captions WHERE split = 'train'").fetchone()[0]
     assert 0 < len(data) == n_train < 36  # 12 shapes images, 3 captions each; some held out
     b = data.collate([data[i] for i in range(7)])
     assert isinstance(b, PretrainBatch) and len(b) == 7
@@ -91,10 +87,9 @@ def test_padding_and_masks(built, data):
 
 def test_concept_spans_decode_to_their_words(built, data):
     wh, _, vocab, cfg = built
-    con = connect(wh)
-    concept_text = dict(con.execute("SELECT id, text FROM concepts WHERE vocab = ?",
-                                    [vocab]).fetchall())
-    con.close()
+    with connect(wh) as con:
+        concept_text = dict(con.execute("SELECT id, text FROM concepts WHERE vocab = ?",
+                                        [vocab]).fetchall())
     tok = bpe_tokenizer()
     b = data.collate([data[i] for i in range(len(data))])
     checked = 0

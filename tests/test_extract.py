@@ -27,11 +27,11 @@ from features.feature_sets import (
     check_compatible,
     list_feature_sets,
     require_feature_set,
-    write_part,
 )
 from features.geometry import to_input_pixels
 from features.load import load_image_features, load_region_features
 from warehouse.ingest.build import ingest
+from warehouse.publish import write_part
 from warehouse.schemas import REGIONS
 from warehouse.store import Warehouse
 

@@ -17,9 +17,8 @@ def _warehouse(root):
 
 
 def _features(wh):
-    con = connect(wh)
-    (fs,) = con.execute("SELECT id FROM feature_sets").fetchone()
-    con.close()
+    with connect(wh) as con:
+        (fs,) = con.execute("SELECT id FROM feature_sets").fetchone()
     return fs, load_region_features(wh, fs)
 
 
@@ -54,6 +53,5 @@ def test_concepts_flow_builds_then_reuses(tmp_path):
     assert first["concepts"] > 0 and not first.get("skipped")
     again = concepts_flow(warehouse=wh, min_count=2)
     assert again["vocab"] == first["vocab"]
-    con = connect(wh)
-    assert con.execute("SELECT count(DISTINCT vocab) FROM concepts").fetchone()[0] == 1
-    con.close()
+    with connect(wh) as con:
+        assert con.execute("SELECT count(DISTINCT vocab) FROM concepts").fetchone()[0] == 1

@@ -22,11 +22,10 @@ def test_nearest_regions_matches_numpy(tmp_path):
     sims = unit @ unit[3]
     order = [i for i in np.argsort(-sims, kind="stable") if ids[i] != query][:4]
 
-    con = connect(wh)
-    got = nearest_regions(con, fs, query, 4)
-    assert [r[0] for r in got] == [ids[i] for i in order]
-    assert np.allclose([r[3] for r in got], sims[order], atol=1e-5)
-    assert nearest_regions(con, fs, "x' OR '1'='1", 4) == []  # bound, not spliced
-    con.close()
+    with connect(wh) as con:
+        got = nearest_regions(con, fs, query, 4)
+        assert [r[0] for r in got] == [ids[i] for i in order]
+        assert np.allclose([r[3] for r in got], sims[order], atol=1e-5)
+        assert nearest_regions(con, fs, "x' OR '1'='1", 4) == []  # bound, not spliced
     sql = f"SELECT region_id FROM nearest_regions('{fs}', '{query}', 4)"
     assert [r[0] for r in run_read_only(wh, sql)[1]] == [ids[i] for i in order]

@@ -53,16 +53,13 @@ def _training_view(s, caption_index=0):
     item = data[caption_index]
     k = item["image_index"]
     r0, r1 = data.regions.offsets[k:k + 2]
-    con = connect(s["wh"])
-    try:
+    with connect(s["wh"]) as con:
         boxes = dict((rid, b) for rid, *b in con.execute(
             "SELECT region_id, x1, y1, x2, y2 FROM region_features WHERE feature_set = ? "
             "AND image_id = ?", [s["fs"], item["image_id"]]).fetchall())
         path, text = con.execute(
             "SELECT i.path, c.text FROM captions c JOIN images i ON i.id = c.image_id "
             "WHERE c.id = ?", [item["caption_id"]]).fetchall()[0]
-    finally:
-        con.close()
     return (data, item, [boxes[r] for r in data.regions.region_id[r0:r1]],
             list(data.regions.label[r0:r1]), path, text)
 
@@ -180,8 +177,7 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
                           vqa_checkpoint=checkpoint)
     pyfunc = mlflow.pyfunc.load_model(info.model_uri)
 
-    con = connect(served["wh"])
-    try:
+    with connect(served["wh"]) as con:
         rows = []
         for i in picks:
             k, side = int(data.image_of[i]), data.images.regions
@@ -194,8 +190,6 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
             rows.append({"image_path": stored[0][5], "question": data.questions[i],
                          "boxes": [list(r[:4]) for r in stored],
                          "tags": [r[4] for r in stored if r[4]]})
-    finally:
-        con.close()
     served_answers = pyfunc.predict(pd.DataFrame(rows))["answer"].tolist()
     expected = answer(vqa_model, batch)
     assert served_answers == expected and len(set(expected)) > 1, expected

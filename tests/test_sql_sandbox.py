@@ -115,13 +115,10 @@ def test_the_connection_itself_cannot_write_or_reach_other_files(wh, sql, tmp_pa
     monkeypatch.chdir(cwd)
     before = fingerprint(wh)
     sql = sql.format(root=wh, tables=wh / "tables", cwd=cwd)
-    con = catalog.connect_sandboxed(Warehouse(wh), str(tmp_path / "spill"))
-    try:
+    with catalog.connect_sandboxed(Warehouse(wh), str(tmp_path / "spill")) as con:
         with pytest.raises(duckdb.Error, match="disabled|locked"):
             con.execute(sql).fetchall()
         assert con.execute("SELECT count(*) FROM images").fetchone() == (40,)
-    finally:
-        con.close()
     assert fingerprint(wh) == before and list(cwd.iterdir()) == []
 
 
@@ -164,10 +161,9 @@ def test_spills_go_to_a_private_folder_not_cwd_tmp(wh, tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     # control: with DuckDB's defaults this sort spills into <cwd>/.tmp
-    con = duckdb.connect(config={"memory_limit": "64MB", "threads": 2})
-    con.execute(SPILLS).fetchmany(1)
-    assert any((cwd / ".tmp").iterdir())
-    con.close()
+    with duckdb.connect(config={"memory_limit": "64MB", "threads": 2}) as con:
+        con.execute(SPILLS).fetchmany(1)
+        assert any((cwd / ".tmp").iterdir())
     shutil.rmtree(cwd / ".tmp", ignore_errors=True)
 
     private = tmp_path / "tmp"  # where tempfile.mkdtemp puts the sandbox's spill folder

@@ -60,11 +60,8 @@ def _strip_to_legacy(wh) -> None:
 
 
 def _images(wh) -> int:
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         return con.execute("SELECT count(*) FROM images").fetchone()[0]
-    finally:
-        con.close()
 
 
 def _part(wh, table: str) -> Path:

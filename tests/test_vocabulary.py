@@ -65,11 +65,8 @@ def built(tmp_path_factory):
 
 
 def rows(wh, sql, params=None):
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def test_thresholds_merge_and_stable_order(built):
@@ -178,8 +175,7 @@ def test_dataset_filter_and_empty_vocabulary(built, tmp_path):
 
 def test_queries(built):
     wh, report, _ = built
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         assert [r[2] for r in q.top_concepts(con)] == [
             "kite", "kite above tree", "kite red", "tree", "umbrella"]
         assert q.top_concepts(con, kind="object", limit=2) == [
@@ -198,8 +194,6 @@ def test_queries(built):
         assert q.concept_cooccurrence(con) == [
             ("kite", "kite", 2), ("kite above tree", "kite", 2), ("kite red", "kite", 2),
             ("tree", "kite", 2), ("umbrella", "umbrella", 1)]
-    finally:
-        con.close()
 
 
 def test_queries_refuse_to_mix_vocabularies(built, tmp_path):
@@ -208,16 +202,13 @@ def test_queries_refuse_to_mix_vocabularies(built, tmp_path):
     other = make_warehouse(tmp_path, make_image)
     first = build_vocabulary(other, min_count=MIN)["vocab"]
     second = build_vocabulary(other, min_count=MIN + 1)["vocab"]
-    con = connect(other)
-    try:
+    with connect(other) as con:
         with pytest.raises(ValueError, match="pass vocab="):
             q.top_concepts(con)
         assert len(q.top_concepts(con, vocab=first)) == 5
         assert q.top_concepts(con, vocab=latest_vocab(other)) == [
             (0, "object", "kite", "both", 4, 3)]
         assert latest_vocab(other) == second
-    finally:
-        con.close()
 
 
 def test_shapes_end_to_end(tmp_path):
@@ -243,8 +234,7 @@ def test_concept_queries_are_sql_macros_usable_from_mvp_sql(built, capsys):
     from flows.cli import main
     from warehouse.catalog import run_read_only
     wh, _, _ = built
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         expected = {
             "SELECT * FROM top_concepts(NULL, 'object', 5)": q.top_concepts(con, "object",
                                                                               limit=5),
@@ -253,8 +243,6 @@ def test_concept_queries_are_sql_macros_usable_from_mvp_sql(built, capsys):
             "SELECT * FROM images_with_concept(NULL, 'kite')": q.images_with_concept(con, "kite"),
             "SELECT * FROM concept_cooccurrence(NULL, 10)": q.concept_cooccurrence(con, limit=10),
         }
-    finally:
-        con.close()
     assert all(expected.values())  # each query has rows to compare
     for sql, rows_from_function in expected.items():
         assert run_read_only(wh, sql)[1] == rows_from_function

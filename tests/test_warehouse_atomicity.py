@@ -16,12 +16,9 @@ INGEST = ("from warehouse.ingest.build import ingest; import sys; "
 
 
 def _counts(wh):
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("images", "captions", "regions", "questions")}
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize("point", ["after-stage", "before-commit"])

@@ -30,11 +30,8 @@ def _checkpoint(path, seed):
 
 
 def _rows(wh, sql, params=None):
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _expected_scores(wh, fs, ckpt, vocab):
@@ -111,11 +108,8 @@ def test_image_concepts_are_max_over_regions_and_marked_zero_shot(tagged):
     concept = _rows(wh, "SELECT k.text FROM image_concepts ic JOIN concepts k ON "
                         "k.id = ic.concept_id AND k.vocab = ic.vocab WHERE ic.source = "
                         "'zero-shot' ORDER BY ic.score DESC LIMIT 1")[0][0]
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         sources = {s for *_, s in q.images_with_concept(con, concept, vocab=vocab) if s}
-    finally:
-        con.close()
     assert any("zero-shot" in s.split(",") for s in sources)
 
 

@@ -104,20 +104,17 @@ def stream_read_only(warehouse: str | Warehouse, sql: str, params=None, *,
 def _batches(wh, statement, params, timeout, memory_limit, batch_rows):
     """Yields the column names, then row batches; cleans up however it is left."""
     temp_dir = tempfile.mkdtemp(prefix="mvp-sql-")
-    con = None
     try:
-        con = connect_sandboxed(wh, temp_dir, timeout, memory_limit)
-        result = con.execute(statement, params or [])
-        yield [d[0] for d in result.description]
-        while batch := result.fetchmany(batch_rows):
-            yield batch
+        with connect_sandboxed(wh, temp_dir, timeout, memory_limit) as con:
+            result = con.execute(statement, params or [])
+            yield [d[0] for d in result.description]
+            while batch := result.fetchmany(batch_rows):
+                yield batch
     except duckdb.InterruptException as e:
         if timeout and "execution time" in str(e):
             raise QueryTimeout(f"query exceeded {timeout:g} s") from None
         raise
     finally:
-        if con is not None:
-            con.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -131,8 +128,5 @@ def run_read_only(warehouse: str | Warehouse, sql: str, params=None, *,
 
 
 def table_counts(warehouse: str | Warehouse) -> list[tuple[str, int]]:
-    con = connect(warehouse)
-    try:
+    with connect(warehouse) as con:
         return [(t, con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES]
-    finally:
-        con.close()

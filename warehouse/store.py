@@ -204,6 +204,8 @@ class Warehouse:
         for rel in (p for ps in new_parts.values() for p in ps):
             parts[rel] = (records or {}).get(rel) or part_record(self.root / rel)
         link = {"version": parent.version, "sha256": parent.digest} if parent.version else None
+        # the manifest records the version it is published as (`mvp history`, ingest reruns)
+        build = {**build, "snapshot": parent.version + 1}
         snap = Snapshot(parent.version + 1, tables, parent.builds + [build], parts, link)
         raw = snap.to_json().encode()
         snap.digest = hashlib.sha256(raw).hexdigest()  # what the next snapshot links to

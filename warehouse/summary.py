@@ -6,8 +6,7 @@ from warehouse.catalog import connect, table_counts
 
 
 def summary_text(warehouse: str) -> str:
-    con = connect(warehouse)
-    try:
+    with connect(warehouse) as con:
         lines = ["tables: " + ", ".join(f"{t} {n}" for t, n in table_counts(warehouse))]
         lines.append("dataset      images  captions   regions  questions")
         for d, i, c, r, q in queries.dataset_summary(con):
@@ -29,6 +28,4 @@ def summary_text(warehouse: str) -> str:
         rejected = queries.rejects_by_reason(con)
         lines.append("rejects: " + (", ".join(f"{d}/{r}: {n}" for d, r, n in rejected)
                                     or "none"))
-    finally:
-        con.close()
     return "\n".join(lines)

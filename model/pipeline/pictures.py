@@ -80,14 +80,11 @@ def retrieval_examples(model, data, warehouse, path, n: int = 4, k: int = 5) -> 
     model.eval()
     with torch.no_grad():
         emb = embed_split(model, data)
-    con = connect(warehouse)
-    try:
+    with connect(warehouse) as con:
         ids = [str(c) for c in data.caption_ids[:n]]
         text = dict(con.execute("SELECT id, text FROM captions WHERE id IN "
                                 f"({', '.join('?' * len(ids))})", ids).fetchall())
         paths = _image_paths(con, list(data.regions.image_ids))
-    finally:
-        con.close()
     return retrieval_grid([text[c] for c in ids], paths, emb.similarity[:n].cpu(),
                           emb.text_image[:n].tolist(), path, k)
 
@@ -129,15 +126,12 @@ def grounding_picture(model, data, index: int, path, warehouse=None) -> Path:
     geometry = data.regions.geometry[r0:min(r1, r0 + model.cfg.max_regions)]  # what the model saw
     image, names = None, {}
     if warehouse is not None:
-        con = connect(warehouse)
-        try:
+        with connect(warehouse) as con:
             image = Image.open(_image_paths(con, [item["image_id"]])[0]).convert("RGB")
             names = dict(con.execute("SELECT id, text FROM concepts WHERE vocab = ?",
                                      [model.cfg.vocab_version]).fetchall())
             caption = con.execute("SELECT text FROM captions WHERE id = ?",
                                   [item["caption_id"]]).fetchall()[0][0]
-        finally:
-            con.close()
     else:
         caption = item["caption_id"]
     w, h = image.size if image is not None else (100, 100)

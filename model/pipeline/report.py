@@ -52,14 +52,11 @@ def vqa_datasets(warehouse, trained: dict, split: str | None = None) -> list[str
     feature set (easy-vqa has no val split, for one)."""
     from model.training.checkpoint import load_checkpoint
     feature_set = load_checkpoint(trained["checkpoint"])["model_config"]["feature_set"]
-    con = connect(warehouse)
-    try:
+    with connect(warehouse) as con:
         rows = con.execute("SELECT DISTINCT q.dataset FROM questions q SEMI JOIN image_features f "
                            "ON f.image_id = q.image_id AND f.feature_set = ? "
                            "WHERE ? IS NULL OR q.split = ? ORDER BY 1",
                            [feature_set, split, split]).fetchall()
-    finally:
-        con.close()
     return [r[0] for r in rows]
 
 

@@ -36,12 +36,9 @@ class ConceptVocabulary:
 
     @classmethod
     def from_warehouse(cls, wh, vocab: str) -> "ConceptVocabulary":
-        con = connect(wh)
-        try:
+        with connect(wh) as con:
             rows = con.execute("SELECT id, tuple, text FROM concepts WHERE vocab = ? ORDER BY id",
                                [vocab]).fetchall()
-        finally:
-            con.close()
         if not rows:
             raise LookupError(f"no concept vocabulary {vocab!r} in warehouse {wh.root}")
         builds = [b for b in wh.current().builds

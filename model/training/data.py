@@ -58,8 +58,7 @@ class PretrainData(Dataset):
                              f"built for ({cfg.vocab_version!r})")
         self.cfg = cfg
 
-        con = connect(wh)
-        try:
+        with connect(wh) as con:
             n_vocab = con.execute("SELECT count(*), max(id) FROM concepts WHERE vocab = ?",
                                   [vocab_id]).fetchall()[0]
             if not n_vocab[0]:
@@ -87,8 +86,6 @@ class PretrainData(Dataset):
                 "SEMI JOIN _captions c ON caption_id = c.id WHERE vocab = ? "
                 "ORDER BY caption_id, token_start, token_end, concept_id", params=[vocab_id]
             ).to_arrow_table()
-        finally:
-            con.close()
 
         self.caption_ids = captions["id"].to_numpy(zero_copy_only=False)
         self.image_of = self.images.rows_of(captions["image_id"].to_pylist())

@@ -64,11 +64,8 @@ def pick_feature_set(wh: Warehouse, feature_set: str | None):
 
 
 def n_concepts(wh: Warehouse, vocab: str) -> int:
-    con = connect(wh)
-    try:
+    with connect(wh) as con:
         n = con.execute("SELECT max(id) + 1 FROM concepts WHERE vocab = ?", [vocab]).fetchone()[0]
-    finally:
-        con.close()
     if not n:
         raise LookupError(f"no concept vocabulary {vocab!r} in warehouse {wh.root}")
     return int(n)

@@ -17,8 +17,8 @@ from warehouse.ingest.emitter import Emitter
 from warehouse.ingest.merge import TableOutcome, merge, new_ingest_id
 from warehouse.ingest.sources import InputError, SourceContext, reader_for
 from warehouse.ingest.staging import StagingWriter
+from warehouse.publish import new_build
 from warehouse.store import Warehouse
-from warehouse.version import code_version
 
 
 @dataclass
@@ -115,11 +115,8 @@ def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read
     report = _report(p, ingest_id, parent.version + 1, read_counts, outcomes)
     report.seconds = time.time() - started
     fault_point("before-commit")
-    build = {"ingest_id": ingest_id, "snapshot": parent.version + 1, "kind": "ingest",
-             "fingerprint": p.fingerprint, "params": p.params, "inputs": p.inputs,
-             "code_version": code_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                   time.gmtime()),
-             "counts": asdict(report)}
+    build = new_build("ingest", ingest_id=ingest_id, fingerprint=p.fingerprint,
+                      params=p.params, inputs=p.inputs, counts=asdict(report))
     wh.commit(parent, new_parts, build)
     return report
 

@@ -70,14 +70,11 @@ class VQAData(Dataset):
         wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
         require_model_feature_set(wh, feature_set_id, cfg)
         self.cfg = cfg
-        con = connect(wh)
-        try:
+        with connect(wh) as con:
             rows = con.sql(
                 "SELECT id, image_id, question, answers FROM questions "
                 "WHERE (? IS NULL OR split = ?) AND (? IS NULL OR dataset = ?) ORDER BY id",
                 params=[split, split, dataset, dataset]).fetchall()
-        finally:
-            con.close()
         self.images = VisualSource(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)
         kept = [r for r in rows if r[1] in self.images.row]
         self.n_without_features = len(rows) - len(kept)
