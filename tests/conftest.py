@@ -83,14 +83,22 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
-def tiny_feature_store():
-    return _build_tiny_feature_store
+def tiny_feature_store(tmp_path_factory):
+    """A function root -> (warehouse, feature set report, vocabulary report) giving each caller
+    its own copy, under root, of one tiny feature store built once per session: 12 shapes scenes
+    with mvp-tiny region features and a min_count=2 vocabulary, the smallest warehouse the
+    model's data path and pre-training run on."""
+    import shutil
+    built = _build_tiny_feature_store(tmp_path_factory.mktemp("tiny-feature-store"))
+
+    def copy(root):
+        wh = Path(root) / "wh"
+        shutil.copytree(built[0], wh)  # snapshots name parts relative to the root
+        return (wh, *built[1:])
+    return copy
 
 
 def _build_tiny_feature_store(root):
-    """12 shapes scenes with mvp-tiny region features and a min_count=2 vocabulary: the smallest
-    warehouse the model's data path and pre-training run on. Returns (warehouse, feature set
-    report, vocabulary report)."""
     from features.extract import extract_features
     from features.vocabulary import build_vocabulary
     from warehouse.ingest.build import ingest

@@ -41,7 +41,8 @@ def served(tmp_path_factory, tiny_feature_store):
     model = MVP(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp))   # the warehouse's images are under it
+        # the session's temp root holds the tiny store's images (its copies share them)
+        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp_path_factory.getbasetemp()))
         yield {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
                "info": info, "model": model.eval(), "tmp": tmp,
                "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
