@@ -1,8 +1,5 @@
-"""The pre-training batch: the contract between the data path (model/training/data.py) and the training
-task (model/training/trainer.py). All tensors are on one device; masks are bool with True on real entries.
-
-Text is kept in two parts so masking can hide a concept whenever a word inside it is masked
-(model/masking.py) before the model input is assembled as `[CLS] words... concepts... [SEP]`."""
+"""The batches: the contract between the data paths (model/training/data.py) and the model and
+training task (model/training/task.py). Masks are bool with True on real entries."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -42,6 +39,8 @@ class VisualInputs(TensorBatch):
 
 @dataclass
 class PretrainBatch(TensorBatch):
+    """Words and concepts kept apart, so that masking can hide a concept whenever a word in it is
+    masked (model/masking.py); `assemble_text` then builds the model input."""
     token_ids: torch.Tensor       # [B, Lw] long: [CLS] caption BPE tokens, then pad_id
     token_mask: torch.Tensor      # [B, Lw] bool
     concept_ids: torch.Tensor     # [B, C] long, already offset by cfg.concept_offset; pad_id pads

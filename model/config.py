@@ -1,19 +1,5 @@
-"""The model's typed config and its YAML presets.
-
-A preset is a YAML file in `configs/` whose `model:` section holds `ModelConfig` fields; other
-top-level sections (`train:`, `data:`, ...) belong to other readers and are ignored here, so one
-file can describe a whole experiment.
-
-    cfg = load_config("tiny")                          # configs/tiny.yaml
-    cfg = load_config("configs/small.yaml", n_concepts=812, feat_dim=2048)
-
-Vocabulary layout of the one shared embedding table (fixed, the data path builds ids with it):
-    [0, word_vocab)                 CLIP BPE tokens; [CLS] = BPE sot 49406, [SEP] = BPE eot 49407
-    word_vocab                      [MASK]
-    word_vocab + 1                  [PAD]
-    concept_offset + c              concept c (0-based id of the warehouse's `concepts` table),
-                                    concept_offset = word_vocab + 2
-"""
+"""The model's typed config and its YAML presets: the `model:` section of a file in `configs/` (other
+sections belong to other readers, so one file can describe a whole experiment)."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +43,8 @@ class ModelConfig:
     def __post_init__(self):
         _validate(self)
 
-    # Derived ids: one place computes the vocabulary layout described in the module docstring.
+    # The shared embedding table: words [0, word_vocab) (CLIP BPE, [CLS]/[SEP] = its sot/eot),
+    # then [MASK], [PAD], then concept c (the warehouse's `concepts` id) at concept_offset + c.
     @property
     def mask_id(self) -> int:
         return self.word_vocab

@@ -1,10 +1,5 @@
 """A pre-LayerNorm transformer encoder with padding masks, shared by the text, visual and
-cross-modal encoders of MVP.
-
-Pre-LN (LayerNorm before attention/MLP, one final LayerNorm) rather than BERT's post-LN: MVP here
-trains from scratch instead of starting from BERT weights, and pre-LN trains stably without a
-long warmup. Attention goes through `F.scaled_dot_product_attention`, which picks a fused kernel.
-"""
+cross-modal encoders of MVP."""
 from __future__ import annotations
 
 import torch
@@ -32,6 +27,7 @@ class SelfAttention(nn.Module):
         B, L, H = x.shape
         # [B, L, 3H] -> three [B, heads, L, H/heads]
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        # SDPA picks a fused kernel
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, H)))
@@ -52,7 +48,9 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """`layers` blocks and a final LayerNorm: [B, L, H] inputs, [B, L] bool mask -> [B, L, H]."""
+    """`layers` blocks and a final LayerNorm: [B, L, H] inputs, [B, L] bool mask -> [B, L, H].
+    Pre-LN rather than BERT's post-LN: MVP here trains from scratch, not from BERT weights, and
+    pre-LN trains stably without a long warmup."""
 
     def __init__(self, layers: int, hidden: int, heads: int, mlp_ratio: int, dropout: float):
         super().__init__()

@@ -1,18 +1,12 @@
-"""The five pre-training losses of MVP (METHOD.md §3), one function each, named after the task.
-
-Pure functions over tensors: the model produces logits and vectors, these turn them into scalars.
-Conventions: similarity matrices are [B_text, B_image] with the matching pairs on the diagonal;
-labels of positions that are not targets are -100. Every random choice comes from `generator`.
-
-    stage 1 (uni-modal):  vsc, mcr
-    stage 2 (cross-modal): itm (with itm_negatives), mlm, wpg
-"""
+"""The five pre-training losses of MVP (METHOD.md §3), one pure function each, named after the task.
+Similarity matrices are [B_text, B_image] with the matching pairs on the diagonal; every random
+choice comes from `generator`."""
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+IGNORE = -100   # label of positions that are not targets
 
 
 def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -66,28 +60,14 @@ NEGATIVE_MODES = ("hard", "sampled", "random")
 def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
                   image_ids: torch.Tensor | None = None, mode: str = "hard",
                   text_ids: torch.Tensor | None = None):
-    """Build the ITM batch: B positives plus in-batch negatives.
-
-    sim: [B, B] text-image similarity logits (the VSC matrix; read without gradient).
-    image_ids: optional [B] ids of each pair's image: texts of the same image (COCO has 5 per
-    image) are not negatives of each other, so such pairs are excluded like the diagonal.
-    text_ids: optional [B] ids of each pair's caption TEXT (equal ids = the same words): an image
-    whose own caption reads exactly like text i matches text i as far as anyone can tell, so such
-    pairs are excluded too (templated captions repeat a lot). Dropped for a row or column it would
-    leave without a partner.
-
-    mode:
-    - "hard" (MVP's authors): B negatives. The rows are ordered by a random permutation drawn from
-      `generator` (none: batch order); the first B // 2 are TEXT rows paired with their most
-      similar allowed image, the other B - B // 2 IMAGE columns with their most similar text.
-    - "sampled" (ALBEF): 2B negatives, one image for every text and one text for every image,
-      each drawn with probability softmax(sim) over the allowed partners.
-    - "random": B negatives split as in "hard", each partner uniform among the allowed ones.
-    Draw order: the permutation (hard, random), then the partners' draws (sampled, random).
-
-    Returns (text_index, image_index, label) long, length 2B (3B for "sampled"): entries 0..B-1
-    are the positives (i, i, 1) in batch order, the rest the negatives (label 0).
-    """
+    """The ITM batch from `sim` [B, B] (the VSC matrix, read without gradient): (text_index,
+    image_index, label), the positives (i, i, 1) first, then the negatives. Pairs of one image
+    (`image_ids`: COCO has 5 captions each) or of identical caption text (`text_ids`: templated
+    captions repeat, and such a pair matches as far as anyone can tell) are never negatives;
+    text_ids is ignored if it would leave a row or column without a partner. mode "hard" (MVP's
+    authors): B negatives, the first B // 2 rows of a permutation as texts with their most similar
+    image, the rest as images with their most similar text; "random": the same split, partners
+    uniform; "sampled" (ALBEF): 2B, a partner for every text and every image by softmax(sim)."""
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"negative mode must be one of {NEGATIVE_MODES}, got {mode!r}")
     b = sim.shape[0]
@@ -109,6 +89,7 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
         weights = weights.masked_fill(excluded, 0.0)
         return torch.multinomial(weights.to(gen_device), 1, generator=generator).to(device)[:, 0]
 
+    # draw order: the permutation (hard, random), then the partners (sampled, random)
     with torch.no_grad():
         scores = sim.detach().float()
         if mode == "sampled":
@@ -178,22 +159,13 @@ def _grounding_score(phrases, phrase_mask, regions, region_mask, generator, top_
 def wpg(phrase_vecs: torch.Tensor, phrase_mask: torch.Tensor, region_vecs: torch.Tensor,
         region_mask: torch.Tensor, generator: torch.Generator | None = None,
         margin: float = 0.2, top_k: int = 3) -> WPGOutput:
-    """Weakly-supervised phrase grounding (METHOD.md §3).
-
-    score(T, I) = mean over T's phrase concepts of cos(phrase, best region of I), "best" drawn
-    uniformly among I's top-`top_k` regions by cosine (the random pick keeps the loss from locking
-    onto one region early). Loss = mean over texts of max(0, margin + score(T, I_neg) - score(T, I)).
-
-    phrase_vecs [B, P, D] and phrase_mask [B, P] (True at real phrase concepts): from the
-    cross-modal encoder's concept positions of text b. region_vecs [B, R, D] and region_mask
-    [B, R] (True at real regions): its region positions. Here the negative image's regions are
-    those of its own (positive) fused pass, an approximation that avoids a second fused pass.
-
-    Negative image: for text b, I_neg = (b + s) mod B with s uniform in {1..B-1} — uniform over the
-    other images. Draw order: s [B], then the top-k picks for positives [B, P], then negatives.
-    Texts without phrases, or whose positive or negative image has no region, are left out of the
-    mean; if none remain (or B < 2) the loss is 0 with a grad path.
-    """
+    """Weakly-supervised phrase grounding (METHOD.md §3): score(T, I) = mean over T's phrases of
+    cos(phrase, best region of I), "best" drawn among I's top-`top_k` (so the loss does not lock
+    onto one region early); loss = mean of max(0, margin + score(T, I_neg) - score(T, I)), I_neg
+    uniform among the other images. phrase_vecs [B, P, D], region_vecs [B, R, D] with their masks:
+    the fused concept and region positions; I_neg's regions are those of its own positive pass
+    (no second fused pass). Texts without phrases, or whose image or I_neg has no region, are
+    left out; none left (or B < 2): 0 with a grad path."""
     b = phrase_vecs.shape[0]
     device = phrase_vecs.device
     zero = phrase_vecs.sum() * 0.0 + region_vecs.sum() * 0.0
@@ -202,6 +174,7 @@ def wpg(phrase_vecs: torch.Tensor, phrase_mask: torch.Tensor, region_vecs: torch
         return WPGOutput(zero, empty, empty, torch.zeros(b, dtype=torch.long, device=device),
                          torch.zeros(b, dtype=torch.bool, device=device))
     gen_device = generator.device if generator is not None else device
+    # draw order: the shift [B], then the top-k picks of the positives [B, P], then the negatives
     shift = torch.randint(1, b, (b,), generator=generator, device=gen_device).to(device)
     negative = (torch.arange(b, device=device) + shift) % b
     pos = _grounding_score(phrase_vecs, phrase_mask, region_vecs, region_mask, generator, top_k)

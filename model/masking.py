@@ -1,16 +1,6 @@
-"""Masking for the masked-prediction tasks (METHOD.md §3): MLM on caption tokens, MCR on tags and
-on the caption's phrase concepts.
-
-BERT's rule everywhere: each maskable position is selected with probability `prob` (0.15); a
-selected position becomes [MASK] 80% of the time, a random id from a given range 10%, and stays
-unchanged 10%. Labels hold the original id at selected positions and -100 (cross_entropy's
-ignore_index) elsewhere.
-
-Pure tensor functions: id ranges and the [MASK] id are arguments, so this module does not depend on
-the vocabulary layout (words, then [MASK], [PAD], then concepts; see model config). Every random
-number comes from `generator`, and the same numbers are drawn whatever the data, so a seeded
-generator gives the same masks on every run. Ranges are half-open `(lo, hi)`.
-"""
+"""Masking for the masked-prediction tasks (METHOD.md §3) by BERT's 80/10/10 rule: MLM on caption
+tokens, MCR on tags and on the caption's phrase concepts. Every random number comes from
+`generator`, and the same numbers are drawn whatever the data: a seeded generator, the same masks."""
 import torch
 
 IGNORE = -100  # label of positions that are not prediction targets
@@ -24,7 +14,8 @@ def _uniform(shape, generator, device) -> torch.Tensor:
 
 def _corrupt(ids: torch.Tensor, selected: torch.Tensor, mask_id: int, random_range,
              generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply 80% [MASK] / 10% random / 10% keep at the `selected` positions of `ids`.
+    """Apply 80% [MASK] / 10% random id from the half-open `random_range` / 10% keep at the
+    `selected` positions of `ids`.
 
     Returns (corrupted ids, labels) with labels = original id where selected, else -100.
     """
@@ -70,28 +61,14 @@ def mask_with_concepts(token_ids: torch.Tensor, token_special: torch.Tensor,
                        concept_ids: torch.Tensor, concept_spans: torch.Tensor, mask_id: int,
                        word_range, concept_range, generator, prob: float = 0.15,
                        concept_mask: torch.Tensor | None = None):
-    """Mask the text side: caption tokens (MLM) and phrase concepts (text-side MCR), without leakage.
-
-    A concept like (man, ride, horse) would give away a masked "horse" token, so a concept is
-    ALWAYS replaced by [MASK] when one of the tokens of its span is selected (whatever that token's
-    80/10/10 action; a kept or randomised concept would reveal the word, as the authors'
-    `random_phrases` also rules). A concept with no selected token is selected on its own with
-    probability `prob` and gets the usual 80/10/10, random ids drawn from `concept_range`.
-
-    token_ids:     [B, L] long caption token ids.
-    token_special: [B, L] bool, True where a token is never selected (specials, padding).
-    concept_ids:   [B, C] long concept token ids (already offset into the shared table).
-    concept_spans: [B, C, 2] long, half-open [start, end) of each concept IN POSITIONS OF
-                   `token_ids` (BPE positions, [CLS] counted): the data path maps the concept's
-                   caption words to the BPE tokens they were split into. An empty span (start ==
-                   end) means the concept was not located; it is then masked at rate `prob` only.
-    concept_mask:  [B, C] bool, True at real concepts (default: all); padding is never selected.
-    Returns (masked_token_ids [B, L], token_labels [B, L], masked_concept_ids [B, C],
-    concept_labels [B, C]).
-
-    Draw order (fixed): token selection, token 80/10/10 action, token random ids, concept
-    selection, concept action, concept random ids.
-    """
+    """Mask caption tokens (MLM) and phrase concepts (text-side MCR) without leakage: a concept is
+    ALWAYS [MASK] when a token of its span is selected, as a kept (man, ride, horse) would give a
+    masked "horse" away (the authors' `random_phrases` rules the same). Other concepts are selected
+    with `prob`, with 80/10/10 from `concept_range`. concept_spans [B, C, 2]: half-open BPE
+    positions in `token_ids` ([CLS] counted); an empty one (concept not located) is masked at rate
+    `prob` only. token_special [B, L]: never selected; concept_mask [B, C]: real (default all).
+    Returns (masked tokens [B, L], token labels, masked concepts [B, C], concept labels)."""
+    # draw order (fixed): token selection, action, random ids; then the same for concepts
     device = token_ids.device
     token_selected = (_uniform(token_ids.shape, generator, device) < prob) & ~token_special
     masked_tokens, token_labels = _corrupt(token_ids, token_selected, mask_id, word_range, generator)

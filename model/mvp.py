@@ -1,25 +1,6 @@
-"""The MVP model (METHOD.md §2): three encoders over one shared embedding table, plus the heads the
-pre-training tasks read.
-
-    text    [CLS] caption tokens... concepts... [SEP]  -> text encoder   -> h_text
-    visual  [CLS] tag tokens... [SEP] ; regions         -> visual encoder -> h_vis
-    fused   h_text (all positions) ; h_vis (regions)    -> cross encoder  -> h_fused
-
-Stage 1 (VSC, MCR) calls only `encode_text` / `encode_visual`; stage 2 adds `fuse`. Each step is
-its own method so that stage 1 never runs, or builds gradients for, the cross encoder.
-
-Heads:
-- VSC: g_t = normalize(W_t h_text[CLS]), g_v = normalize(W_v h_vis[CLS]); `similarity` scales the
-  cosine matrix by a learnable 1/temperature (init 1/0.07, clamped at 100 as in CLIP).
-- MLM head (fused caption positions) and MCR head (visual tag positions), each its own transform
-  and bias over one decoder: the word rows of the shared table (tags are the BPE words of region
-  labels, so they are word tokens too), as the authors' `half_mlm`. Concepts and specials are never
-  prediction targets of these heads.
-- ITM: 2-way classifier on the pooled fused [CLS] (BERT-style tanh pooler).
-
-Ids follow the layout in `model/config.py`: the caller passes concept ids already offset by
-`cfg.concept_offset`. Masks are [B, L] with True (or 1) on real tokens.
-"""
+"""The MVP model (METHOD.md §2): text, visual and cross encoders over one shared embedding table,
+plus the heads the pre-training tasks read. Each encoder is its own method, so stage 1 never runs,
+or builds gradients for, the cross encoder."""
 from __future__ import annotations
 
 import math
@@ -105,13 +86,16 @@ class MVP(nn.Module):
 
         self.text_proj = nn.Linear(H, cfg.embed_dim)     # W_t
         self.visual_proj = nn.Linear(H, cfg.embed_dim)   # W_v
+        # VSC's learnable 1/temperature, used clamped at 100 as in CLIP
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature_init)))
-        # MLM transform as in BERT; the decoder matrix is the embedding's word rows (no copy)
+        # MLM (fused caption positions) and MCR (visual tag positions) heads: each its own
+        # transform and bias over one decoder, the word rows of the shared table (no copy), as the
+        # authors' `half_mlm`; tags are BPE words, and concepts and specials are never targets
         self.mlm_transform = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H))
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.word_vocab))
         self.mcr_transform = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H))
         self.mcr_bias = nn.Parameter(torch.zeros(cfg.word_vocab))
-        self.pooler = nn.Sequential(nn.Linear(H, H), nn.Tanh())
+        self.pooler = nn.Sequential(nn.Linear(H, H), nn.Tanh())   # BERT-style, for ITM
         self.itm_head = nn.Linear(H, 2)
 
         self.apply(self._init_weights)
@@ -131,10 +115,10 @@ class MVP(nn.Module):
     # ---- uni-modal encoders (stage 1) ----
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> TextOutput:
-        """ids [B, Lt] (`[CLS] tokens... concepts... [SEP]` then padding), mask [B, Lt]. A batch
-        may pad BETWEEN a row's words and its concepts (assemble_text lines concepts up after the
-        batch's longest caption); positions count real tokens only, so a row's encoding does not
-        depend on the rows it is batched with."""
+        """ids [B, Lt] (`[CLS] tokens... concepts... [SEP]` then padding, concept ids already
+        offset by cfg.concept_offset), mask [B, Lt]. A batch may pad BETWEEN a row's words and its
+        concepts (assemble_text lines concepts up after the batch's longest caption); positions
+        count real tokens only, so a row's encoding does not depend on the rows it is batched with."""
         _check(mask.shape == ids.shape, f"text mask {tuple(mask.shape)} != ids {tuple(ids.shape)}")
         mask = mask.bool()
         # the padded width may exceed max_text_len (words padded to the longest caption, then

@@ -1,8 +1,5 @@
-"""How text becomes ids, the one place: CLIP BPE per word, a caption as `[CLS] words...
-concepts... [SEP]` (concepts are first mentions, at most MAX_CONCEPTS, words fill the rest of
-max_text_len), an image's tags as `[CLS] label pieces... [SEP]`, a VQA question with its concepts
-and the image's tags, and the cut of a long request to what the model can read. The training
-data, VQA and serving paths all build their text here."""
+"""How text becomes ids, the one place the training data, VQA and serving paths build it: CLIP BPE per
+word, captions, tags, VQA questions, and the cut of a long request to what the model can read."""
 from __future__ import annotations
 
 import itertools

@@ -1,25 +1,6 @@
-"""Evaluate a pre-trained MVP on a held-out split: image-text retrieval (dual encoder, then ITM
-re-ranking, METHOD.md §4) and masked-word accuracy (MLM) against a majority-token baseline.
-
-    metrics = evaluate("runs/pretrain/stage2/last.pt", "runs/demo/warehouse", split="test")
-    for name, value in results_rows(metrics):
-        print(f"{name:24s} {value}")
-
-    python -m model.downstream.evaluate runs/pretrain/stage2/last.pt --warehouse runs/demo/warehouse
-
-A stage-1 checkpoint has an untrained cross encoder: it is evaluated as a dual encoder only (no
-re-ranking, no MLM). The gallery holds every image of the split once; each caption's gold image
-is its own. Ties and chance levels: see model/downstream/retrieval.py.
-
-MLM accuracy masks the split's captions with the training rule (model/masking.py
-`mask_with_concepts`) drawn with a generator seeded by (`seed`, caption id), so two models (and
-any batch size) are scored on the same positions. Each caption is fused with its own image, and
-again with another image of the batch (`mlm_accuracy_shuffled_image`): the gap is what the image
-contributes. The baseline always predicts the most frequent word token of the TRAIN captions.
-
-ITM on held-out pairs: every caption with its own image and with one other gallery image drawn
-uniformly (seeded): loss, accuracy on each side, and the mean p(match) of each.
-"""
+"""Evaluate a pre-trained MVP on a held-out split.
+Image-text retrieval (dual encoder, then ITM re-ranking; METHOD.md §4), ITM on held-out pairs,
+and masked-word accuracy (MLM) against a majority-token baseline."""
 from __future__ import annotations
 
 import argparse
@@ -88,7 +69,8 @@ def _cat_padded(parts: list[tuple[torch.Tensor, torch.Tensor]]
 
 @torch.no_grad()
 def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEmbeddings:
-    """Encode every caption of `data` and every image of its gallery once (eval mode)."""
+    """Encode every caption of `data` and every image of its gallery once (eval mode); the
+    gallery holds each image of the split once, and a caption's gold image is its own."""
     was_training, device = model.training, _device(model)
     model.eval()
     try:
@@ -222,6 +204,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
             text = model.encode_text(ids, mask)
             sel = labels != IGNORE
             target = labels[sel]
+            # with its own image, then another one: the gap is what the image contributes
             for images in (None, other_image(batch.image_index)):
                 fused = model.fuse(text, visual if images is None else visual.take(images))
                 pred = model.mlm_logits(fused.text_hidden[:, :concept_start][sel]).argmax(-1)

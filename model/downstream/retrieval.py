@@ -1,25 +1,5 @@
 """Image-text retrieval metrics and ITM re-ranking (METHOD.md §4), as pure functions of score
-matrices: rows are captions, columns are gallery images (each image once).
-
-    sim = g_t @ g_v.T                                   # [n_text, n_image], dual encoder
-    recall_at_k(sim, text_image)                        # {"t2i_r1": ..., "i2t_r1": ..., "rsum"}
-    t2i, i2t = rerank(sim, itm_score_fn, k_text=128, k_image=64)
-    recall_at_k(t2i, text_image, i2t_sim=i2t)           # the re-ranked metrics
-
-text -> image (t2i): a caption scores a hit at k when its gold image is among its top k images.
-image -> text (i2t): an image scores a hit at k when ANY of its captions is among its top k.
-
-Ties count against the gold item: its rank is the number of OTHER candidates scoring >= it, so a
-model that gives every candidate the same score gets no credit (R@k = 0 for k < n), and the
-result does not depend on how a sort happens to order equal values. With fewer candidates than
-k, every query is a hit (R@k = 1).
-
-Re-ranking (the paper's protocol): for each caption the top `k_image` images by dual-encoder
-similarity, and for each image its top `k_text` captions, are scored by the cross encoder's ITM
-match score and put, in that order, ahead of every other candidate; the others keep their
-dual-encoder order behind them. The two directions rank different candidate sets, so re-ranking
-gives two matrices: t2i (read along rows) and i2t (read along columns).
-"""
+matrices: rows are captions, columns are gallery images (each image once)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -32,9 +12,10 @@ KS = (1, 5, 10)
 def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
                 i2t_sim: torch.Tensor | None = None) -> dict[str, float]:
     """sim [n_text, n_image] scores, text_image [n_text] gold image column of each caption.
-    `i2t_sim` (default `sim`) is what the image -> text direction ranks by. Returns t2i_r{k} and
-    i2t_r{k} for each k in `ks` (fractions in [0, 1]) and rsum, their sum. Images without a
-    caption are left out of i2t (they have nothing to retrieve)."""
+    `i2t_sim` (default `sim`) is what the image -> text direction ranks by. A caption hits at k
+    when its gold image is in its top k; an image when ANY of its captions is (images without a
+    caption are left out). Returns t2i_r{k} and i2t_r{k} for each k in `ks` (fractions in
+    [0, 1]) and rsum, their sum."""
     sim = sim.float()
     i2t_sim = sim if i2t_sim is None else i2t_sim.float()
     n_text, n_image = sim.shape
@@ -44,6 +25,8 @@ def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
     if i2t_sim.shape != sim.shape:
         raise ValueError(f"i2t_sim {tuple(i2t_sim.shape)} != sim {tuple(sim.shape)}")
     rows = torch.arange(n_text, device=sim.device)
+    # ties count against the gold item (rank = OTHER candidates scoring >= it): equal scores earn
+    # nothing, whatever order a sort would give them
 
     # t2i: images other than the gold one scoring >= the gold score
     gold = sim[rows, text_image]
@@ -76,14 +59,13 @@ def chance_recall_at_1(text_image: torch.Tensor, n_image: int) -> dict[str, floa
 def rerank(sim: torch.Tensor, itm_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
            k_text: int = 128, k_image: int = 64, batch_size: int = 256
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-rank the dual encoder's top candidates by ITM. Returns (t2i, i2t), each [n_text,
-    n_image]: in row i of t2i, caption i's top `k_image` images hold their ITM score and every
-    other image a score below all of those, in dual-encoder order; i2t likewise per column with
-    each image's top `k_text` captions.
-
-    itm_score_fn(text_rows [P], image_rows [P]) -> [P] match scores (higher = better match) of
-    the pairs (caption text_rows[p], image image_rows[p]); it is called with at most `batch_size`
-    pairs at a time, and each pair chosen by both directions is scored once."""
+    """Re-rank the dual encoder's top candidates by ITM (the paper's protocol). The directions
+    rank different candidate sets, hence two [n_text, n_image] matrices (t2i, i2t): in row i of
+    t2i, caption i's top `k_image` images hold their ITM score and every other image a score
+    below all of those, in dual-encoder order; i2t likewise per column with each image's top
+    `k_text` captions. itm_score_fn(text_rows [P], image_rows [P]) -> [P] match scores (higher =
+    better) of the pairs, called with at most `batch_size` pairs at a time; each pair is scored
+    once."""
     n_text, n_image = sim.shape
     sim = sim.float()
     cand_t2i = _top_mask(sim, min(k_image, n_image), dim=1)

@@ -1,20 +1,5 @@
 """Run a pipeline step once per fingerprint of its inputs, so a rerun skips what is done and an
-interrupted step picks up its own folder.
-
-    result = run_once("runs/pipeline", "stage1", {"warehouse": 12, "config": "small", ...},
-                      lambda folder: pretrain(..., out_dir=folder))
-
-The step writes into `root/<name>-<fingerprint>/`; its result (a JSON-able dict) is stored there
-as result.json, atomically, only when it returns. A rerun with the same inputs returns the stored
-result (with "cached": True) as long as every file the result names under "files" still exists;
-otherwise the step runs again in the same folder (a training step then resumes from the
-checkpoint it left there). Chained steps put the upstream result's folder in their inputs, so a
-changed stage 1 re-runs stage 2.
-
-Why not Prefect's result cache alone: the effect of a step lives in files and in the warehouse,
-which a user may delete or rebuild; a cache entry that outlives them would claim work that is
-gone. The check here looks at the files themselves.
-"""
+interrupted step picks up its own folder."""
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +19,9 @@ def step_folder(root: str | Path, name: str, inputs: dict) -> Path:
 
 
 def cached_result(folder: Path) -> dict | None:
-    """The stored result of a finished step whose files all still exist, else None."""
+    """The stored result of a finished step whose files all still exist, else None. Prefect's
+    result cache alone would not do: a step's effect lives in files and in the warehouse, which a
+    user may delete or rebuild, so the check looks at the files themselves."""
     done = folder / "result.json"
     if not done.exists():
         return None
@@ -45,6 +32,10 @@ def cached_result(folder: Path) -> dict | None:
 
 
 def run_once(root: str | Path, name: str, inputs: dict, step: Callable[[Path], dict]) -> dict:
+    """`step(folder)` in root/<name>-<fingerprint>/, its result (a JSON-able dict) stored there
+    atomically when it returns; with the same inputs, the stored result ("cached": True) while
+    the files it lists under "files" exist, else a rerun in the same folder (a training step
+    resumes from its checkpoint). Chained steps put the upstream folder in their inputs."""
     folder = step_folder(root, name, inputs)
     result = cached_result(folder)
     if result is not None:

@@ -1,39 +1,6 @@
-"""Pre-training variants side by side at an equal budget (issue 5 §2): the paper's two stages vs
-the authors' joint schedule, and the multi-level alignment taken apart, each scored the same way
-on a held-out split: zero-shot retrieval and VQA after fine-tuning.
-
-    results = compare("runs/demo/warehouse", root="runs/compare", config="small", budget=600,
-                      vqa_steps=200)
-    print(format_table(*results_table(results)))
-
-    variant            pre-training (S optimizer steps of the preset's batch in all)
-    mvp-sequential     stage1 (VSC + MCR) S/2 -> stage2 (all five losses) S/2   (the paper)
-    mvp-joint          joint (all five) S                               (the authors' code)
-    no-concepts        as mvp-sequential with concepts=false: no phrase or tag level
-    no-wpg             as mvp-sequential, stage2 without WPG
-    no-hard-negatives  as mvp-sequential, stage2 ITM negatives drawn at random
-    albef              single stage ITC + ITM + MLM, no concepts (ALBEF-style)
-
-Equal budget means equal optimizer steps and batch: a two-stage variant splits S over its stages,
-and each stage runs its own lr schedule over its own steps (warmup min(preset, steps/10), cosine to
-0 at its last step), as the stage would run alone. Variants whose leading stages are the same
-share them: no-wpg and no-hard-negatives continue mvp-sequential's stage 1 (same inputs, same
-weights), so each differs from mvp-sequential only in what it ablates, and that stage trains once.
-
-Then for every variant: retrieval R@1 on `split` (dual encoder and ITM re-ranked, no fine-tuning),
-and VQA: the pre-trained model fine-tuned for `vqa_steps` on the train questions of every dataset
-with features, scored per dataset on `split`. Chance levels: uniform ranking for retrieval, the
-dataset's most common training answer (and the per-question-type prior) for VQA.
-
-A model pre-trained with `concepts: false` is scored on what it was trained on: no concept tokens,
-tags `[CLS] [SEP]` (model/evaluate.evaluate shows every model the concepts and tags; zero-shot, the
-ablations would meet inputs they never saw). VQA fine-tuning gives every variant the same inputs
-(question + tags): it is the downstream task, and the fine-tuning steps teach the model to use them.
-
-Every step is a cached pipeline step (model/pipeline/steps.py): a rerun trains and evaluates nothing
-already done. MLflow: every run nested under one parent run (model/pipeline_report.pipeline_run,
-which opens it in the experiment "mvp-pipeline"; the parent carries param flow=mvp-compare).
-"""
+"""Pre-training variants side by side at an equal budget of optimizer steps and batch (the paper's
+two stages, the authors' joint schedule, the multi-level alignment taken apart), each scored the
+same way on a held-out split: zero-shot retrieval, and VQA after fine-tuning."""
 from __future__ import annotations
 
 import json
@@ -71,13 +38,13 @@ class Variant:
 _STAGE1, _STAGE2 = Stage("stage1", 0.5), Stage("stage2", 0.5)
 _NO_CONCEPTS = {"concepts": False}
 VARIANTS = (
-    Variant("mvp-sequential", (_STAGE1, _STAGE2)),
-    Variant("mvp-joint", (Stage("joint", 1.0),)),
+    Variant("mvp-sequential", (_STAGE1, _STAGE2)),                      # the paper
+    Variant("mvp-joint", (Stage("joint", 1.0),)),                       # the authors' code
     Variant("no-concepts", (Stage("stage1", 0.5, _NO_CONCEPTS),
                             Stage("stage2", 0.5, _NO_CONCEPTS))),
     Variant("no-wpg", (_STAGE1, Stage("stage2", 0.5, {"wpg": 0}))),
     Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"negatives": "random"}))),
-    Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),
+    Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),   # ITC + ITM + MLM, ALBEF-style
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 
@@ -97,13 +64,14 @@ def stage_steps(v: Variant, budget: int) -> list[int]:
 
 def step_name(v: Variant, k: int) -> str:
     """Name (cache folder and MLflow run) of stage k: that of the first variant of VARIANTS with
-    the same stages up to k, so identical leading stages are one step."""
+    the same stages up to k, so identical leading stages are one step (no-wpg continues
+    mvp-sequential's stage 1, and differs from it only in what it ablates)."""
     owner = next((o for o in VARIANTS if o.stages[:k + 1] == v.stages[:k + 1]), v)
     return f"{owner.name}-{v.stages[k].stage}"
 
 
 def stage_overrides(stage: Stage, config: str, steps: int) -> dict:
-    """The stage's switches plus an lr schedule that ends with the stage."""
+    """The stage's switches plus an lr schedule that ends with the stage, as if it ran alone."""
     return {**stage.overrides, **schedule_for(config, steps)}
 
 
@@ -146,7 +114,8 @@ class _WithoutConcepts:
 def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
                         k_image: int = 64) -> dict:
     """pipeline.evaluate_step; for a model pre-trained without concepts, its retrieval metrics on
-    the split without concepts and tags (a cached step too)."""
+    the split without concepts and tags (a cached step too): zero-shot, it would otherwise meet
+    inputs it never saw."""
     state = load_checkpoint(trained["checkpoint"])
     if state["train_config"].get("concepts", True):
         return pipeline.evaluate_step(root, warehouse, trained, split, k_text, k_image)
@@ -164,7 +133,8 @@ def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_t
     return run_once(root, f"eval-{Path(trained['folder']).name}-{split}", inputs, run)
 
 
-# What `compare` runs, by kind; a Prefect flow passes its own `call` to run each as a task.
+# What `compare` runs, by kind, each a cached pipeline step (a rerun redoes nothing done); a
+# Prefect flow passes its own `call` to run each as a task.
 STEPS: dict[str, Callable[..., dict]] = {
     "train": pipeline.stage_step, "evaluate": evaluate_as_trained, "vqa": pipeline.vqa_step,
     "evaluate-vqa": pipeline.vqa_evaluate_step, "vqa-chance": vqa_chance}
@@ -178,8 +148,10 @@ def run_step(kind: str, label: str, **kw) -> dict:
 def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps: int,
                 tracking: dict | None = None, split: str = "test", k_text: int = 128,
                 k_image: int = 64, call: Callable[..., dict] = run_step) -> dict:
-    """Pre-train `v` for `budget` steps, then score it. Returns {"variant", "pretraining",
-    "steps" (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
+    """Pre-train `v` for `budget` steps, then score it on `split`: retrieval without fine-tuning,
+    and VQA per dataset after `vqa_steps` of fine-tuning on the train questions of every dataset.
+    Returns {"variant", "pretraining", "steps" (name -> step result), "retrieval" (evaluate()
+    metrics), "vqa" (dataset -> metrics)}."""
     common = {"root": str(root), "warehouse": str(warehouse)}
     done, trained = {}, None
     for k, (stage, n) in enumerate(zip(v.stages, stage_steps(v, budget))):
@@ -193,6 +165,7 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
     vqa = {}
     if vqa_steps > 0:
         name = f"{v.name}-vqa"
+        # every variant gets the same inputs here (question + tags): fine-tuning teaches their use
         tuned = call("vqa", name, init=trained, config=config, steps=vqa_steps, eval_split=None,
                      name=name, tracking=tracking, **common)
         done[name] = tuned

@@ -1,19 +1,12 @@
-"""Pictures of a run that people would rather look at than read; the flows log them to MLflow
-(`mlflow.log_artifact(path)`). Matplotlib's Agg backend: no display needed.
-
-    loss_curves(client, {"stage1": r1, "stage2": r2}, ["loss", "vsc", "itm"], "losses.png")
-    retrieval_examples(model, data, warehouse, "retrieval.png")     # held-out captions, top-5
-    grounding_picture(model, data, 0, "grounding.png", warehouse)   # phrases on their regions
-
-Every picture has a fixed size in pixels (see each function), so a report can lay them out.
-"""
+"""Pictures of a run for people to look at (loss curves, retrieval examples, phrases grounded on
+regions), logged to MLflow by the flows; each has a fixed size in pixels so a report can lay them out."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")   # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,10 +1,5 @@
 """What the pipeline records and shows: its parent MLflow run, the registered models with their
-promotion decisions, pictures, and the results table.
-
-    with pipeline_run(None, {"config": "small"}) as tracking:     # {"tracking_uri", ...}
-        ...                                                         # nested runs use `tracking`
-    columns, rows = results_table(test_results)
-"""
+promotion decisions, pictures, and the results table."""
 from __future__ import annotations
 
 import tempfile

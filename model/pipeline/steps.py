@@ -1,14 +1,6 @@
 """The steps of the end-to-end pipeline, without Prefect (flows/pipeline.py orchestrates them):
-pre-train (stage1 -> stage2, or joint), fine-tune for retrieval and VQA, evaluate, register.
-
-    s1 = stage_step(root, wh, "stage1", "small", 200)
-    s2 = stage_step(root, wh, "stage2", "small", 300, init=s1)
-    ev = evaluate_step(root, wh, s2, split="val")
-
-Every step runs once per fingerprint of its inputs (model/pipeline/cache.py): the warehouse snapshot,
-the config and budget, the code version and the upstream step's folder. A rerun of the pipeline
-skips finished steps; an interrupted training step resumes from the checkpoint in its folder.
-"""
+pre-train, fine-tune for retrieval and VQA, evaluate, register; each a cached step
+(model/pipeline/cache.py) keyed by its data, config, budget, code and upstream step."""
 from __future__ import annotations
 
 from pathlib import Path

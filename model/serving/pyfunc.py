@@ -2,46 +2,7 @@
 a question, region labels, boxes) in; embeddings, match scores and an answer out.
 
     info = log_pyfunc("runs/pretrain/stage2/last.pt", "runs/demo/warehouse")   # inside a run
-    served = mlflow.pyfunc.load_model(info.model_uri)
-    served.predict(pd.DataFrame({"image_path": ["cat.png"], "text": ["a cat on a mat"]}))
-    # mlflow models predict -m <uri> -i input.json -t json --env-manager local
-
-Request columns (all optional, but each row needs `image` or `image_path`):
-    image       binary  the encoded image file (PNG, JPEG...; base64 in JSON requests)
-    image_path  string  or a regular file under $MVP_SERVING_IMAGE_ROOT on the server (read at
-                        load; unset: no paths, bytes only). Every refusal (outside the root,
-                        `..`, a symlink out, missing, not a regular file) is "image_path not
-                        allowed", so answers tell nothing about other files
-    boxes       array<array<double>>  regions [x1, y1, x2, y2] in image pixels, best first;
-                        none: the feature set's grid (its box policy for images without regions)
-    tags        array<string>  region labels (the visual concepts); none: an empty tag sequence
-    text        string  a caption to embed and match against the image (cut to what the
-                        model reads, text.readable)
-    question    string  answered when the package holds a VQA head (model/serving/vqa_hook.py)
-MLflow's JSON request reader (scoring server, `mlflow models predict`) cannot take a null in a
-binary or array column: in a JSON request give `image`, `boxes`, `tags` in every row or in none,
-and box coordinates as JSON floats (10.0: it refuses to cast integers to double).
-Response columns per row:
-    image_embedding  g_v (unit vector)          text_embedding  g_t (unit), null without text
-    cosine           g_t . g_v (dual encoder)   match_score     ITM p(match) (cross encoder)
-    concepts         the caption's concepts fed to the model (null: NLTK data missing)
-    n_regions, box_source ("given" | "grid"), answer (null without a VQA head or question)
-    error            null, or one line saying why this row has no answer ("row 2: text must be
-                     a string"); the other rows are answered. Limits: MAX_IMAGE_BYTES per file,
-                     MAX_IMAGE_PIXELS per image, $MVP_SERVING_TIME_BUDGET_S per request (rows
-                     not started by then get an error)
-
-The image path is the feature set's own recipe (features.extract.encode_image): the same
-backbone and weights (the recorded hash is checked at load), image size, RoIAlign, projection and
-geometry, so the vectors are those training saw. The text path is the training one
-(model/text.py, model/training/concepts.py). The package holds everything it needs: the
-weights-only checkpoint, the
-feature-set record, the concept vocabulary, the backbone's weights file when the feature set was
-extracted from a local file (random init is seeded and needs none), and an optional VQA
-checkpoint. It is logged as MLflow models-from-code: the package holds the short code file
-model/serving/model_code.py, not a pickled Python object, and that file imports this module from the
-installed `mvp` package (pip requirements of the model). Loading a package therefore runs only
-the project's code, and its checkpoints load weights-only (model/training/checkpoint.py).
+    mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image_path": ["cat.png"]}))
 """
 from __future__ import annotations
 
@@ -80,24 +41,32 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR  # noqa: E402
 from mlflow.types.schema import Array, ColSpec, Schema  # noqa: E402
 
+# The request: every column optional, but each row needs `image` or `image_path`. MLflow's JSON
+# reader (scoring server, `mlflow models predict`) takes no null in a binary or array column: a
+# JSON request gives `image`, `boxes`, `tags` in every row or in none, and box coordinates as JSON
+# floats (10.0: it refuses to cast integers to double).
 INPUT_SCHEMA = Schema([
-    ColSpec("binary", "image", required=False),
-    ColSpec("string", "image_path", required=False),
+    ColSpec("binary", "image", required=False),       # the image file (PNG, JPEG...; base64 in JSON)
+    ColSpec("string", "image_path", required=False),  # a regular file under $MVP_SERVING_IMAGE_ROOT
+    # regions [x1, y1, x2, y2] in image pixels, best first; none: the feature set's grid
     ColSpec(Array(Array("double")), "boxes", required=False),
-    ColSpec(Array("string"), "tags", required=False),
-    ColSpec("string", "text", required=False),
-    ColSpec("string", "question", required=False),
+    ColSpec(Array("string"), "tags", required=False),   # region labels; none: no tags
+    ColSpec("string", "text", required=False),       # a caption to embed and match (cut to what the
+    #                                                     model reads)
+    ColSpec("string", "question", required=False),   # answered when the package has a VQA head
 ])
-OUTPUT_SCHEMA = Schema([   # a row with an `error` has only that
-    ColSpec(Array("float"), "image_embedding", required=False),
-    ColSpec(Array("float"), "text_embedding", required=False),
-    ColSpec("double", "cosine", required=False),
-    ColSpec("double", "match_score", required=False),
+OUTPUT_SCHEMA = Schema([   # one row per request row; a row with an `error` has only that
+    ColSpec(Array("float"), "image_embedding", required=False),   # g_v, a unit vector
+    ColSpec(Array("float"), "text_embedding", required=False),    # g_t (unit); null without text
+    ColSpec("double", "cosine", required=False),                  # g_t . g_v (dual encoder)
+    ColSpec("double", "match_score", required=False),             # ITM p(match) (cross encoder)
+    # the caption's concepts the model read; null when the server lacks NLTK data
     ColSpec(Array("string"), "concepts", required=False),
     ColSpec("long", "n_regions", required=False),
-    ColSpec("string", "box_source", required=False),
-    ColSpec("string", "answer", required=False),
-    ColSpec("string", "error", required=False),   # None, or why this row has no answer
+    ColSpec("string", "box_source", required=False),   # "given" | "grid"
+    ColSpec("string", "answer", required=False),       # null without a VQA head or question
+    # null, or one line saying why this row has no answer ("row 2: text must be a string")
+    ColSpec("string", "error", required=False),
 ])
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 CODE = Path(__file__).with_name("model_code.py")   # what a package runs: set_model(...)
@@ -126,7 +95,8 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
         spec_row = json.loads(Path(art["feature_set"]).read_text())
         self.spec = FeatureSetSpec.from_row(spec_row)   # refuses an altered record
-        # raises FeatureSetMismatch unless the weights hash, width and size are the recorded ones
+        # the feature set's own backbone, so request images get the vectors training saw; raises
+        # FeatureSetMismatch unless the weights hash, width and size are the recorded ones
         self.backbone = backbone_for_feature_set(self.spec, art.get("backbone_weights"))
         self.vocabulary = concepts.ConceptVocabulary.read(art["vocabulary"])
         self.vqa = vqa_hook.load(art.get("vqa_checkpoint"))
@@ -180,7 +150,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
             raise RowError("tags must be a list of strings")
         return _Row(
             image=self._image(row), tags=list(tags) if tags is not None else [],
-            # cut to what the model can read before NLTK and BPE see it
+            # cut to what the model can read before NLTK and BPE see it; encoded as training captions
             text=self.vocabulary.encode(readable(text, self.cfg), self.cfg)
             if text else None,
             question=readable(question, self.cfg) if question else None)
@@ -236,6 +206,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
                 if pixels > MAX_IMAGE_PIXELS:   # checked from the header, before decoding
                     raise RowError(f"image too large ({pixels} pixels)")
                 im.load()
+                # the feature set's recipe: image size, RoIAlign, projection and geometry
                 return encode_image(self.backbone, im, boxes, self.spec.grid,
                                     min(self.spec.max_regions, self.cfg.max_regions))
         except Image.DecompressionBombError as e:   # PIL's own, larger limit, raised by open
@@ -333,7 +304,9 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
     """Log the served model to the active MLflow run (or a new one) and return its ModelInfo.
     `feature_set`/`vocab` default to the ones the checkpoint's config was built for.
     `backbone_weights`: the backbone checkpoint file when the feature set was extracted from a
-    local file (its hash must be the recorded one)."""
+    local file (its hash must be the recorded one; a seeded random init needs none). The package
+    holds all it needs (weights-only checkpoints, feature-set record, concept vocabulary, backbone
+    weights, an optional VQA checkpoint), and loading it runs only the project's code (CODE)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     state = load_checkpoint(checkpoint)
     state_cfg = state["model_config"]

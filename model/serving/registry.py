@@ -1,16 +1,6 @@
 """The model registry's champion/challenger rule: a new version is the `challenger`; it becomes the
-`champion` only when it beats the current champion on the declared metric, and every decision
-is written on the version (tags + description), promoted or not.
-
-    version = register(info.model_uri, "mvp-retrieval", lineage, metric="rsum", value=412.3)
-    promoted, reason = promote("mvp-retrieval", version, metric="rsum")
-    mlflow.pyfunc.load_model("models:/mvp-retrieval@champion")
-
-Lineage is what a version was
-made from (LINEAGE: feature set, concept vocabulary, warehouse snapshot or manifest, git commit)
-and travels as version tags; the metric value is the tag `metric.<name>`. Ties keep the champion:
-a challenger must be strictly better to displace it.
-"""
+`champion` only when strictly better on the declared metric, and every decision is written on the
+version (tags + description), promoted or not."""
 from __future__ import annotations
 
 import os
@@ -20,6 +10,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# what a version was made from, written as its tags
 LINEAGE = ("feature_set", "vocab", "warehouse_snapshot", "git_commit")
 PROMOTION_TAG, REASON_TAG = "promotion", "promotion_reason"
 

@@ -1,11 +1,5 @@
-"""Where a model to evaluate comes from: a checkpoint file, or a registered/logged MLflow model.
-
-    resolve_model("runs/pipeline/retrieval-.../retrieval/last.pt")
-    resolve_model("models:/mvp-retrieval@champion")    # -> {"checkpoint": ..., "vqa_checkpoint": ...}
-
-A logged model is the serving package of model/serving/pyfunc.py; its MLmodel file maps artifact names
-to files, so the checkpoint inside it is found by name, not by guessing paths.
-"""
+"""Where a model to evaluate comes from: a checkpoint file, or a registered/logged MLflow model (a
+serving package of model/serving/pyfunc.py, whose MLmodel file names its checkpoint artifact)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,14 +1,6 @@
-"""The optional VQA head of a served model: a packaged VQA checkpoint answered by
-model/downstream/vqa/finetune.py.
-
-    answerer = load(path_or_None)          # None: the package has no VQA head
-    answerer.answer(questions, concept_ids, tags, visual) -> list[str]
-
-Serving must not depend on the VQA code being there, so model.vqa is looked up when a package
-that holds a VQA checkpoint is logged or loaded (`load_vqa` and `answer` are what it uses).
-The question text is built as the fine-tuning data path builds it (model/downstream/vqa/data.py
-`question_tokens`): question words and concepts, then the image's tags (METHOD.md §4).
-"""
+"""The optional VQA head of a served model: a packaged VQA checkpoint answered through
+model/downstream/vqa/finetune.py, imported only when a package holds one, so serving does not
+depend on the VQA code."""
 from __future__ import annotations
 
 import importlib
@@ -46,7 +38,7 @@ class Answerer:
     def answer(self, questions: list[str], concept_ids: list[list[int]], visual: VisualInputs
                ) -> list[str]:
         """Answers for questions (with their concept ids, offset) on images given as
-        encode_visual's input."""
+        encode_visual's input; the text is built as fine-tuning builds it (question_tokens)."""
         from model.downstream.vqa.data import VQABatch
         cfg, B = self.model.cfg, len(questions)
         words = [ids[m][1:-1].tolist() for ids, m in zip(visual.tag_ids, visual.tag_mask)]  # no [CLS]/[SEP]

@@ -1,18 +1,5 @@
-"""Checkpoints: the one place that writes and reads them.
-
-    save_checkpoint({"model": ..., "model_config": ..., ...}, "runs/x/last.pt")
-    state = load_checkpoint("runs/x/last.pt")        # a dict, or CheckpointError
-    model, stage = load_mvp("runs/x/last.pt")          # the MVP it holds, built from its config
-
-A checkpoint is a dict of tensors and plain values (dicts, lists, tuples, str, numbers, None),
-read with torch.load(weights_only=True): unpickling a file never runs code from it, so a file
-someone handed over cannot do more than fail to load. Whatever goes in (RNG states, configs)
-must therefore be stored as tensors or plain values (see model/training/trainer.py Trainer.save).
-
-`save_checkpoint` adds the key "format": FORMAT. A file with another format is refused; a file
-without the key (written before it existed, or by hand with torch.save) is read when it loads
-weights-only and holds the keys asked for.
-"""
+"""Checkpoints: the one place that writes and reads them. They hold tensors and plain values only
+and load weights-only, so opening a file someone handed over never runs code from it."""
 from __future__ import annotations
 
 import os
@@ -70,6 +57,7 @@ def load_checkpoint(path: str | Path, needs: tuple[str, ...] = WEIGHTS) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an mvp checkpoint (a {type(state).__name__}, "
                               "not a dict)")
+    # no "format" key (written before it existed, or by hand): read if it holds what is needed
     if state.get("format", FORMAT) != FORMAT:
         raise CheckpointError(f"{path}: format {state['format']!r}; this code reads {FORMAT}")
     missing = [k for k in needs if state.get(k) is None]

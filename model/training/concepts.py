@@ -1,21 +1,5 @@
-"""Request text and tags -> model ids, the way the pre-training data path builds them
-(model/training/data.py): `[CLS] caption BPE words... concepts... [SEP]` and `[CLS] label BPE... [SEP]`.
-
-    vocab = ConceptVocabulary.from_warehouse(wh, vocab_id).write(folder / "vocabulary.json")
-    text = ConceptVocabulary.read(path).encode("a red circle left of a blue square", cfg)
-    ids, mask = text_batch(cfg, [text])
-
-Concepts: the caption's NLTK mentions (features.text_concepts.extract) that are in the packaged
-vocabulary, first mention of each in caption order (token start, end, id: caption_concepts'
-order), at most MAX_CONCEPTS, words kept while everything fits in max_text_len.
-
-Fallback without NLTK data: WordNet lemmatises mention heads ("circles" -> "circle"), without it
-no tuple can be matched to the vocabulary's, so the caption is served with its words only and
-`concepts` is None. Training captions none of whose tuples are in the vocabulary look the same
-to the model, so this is a known input form, just one with less information. The POS tagger the
-vocabulary was built with is recorded; a server with another tagger gets a warning (tuples may
-differ).
-"""
+"""Request text -> model ids with a packaged concept vocabulary, built the way the pre-training
+data path builds them (model/text.py `caption_input`)."""
 from __future__ import annotations
 
 import json
@@ -69,6 +53,9 @@ class ConceptVocabulary:
         return vocab
 
     def encode(self, text: str, cfg: ModelConfig) -> EncodedText:
+        """The caption with its NLTK mentions that are in the vocabulary, placed as training places
+        them. Without NLTK data no tuple can be matched (WordNet lemmatises the heads): the words
+        only, `concepts` None, as a training caption with no known tuple looks to the model."""
         try:
             mentions = extract(text)
         except NltkDataMissing:

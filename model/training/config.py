@@ -1,25 +1,5 @@
 """The training task's typed config, read from the `train:` section of the same YAML presets that
-hold the model (`model/config.py`), so one file describes a whole experiment.
-
-    tcfg = load_train_config("tiny")                       # configs/tiny.yaml, section `train:`
-    tcfg = load_train_config("configs/small.yaml", stage="stage2", total_steps=2000)
-
-Stages (METHOD.md §3): `stage1` trains the uni-modal encoders with VSC + MCR; `stage2` trains
-everything with all five losses, starting from a stage-1 checkpoint; `joint` trains all five from
-the start (the authors' released code). Two more for comparisons: `albef`, the single-stage
-baseline ITC + ITM + MLM (ITC is our VSC; with `concepts: false` it sees no concepts or tags, as
-ALBEF), and `retrieval`, fine-tuning for retrieval with VSC + ITM from a pre-trained checkpoint.
-
-The loss weights multiply each task's loss in the sum; a loss of weight 0 is not computed at all
-(`joint` with wpg=0 is "without WPG"). Variants:
-- `concepts: false`: no concept tokens in the text, no tags on the visual side (only [CLS] [SEP]);
-  MCR and WPG have nothing to work on and are dropped from the stage's losses.
-- `negatives`: how ITM picks in-batch negatives (model/losses.py `itm_negatives`): `hard` (the
-  most similar, MVP's authors), `sampled` (softmax of similarity, ALBEF; the `albef` stage's
-  default) or `random`; `easy_negative_steps: N` uses `random` for the first N steps (a
-  curriculum: hardest negatives from a random start are mostly noise or true matches).
-`TrainConfig.losses` is the resulting loss set.
-"""
+hold the model (`model/config.py`), so one file describes a whole experiment."""
 from __future__ import annotations
 
 import argparse
@@ -34,12 +14,12 @@ from model.config import ConfigError, load_section, require  # noqa: F401 (re-ex
 from model.losses import NEGATIVE_MODES
 
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
-STAGE_LOSSES = {
-    "stage1": ("vsc", "mcr"),
-    "stage2": LOSSES,
-    "joint": LOSSES,
-    "albef": ("vsc", "itm", "mlm"),
-    "retrieval": ("vsc", "itm"),
+STAGE_LOSSES = {   # METHOD.md §3
+    "stage1": ("vsc", "mcr"),          # the uni-modal encoders only
+    "stage2": LOSSES,                  # from a stage-1 checkpoint
+    "joint": LOSSES,                   # from the start (the authors' released code)
+    "albef": ("vsc", "itm", "mlm"),    # the single-stage baseline; our VSC is ALBEF's ITC
+    "retrieval": ("vsc", "itm"),       # fine-tuning from a pre-trained checkpoint
 }
 STAGES = tuple(STAGE_LOSSES)
 CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg")   # read phrase concepts or tags
@@ -48,17 +28,22 @@ CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg")   # read phrase concepts or tags
 @dataclass(frozen=True)
 class TrainConfig:
     stage: str = "joint"
-    # loss weights, one per task (METHOD.md: all 1 in the authors' code)
+    # loss weights, one per task (METHOD.md: all 1 in the authors' code); 0: not computed at all
     vsc: float = 1.0
     mcr: float = 1.0
     itm: float = 1.0
     mlm: float = 1.0
     wpg: float = 1.0
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
-    #                            weight); off by default until measured to help (issue 4 §4)
+    #                            weight); off by default: not shown to help
     concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
-    negatives: str | None = None  # hard | sampled | random; None: sampled for albef, else hard
-    easy_negative_steps: int = 0  # ITM uses random negatives before this step, then `negatives`
+    #                            (only [CLS] [SEP]); MCR and WPG are then dropped
+    # how ITM picks in-batch negatives (model/losses.py itm_negatives): hard (MVP's authors) |
+    # sampled (ALBEF) | random; None: sampled for albef, else hard
+    negatives: str | None = None
+    # ITM uses random negatives before this step, then `negatives`: the hardest negatives of a
+    # random start are mostly noise or true matches
+    easy_negative_steps: int = 0
     mask_prob: float = 0.15
     lr: float = 5e-5           # the paper's AdamW learning rate
     weight_decay: float = 0.01

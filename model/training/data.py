@@ -1,24 +1,5 @@
-"""The pre-training data path: captions joined to their image's region features, tags and concepts.
-
-    data = PretrainData(warehouse, feature_set_id, vocab_id, cfg, split="train")
-    sampler = DeterministicSampler(len(data), seed=0, epoch=3, start=samples_done_this_epoch)
-    loader = DataLoader(data, batch_sampler=sampler.batches(64), collate_fn=data.collate,
-                        num_workers=2)
-
-Everything is read once at construction: captions and caption_concepts through DuckDB (Arrow),
-region vectors through features.load as ONE tensor with per-image CSR offsets (no per-row
-decoding). Captions are short, so their BPE tokenisation is done here once in Python and kept in
-flat arrays with offsets; an item is then a few slices, cheap to build in DataLoader workers.
-
-Text of one caption (METHOD.md §2): `[CLS] words... concepts... [SEP]` of at most max_text_len.
-Concepts come from caption_concepts, whose spans index the words of features.text_concepts.
-tokenize(caption); each word is BPE-encoded on its own, so a word span maps to the BPE positions
-its words cover ([CLS] is position 0). Up to MAX_CONCEPTS distinct concepts are kept (the first
-mentions in caption order), and whole words are kept while [CLS] + words + concepts + [SEP] fit.
-Tags are `[CLS] label BPE tokens... [SEP]` of the image's distinct region labels (first-seen
-order of its feature rows), cut to max_tags; the image side (regions, geometry, tags) is
-`VisualSource`, which the VQA data path (model/downstream/vqa/data.py) shares.
-"""
+"""The pre-training data path: captions joined to their image's region features, tags and concepts,
+read once into flat arrays so that an item is a few slices."""
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +28,9 @@ def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PretrainData(Dataset):
-    """One item per caption of an image that has region features in `feature_set_id`."""
+    """One item per caption of an image that has region features in `feature_set_id`. All is
+    read here, once (DuckDB/Arrow; the region vectors as one tensor with per-image offsets), and
+    tokenised into flat arrays, so an item is a few slices, cheap in DataLoader workers."""
 
     def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
                  split: str | None = "train", dataset: str | None = None):

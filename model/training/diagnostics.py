@@ -1,15 +1,6 @@
-"""What a training run logs beside its losses, to say whether the cross-modal stage learns:
-
-- `grad_norm_<loss>`: each loss's gradient norm into the cross encoder (is ITM's gradient starved
-  next to MLM's?);
-- `itm_acc_positive`, `itm_acc_random_negative`, `itm_acc_chosen_negative`: ITM accuracy on the
-  true pairs, on uniformly drawn false pairs, and on the negatives the training rule picks;
-- `mlm_acc_matched`, `mlm_acc_shuffled`: masked-word accuracy with each caption's own image and
-  with another image. No gap means the cross encoder does not use the image.
-
-Measured on one batch in eval mode with a generator of its own, so a diagnosed run draws the same
-masks and dropout as one that is not (exact resume holds).
-"""
+"""What a training run logs beside its losses (`diag/*`), to say whether the cross-modal stage
+learns. Measured on one batch in eval mode with generators of their own, so a diagnosed run draws
+the same masks and dropout as one that is not (exact resume holds)."""
 from __future__ import annotations
 
 import torch
@@ -36,7 +27,8 @@ def other_image(image_index: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_norms(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[str, float]:
-    """`grad_norm_<loss>` into the cross encoder for each of the task's losses that reach it."""
+    """`grad_norm_<loss>` into the cross encoder for each of the task's losses that reach it (is
+    ITM's gradient starved next to MLM's?)."""
     params = [p for p in task.model.cross_encoder.parameters() if p.requires_grad]
     wanted = [k for k in CROSS_LOSSES if k in task.tcfg.losses]
     if not params or not wanted:
@@ -72,7 +64,8 @@ def itm_accuracies(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[
 
 
 def mlm_image_gap(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[str, float]:
-    """Masked-word accuracy with the caption's own image and with another batch image."""
+    """Masked-word accuracy with the caption's own image and with another batch image: no gap
+    means the cross encoder does not use the image."""
     m, cfg = task.model, task.model.cfg
     generator = torch.Generator().manual_seed(step)
     batch = task.visible(batch)

@@ -1,14 +1,6 @@
 """Data-parallel training across processes: the process group from torchrun's environment, the
-rank/world helpers the training code asks, and the slice of a global batch each rank trains on.
-
-    with distributed() as device:        # torchrun --nproc_per_node 2 -m model.training.pretrain ...
-        pretrain(..., device=device)     # plain `python -m model.training.pretrain`: no group, world 1
-
-torchrun sets WORLD_SIZE, RANK, LOCAL_RANK (and the rendezvous address); `distributed()` starts
-the group when WORLD_SIZE > 1 (NCCL with one GPU per local rank, gloo on CPU) and destroys it on
-the way out, also after an error, so no process hangs in a collective. Without torchrun every
-helper answers as a single process does (rank 0 of 1), so the same code runs either way.
-"""
+rank/world helpers, and each rank's slice of a global batch. Without torchrun every helper answers
+as rank 0 of 1 does, so the same code runs either way."""
 from __future__ import annotations
 
 import os
@@ -43,7 +35,8 @@ def default_device() -> str:
 @contextmanager
 def distributed(device: str | None = None):
     """Start the process group when launched by torchrun with WORLD_SIZE > 1; yields the device
-    this process trains on (`cuda:<LOCAL_RANK>` with NCCL; with device="cpu", gloo)."""
+    this process trains on (`cuda:<LOCAL_RANK>` with NCCL; with device="cpu", gloo). The group is
+    destroyed on the way out, also after an error, so no process hangs in a collective."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or is_distributed():
         yield device or default_device()

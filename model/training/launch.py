@@ -1,10 +1,5 @@
-"""Run a pre-training stage on several processes: torchrun around `python -m model.training.pretrain`.
-
-    result = torchrun_pretrain(2, warehouse="runs/demo/warehouse", stage="stage1", steps=100)
-
-Same arguments and the same result dict as model.training.pretrain.pretrain (rank 0 prints it as JSON on
-its last line). One process per GPU on a GPU machine (NCCL), CPU processes with gloo otherwise.
-"""
+"""Run a pre-training stage on several processes: torchrun around `python -m model.training.pretrain`,
+with pretrain's arguments and result dict (rank 0 prints it as JSON on its last line)."""
 from __future__ import annotations
 
 import json
@@ -36,6 +31,8 @@ def torchrun_command(nproc: int, **params) -> list[str]:
 
 
 def torchrun_pretrain(nproc: int, **params) -> dict:
+    """pretrain(**params) on `nproc` processes: one per GPU (NCCL) on a GPU machine, else CPU
+    processes with gloo."""
     proc = subprocess.run(torchrun_command(nproc, **params), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{proc.stderr[-4000:]}")

@@ -1,26 +1,5 @@
-"""One pre-training stage as a job: warehouse data -> Trainer -> checkpoints, tracked in MLflow.
-
-    pretrain("runs/demo/warehouse", "stage1", config="small")          # runs/pretrain/stage1
-    pretrain("runs/demo/warehouse", "stage2", config="small",
-             init_from="runs/pretrain/stage1/last.pt")                   # weights only
-    pretrain(..., "stage1", resume=True)       # continue <out_dir>/stage1/last.pt exactly
-    pretrain(..., "joint", train_overrides={"wpg": 0}, run_name="joint-no-wpg")   # a variant
-
-    python -m model.training.pretrain --warehouse DIR --stage stage1 --config small --steps 300
-    torchrun --standalone --nproc_per_node 2 -m model.training.pretrain --warehouse DIR --stage stage1 ...
-
-`steps` is where the run STOPS (global optimizer step); the lr schedule always follows the
-config's train.total_steps, so a run stopped at step k and resumed ends with the same losses as
-one that never stopped. The data order is DeterministicSampler's (seed, epoch) permutation; the
-checkpoint's data position (epoch, samples done in it) says where to pick it up. The MLflow run
-id travels in the data position too, so a resumed run appends to the same MLflow run.
-
-Under torchrun (model/training/distributed.py) every rank walks the same global batches of
-train.batch_size and trains on its own contiguous slice of each (2 ranks x B/2 == one process's
-batch of B), with DDP averaging the gradients. VSC's contrastive negatives (and ITM's, which VSC's
-similarity picks) are the other pairs of the rank's slice: nothing is gathered across ranks.
-Rank 0 alone writes the MLflow run and the checkpoints.
-"""
+"""One pre-training stage as a job: warehouse data -> Trainer -> checkpoints, tracked in MLflow
+(`python -m model.training.pretrain --help`; under torchrun for several processes)."""
 from __future__ import annotations
 
 import argparse
@@ -78,14 +57,13 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
              device: str | None = None, train_overrides: dict | None = None,
              run_name: str | None = None, experiment: str = EXPERIMENT,
              parent_run_id: str | None = None, diagnose_every: int = 50) -> dict:
-    """Train `stage` up to global step `steps` (default: the config's total_steps). `seed`
-    (default: the config's) seeds the model init, the task's masks and the data order.
-    `train_overrides` update the preset's `train:` section (validated by TrainConfig; `stage`
-    and `seed` arguments win). The checkpoint is <out_dir>/<stage>/last.pt: give variants of
-    one stage their own out_dir. stage2 starts from <out_dir>/stage1/last.pt unless told
-    otherwise; retrieval needs init_from (or resume). MLflow: run `run_name` (default the
-    stage) in `experiment`, nested under `parent_run_id` when given; `diag/*` metrics
-    (model/training/diagnostics.py) every `diagnose_every` steps and at the end (0: never)."""
+    """Train `stage` up to global step `steps` (default: the config's total_steps; the lr schedule
+    follows total_steps regardless, so a run stopped and resumed ends as one that never stopped).
+    `seed` (default: the config's) seeds the model init, the task's masks and the data order;
+    `train_overrides` update the preset's `train:` section. The checkpoint is
+    <out_dir>/<stage>/last.pt (give variants of one stage their own out_dir); `resume` continues
+    it, in the same MLflow run. stage2 starts from <out_dir>/stage1/last.pt unless told otherwise.
+    `diag/*` metrics every `diagnose_every` steps and at the end (0: never)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     spec = pick_feature_set(wh, feature_set)
     vocab = vocab or latest_vocab(wh)
@@ -115,6 +93,7 @@ def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | No
     torch.manual_seed(tcfg.seed)  # model init: the same on every rank
     trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg, device=device)
     torch.manual_seed(tcfg.seed + distributed.rank())  # dropout: each rank its own
+    # the checkpoint's data position, so a resumed run picks up the data order and its MLflow run
     position = {"epoch": 0, "index": 0, "mlflow_run_id": None}
     if resume:
         if not ckpt.exists():

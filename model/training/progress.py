@@ -1,10 +1,5 @@
 """Progress of a training job in the log: a line every `every_s` seconds and at the end, with the
-rate and the time left. Inside a Prefect task the lines land in the flow run's logs (log_prints);
-in a terminal they are the progress display.
-
-    progress = Progress("stage1", total=200)
-    for ...: progress.step(trainer.step, log)      # log: the step's losses
-"""
+rate and the time left (inside a Prefect task the lines land in the flow run's logs)."""
 from __future__ import annotations
 
 import time

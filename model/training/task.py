@@ -1,31 +1,5 @@
-"""The pre-training task (METHOD.md §3): one PretrainBatch in, the losses of the config out.
-
-    stage1          VSC + MCR (+ text-side MCR when `text_mcr`); only the uni-modal encoders run,
-                    so the cross encoder, pooler and ITM head get no gradient
-    stage2, joint   VSC + MCR + ITM + MLM + WPG (stage2 differs only in starting from a stage-1
-                    checkpoint, see model/training/trainer.py `load_weights`)
-    albef           VSC (= ALBEF's ITC) + ITM + MLM
-    retrieval       VSC + ITM (fine-tuning from a pre-trained checkpoint)
-minus the losses of weight 0 and, with `concepts: false`, MCR and WPG (TrainConfig.losses): a
-loss that is not in the set is not computed. Without concepts the batch's concept ids are removed
-and its tags replaced by `[CLS] [SEP]` before anything reads them.
-
-Parameters that no loss of the set reaches (stage1: cross encoder, pooler, ITM head) are frozen
-(requires_grad False), so DDP needs no find_unused_parameters and AdamW never touches them.
-
-Two passes per batch:
-- clean (unmasked text and tags): VSC on g_t, g_v; its similarity matrix picks ITM's hardest
-  negatives; the cross encoder runs on the ITM batch (B positives first, then B negatives) and WPG
-  reads the positive half, so grounding needs no extra fused pass.
-- masked (caption words and concepts by `mask_with_concepts`, so a concept never gives away a
-  masked word; tags by `mask_tags`): MCR from the visual encoder's tag positions; MLM from the
-  fused output of the masked text with its own image (positives only, as METHOD.md says).
-Keeping VSC/ITM on clean inputs means the hard negatives are chosen by the real similarity.
-
-WPG phrases: the fused hidden state at EVERY real concept position of the caption. The batch does
-not say which concepts are objects, and all concepts are phrases parsed from the caption, so this
-is the simplest reading of "the caption's phrase concepts".
-"""
+"""The pre-training task (METHOD.md §3): the model and its losses as one module, so DDP and
+checkpoints wrap one thing; a PretrainBatch in, the losses of the config (TrainConfig.losses) out."""
 from __future__ import annotations
 
 import dataclasses
@@ -69,11 +43,15 @@ class PretrainTask(nn.Module):
         # CLIP's BPE puts sot/eot at the end of its vocabulary: random replacements stay below them
         self.word_range = (0, min(cfg.cls_id, cfg.sep_id))
         self.concept_range = (cfg.concept_offset, cfg.vocab_size)
+        # freeze what no loss of the stage reaches (stage1: cross encoder, pooler, ITM head), so
+        # DDP needs no find_unused_parameters and AdamW never touches them
         reached = {part for loss in tcfg.losses for part in REACHES[loss]}
         for name, param in model.named_parameters():
             param.requires_grad_(name.split(".")[0] in reached)
 
     def forward(self, batch: PretrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Two passes: clean text and tags for VSC, ITM and WPG (so ITM's hard negatives are picked
+        by the real similarity), masked ones for MCR and MLM. A loss not in the set is not run."""
         m, cfg, p = self.model, self.model.cfg, self.tcfg.mask_prob
         need = set(self.tcfg.losses)
         out: dict[str, torch.Tensor] = {}
@@ -96,7 +74,7 @@ class PretrainTask(nn.Module):
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
-        if "vsc" in need:
+        if "vsc" in need:   # negatives: the rest of this rank's batch, nothing gathered across ranks
             out["vsc"] = losses.vsc(sim)
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
@@ -128,11 +106,13 @@ class PretrainTask(nn.Module):
         elif "wpg" in need:
             pos = m.fuse(text, visual)
         if "wpg" in need:
+            # phrases: EVERY real concept position; the batch does not say which concepts are
+            # objects, and all are phrases parsed from the caption
             out["wpg"] = losses.wpg(pos.text_hidden[:, concept_start:concept_start + C],
                                     batch.concept_mask.bool(), pos.region_hidden,
                                     batch.visual.region_mask.bool(), generator).loss
         if "mlm" in need:
-            # ---- MLM: masked text fused with its own (masked-tag) image ----
+            # ---- MLM: masked text fused with its own (masked-tag) image, positives only ----
             m_fused = m.fuse(m_text, m_visual)
             words = m_fused.text_hidden[:, :concept_start]
             sel = token_labels != IGNORE

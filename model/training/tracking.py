@@ -1,14 +1,5 @@
-"""MLflow tracking shared by every training job (pre-training, fine-tuning, the pipeline).
-
-    with start_run("mvp-pretrain", "stage1", tracking_uri=None) as run:   # sqlite in the cwd
-        ...
-    start_run("mvp-pipeline", "vqa", parent_run_id=parent)   # nested under a pipeline run
-    start_run("mvp-pretrain", "stage1", run_id=saved_id)       # a resumed job appends to its run
-
-The tracking URI defaults to a sqlite store in the project folder (the cwd), overridable by
-MLFLOW_TRACKING_URI (e.g. the `make serve` MLflow server). Every run samples system metrics
-(CPU, memory, GPU when present) through MLflow's monitor.
-"""
+"""MLflow tracking shared by every training job (pre-training, fine-tuning, the pipeline): where
+the store is, and runs that resume, nest and sample system metrics (CPU, memory, GPU)."""
 from __future__ import annotations
 
 import os

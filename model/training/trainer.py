@@ -1,24 +1,6 @@
-"""The training loop: AdamW with weight-decay groups, linear warmup + cosine decay, gradient
-accumulation, global-norm clipping, bf16 autocast on CUDA (fp32 on CPU), and checkpoints from which
-a run resumes EXACTLY (same losses after step k as an uninterrupted run).
-
-    trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg)
-    position = {"epoch": 0, "index": 0}             # or trainer.load("ckpt.pt") to continue
-    last = trainer.run(data, position, stop=1000, checkpoint="ckpt.pt", checkpoint_every=500)
-    log = trainer.train_step(micro_batches)         # one step on ready-made batches
-
-`run` walks a Dataset (with `collate`) in DeterministicSampler order and keeps `position` (epoch,
-index) current; the checkpoint records it, so `load` + `run` continues exactly. Any module whose
-forward(batch, generator) returns a dict with a scalar "loss" can be trained.
-
-Under a process group (model/training/distributed.py) the trainer wraps the task in DDP: each rank
-runs its own slice of the global batch and the gradients are averaged. Rank r's task generator is
-seeded with seed + r, so ranks draw different masks; rank 0's equals a single process's. Logged
-losses are means over the ranks, `samples_seen` counts the global batch, and a checkpoint holds
-the unwrapped model plus every rank's RNG states (written by rank 0 only), so a resumed run with
-the same number of processes continues exactly. DDP runs without find_unused_parameters: the
-task freezes the parameters its losses never reach (model/training/task.py), so DDP does not wait for them.
-"""
+"""The training loop: AdamW, warmup + cosine lr, gradient accumulation, clipping, bf16 autocast on
+CUDA, DDP under a process group, and checkpoints a run resumes from EXACTLY (the same losses after
+step k as an uninterrupted run)."""
 from __future__ import annotations
 
 import contextlib
@@ -50,22 +32,26 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class Trainer:
+    """Trains any module whose forward(batch, generator) returns a dict with a scalar "loss"."""
+
     def __init__(self, task: nn.Module, tcfg: TrainConfig, device: str | torch.device = "cpu"):
         self.task, self.tcfg = task.to(device), tcfg
         self.device = torch.device(device)
         # what forward and backward run through; self.task stays the unwrapped module
         self.wrapped = task
         if distributed.is_distributed():
+            # no find_unused_parameters: the task freezes what its losses never reach
             self.wrapped = DistributedDataParallel(
                 task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(param_groups(task, tcfg.weight_decay), lr=tcfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tcfg.warmup_steps, tcfg.total_steps))
         # Every random choice of the task (masks, ITM direction split, WPG draws) comes from this
-        # generator, so checkpointing its state makes the masks of a resumed run the same.
+        # generator, so checkpointing its state makes the masks of a resumed run the same. Rank r
+        # seeds it with seed + r: ranks draw different masks, rank 0 those of a single process.
         self.generator = torch.Generator().manual_seed(tcfg.seed + distributed.rank())
         self.step = 0            # optimizer steps taken
-        self.samples_seen = 0
+        self.samples_seen = 0    # over the global batch
 
     # ---- one optimizer step ----
 

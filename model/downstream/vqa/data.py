@@ -1,25 +1,5 @@
-"""The VQA data path: warehouse questions joined to their image's region features and tags.
-
-    train = VQAData(warehouse, feature_set_id, cfg, split="train")          # builds the vocab
-    val = VQAData(warehouse, feature_set_id, cfg, answer_vocab=train.answer_vocab, split="val")
-    loader = DataLoader(train, batch_size=64, shuffle=True, collate_fn=train.collate)
-
-Every source format lands in the same `questions` table (the vqa, easy_vqa and shapes readers
-normalise VQA v2 / easy-vqa / shapes into it), so one class serves them all.
-
-Text: `[CLS] question words, its phrase concepts [SEP] tag words [SEP]` of at most max_text_len:
-the question's concepts (parsed as captions are, against the model's concept vocabulary) as the
-authors' VQA, and the image's tags (its distinct region labels, as on the visual side) appended
-as the paper does (METHOD.md §4).
-The visual side (tags, regions, geometry) is model.training.data.VisualSource, exactly as in pre-training.
-
-Answers: the vocabulary is built from the TRAINING questions: answers ranked by how many
-questions list them (ties: alphabetical), at most MAX_ANSWERS (the paper's 3,129). A question's
-target is a soft score per vocabulary answer, min(1, annotators/3) (vqa_metrics.vqa_score).
-Questions whose answers are all outside the vocabulary stay (all-zero target; they score 0 in
-evaluation) and are counted in `n_out_of_vocab`; questions whose image has no features in the
-feature set are dropped and counted in `n_without_features`.
-"""
+"""The VQA data path: warehouse questions (every source format lands in the one `questions`
+table) joined to their image's region features and tags."""
 from __future__ import annotations
 
 from collections import Counter
@@ -38,7 +18,7 @@ from model.training.data import VisualSource, require_model_feature_set
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
-MAX_ANSWERS = 3129
+MAX_ANSWERS = 3129   # the paper's answer vocabulary
 
 
 @dataclass
@@ -55,14 +35,18 @@ class VQABatch(TensorBatch):
 
 
 def answer_vocabulary(answers: list[dict[str, int]], max_answers: int = MAX_ANSWERS) -> list[str]:
-    """The `max_answers` answers listed by the most questions (ties: alphabetical)."""
+    """The `max_answers` answers listed by the most questions (ties: alphabetical); built from
+    the training questions only."""
     counts = Counter(a for per_question in answers for a, n in per_question.items() if n > 0)
     return sorted(counts, key=lambda a: (-counts[a], a))[:max_answers]
 
 
 class VQAData(Dataset):
-    """One item per question of an image that has region features in `feature_set_id`.
-    `answer_vocab` None builds it from these questions (pass None for the training split only)."""
+    """One item per question of an image that has region features in `feature_set_id` (the
+    others are counted in `n_without_features`). `answer_vocab` None builds it from these
+    questions (pass None for the training split only). A question's target is the soft score of
+    each vocabulary answer; one with none in the vocabulary stays, with an all-zero target (it
+    scores 0), counted in `n_out_of_vocab`."""
 
     def __init__(self, warehouse, feature_set_id: str, cfg: ModelConfig,
                  answer_vocab: list[str] | None = None, split: str | None = "train",
@@ -98,6 +82,7 @@ class VQAData(Dataset):
         vocabulary = (ConceptVocabulary.from_warehouse(wh, cfg.vocab_version)
                       if cfg.vocab_version else None)
         self.tokens = []
+        # the question's concepts as the authors' VQA, the image's tags appended as the paper does
         for question, row in zip(self.questions, self.image_of):
             concepts = vocabulary.encode(question, cfg).concept_ids if vocabulary else []
             self.tokens.append(np.array(question_tokens(

@@ -1,26 +1,5 @@
 """VQA fine-tuning (METHOD.md §4): an answer classifier on the fused [CLS] hidden state,
-initialised from the MLM head, trained with soft-score BCE; evaluation by answer and question type.
-
-    out = finetune_vqa("runs/demo/warehouse", "runs/pretrain/stage2/last.pt", config="small",
-                       steps=500)                               # runs/finetune/vqa/last.pt
-    evaluate_vqa(out["checkpoint"], "runs/demo/warehouse", "test")["vqa_acc"]
-    answer(load_vqa(out["checkpoint"]), batch)                   # ["yes", "3", ...]
-
-Head, as the authors' `BiImageBertForVQA`: dropout 0.3 on the fused [CLS] hidden state (not the
-tanh pooler, which only ITM trains), then `transform` (a copy of the model's MLM transform:
-Linear, GELU, LayerNorm) and `classifier` Linear(hidden, n_answers). Row a of the classifier is
-the mean of the tied word-embedding rows of answer a's BPE pieces, its bias the mean of the MLM
-bias at those pieces; the decoder is linear, so at step 0 the logit of a equals the mean of the MLM
-head's logits for a's pieces on the same input (exactly the MLM score for a one-piece answer such
-as "yes", "2", "red"). The MVP's own MLM head is left as it was (unused here). Loss: BCE with
-logits against the soft targets, summed over answers and averaged over the batch (mean BCE x
-n_answers, as the usual VQA code does), so its scale does not shrink as the vocabulary grows.
-
-The checkpoint is model.training.trainer.Trainer's (model weights, model_config, train_config, optimizer,
-...); the answer vocabulary travels inside the weights as the module's extra state, so any
-`load_state_dict` of a VQAModel checks it. Tracking: MLflow experiment "mvp-finetune" (or the
-caller's, e.g. nested under a pipeline run), run "vqa", through model.training.tracking.
-"""
+initialised from the MLM head, trained with soft-score BCE; evaluation by answer and question type."""
 from __future__ import annotations
 
 import copy
@@ -51,8 +30,10 @@ HEAD_DROPOUT = 0.3   # the authors' run_vqa.py setting
 
 
 class VQAModel(nn.Module):
-    """MVP + answer head. forward(batch, generator) -> {"loss", "train_score"} so that
-    model.training.trainer.Trainer trains it as it is."""
+    """MVP + answer head, as the authors' `BiImageBertForVQA`: dropout on the fused [CLS] hidden
+    state (not the tanh pooler, which only ITM trains), a copy of the MLM transform, a classifier.
+    forward(batch, generator) -> {"loss", "train_score"}, so that Trainer trains it as it is. The
+    answer vocabulary is the module's extra state: any load_state_dict checks it."""
 
     def __init__(self, mvp: MVP, answer_vocab: list[str]):
         super().__init__()
@@ -62,6 +43,9 @@ class VQAModel(nn.Module):
         self.dropout = nn.Dropout(HEAD_DROPOUT)
         self.transform = copy.deepcopy(mvp.mlm_transform)
         self.classifier = nn.Linear(mvp.cfg.hidden, len(self.answer_vocab))
+        # with the copied transform and a linear decoder, logit a starts as the mean of the MLM
+        # head's logits for a's BPE pieces (exactly the MLM score of a one-piece answer: "yes",
+        # "2", "red"); the MVP's own MLM head stays unused
         with torch.no_grad():
             for k, a in enumerate(self.answer_vocab):
                 pieces = torch.tensor(bpe(a), dtype=torch.long)
@@ -83,6 +67,8 @@ class VQAModel(nn.Module):
     def forward(self, batch: VQABatch, generator: torch.Generator | None = None) -> dict:
         logits = self.logits(batch)
         targets = batch.targets.to(logits.dtype)
+        # summed over answers, averaged over the batch (as the usual VQA code): its scale does
+        # not shrink as the answer vocabulary grows
         loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
         # the soft target at the argmax IS the VQA score of the predicted answer
         score = targets.gather(1, logits.argmax(1, keepdim=True)).mean()

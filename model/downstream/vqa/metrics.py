@@ -1,23 +1,5 @@
-"""VQA scoring: the soft answer score, accuracy and its breakdown by answer and question type.
-
-    vqa_score("2", {"2": 2, "3": 8})        # 0.667: two of the annotators said "2"
-    report = score_report(predictions, answers, questions)
-    report["vqa_acc"], report["by_answer_type"]["number"]["vqa_acc"]
-
-Pure functions over answers as `{answer: number of annotators who gave it}` (the warehouse's
-`questions.answers`, as a dict). The score is the usual min(1, count/3): an answer three
-annotators agree on is fully right (VQA v2's official metric averages this over the 10 leave-one-
-out subsets of annotators; the two differ by under 1 point and the simple form is what training
-targets use, so one formula serves both).
-
-Types (the VQA convention, computed here because only VQA v2 ships them):
-- answer type, from the most common ground-truth answer (ties: alphabetical first):
-  "yes/no" for yes/no, "number" for digits or an English number word, else "other";
-- question type: the question's first two words, lower case, punctuation dropped
-  ("What color is the cube?" -> "what color", "How many ...?" -> "how many", "Is there ..." ->
-  "is there"). VQA v2's 65 hand-made prefixes are longer ("what color is the"); two words group
-  the same questions on the data sets here and need no list.
-"""
+"""VQA scoring: the soft answer score, accuracy and its breakdown by answer and question type, over
+answers as `{answer: number of annotators who gave it}` (the warehouse's `questions.answers`)."""
 from __future__ import annotations
 
 import re
@@ -31,7 +13,8 @@ QUESTION_TYPE_WORDS = 2
 
 
 def vqa_score(pred: str, answers: dict[str, int]) -> float:
-    """min(1, annotators who gave `pred` / 3)."""
+    """min(1, annotators who gave `pred` / 3): the form training targets use. VQA v2's official
+    metric averages it over the 10 leave-one-out annotator subsets (under 1 point apart)."""
     return min(1.0, answers.get(pred, 0) / 3.0)
 
 
@@ -43,6 +26,7 @@ def top_answer(answers: dict[str, int]) -> str | None:
 
 
 def answer_type(answers: dict[str, int]) -> str:
+    """VQA's convention from the top answer (computed, as only VQA v2 ships the types)."""
     top = top_answer(answers) or ""
     if top in ("yes", "no"):
         return "yes/no"
@@ -52,6 +36,8 @@ def answer_type(answers: dict[str, int]) -> str:
 
 
 def question_type(question: str) -> str:
+    """The first two words, lower case ("what color", "how many"). VQA v2's 65 hand-made prefixes
+    are longer ("what color is the"); two words group the same questions here and need no list."""
     words = re.findall(r"[a-z0-9']+", question.lower())
     return " ".join(words[:QUESTION_TYPE_WORDS])
 
