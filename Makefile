@@ -41,9 +41,8 @@ lint: install
 
 # The numeric tests under each thread count and kernel choice they must hold for (a fresh clone on
 # another CPU differs in exactly these): one thread, two, PyTorch's portable kernels, AVX2 oneDNN.
-NUMERIC_TESTS := tests/test_losses.py tests/test_masking.py tests/test_model.py tests/test_train.py \
-                 tests/test_variants.py tests/test_overfit.py tests/test_ddp.py tests/test_retrieval.py \
-                 tests/test_roi.py
+NUMERIC_TESTS := $(addprefix tests/model/test_,losses.py masking.py model.py train.py variants.py \
+                   overfit.py ddp.py retrieval.py) tests/features/test_roi.py
 test-portable: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)

@@ -1,6 +1,6 @@
 """Load on `mlflow models serve`: 20 concurrent clients send a fixed number of requests, one
 row in ten bad (wrong types, a decompression bomb, undecodable bytes, a FIFO or a path outside
-the image root), to a small model built on the fly as tests/test_serving.py builds one. Reports
+the image root), to a small model built on the fly as tests/model/test_serving.py builds one. Reports
 p50/p99 latency and throughput, checks that every good row gets the answer a single-threaded
 reference got for it and every bad row its own error, and that the server still answers after.
 Loopback only; the server is stopped at the end.
@@ -35,7 +35,7 @@ from conftest import _build_tiny_feature_store  # noqa: E402  (also sets the off
 
 
 def build_model(tmp: Path) -> tuple[str, str, list[str], list[str]]:
-    """The served model of tests/test_serving.py: (tracking uri, model uri, image paths,
+    """The served model of tests/model/test_serving.py: (tracking uri, model uri, image paths,
     captions)."""
     import mlflow
 

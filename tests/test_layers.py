@@ -4,7 +4,7 @@ against that order fails here, with the line that does it."""
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 # layer of a module path prefix -> the layers it may import (itself included)
 DATA = {"features", "warehouse"}

@@ -8,11 +8,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from flows.local_services import OFFLINE_ENV, start_prefect_server
 from warehouse.catalog import table_counts
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 

@@ -18,14 +18,13 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
-from test_train import make_trainer, synthetic_batch
+from helpers import ROOT, make_trainer, synthetic_batch
 
 from model.training.checkpoint import load_checkpoint
 from model.training.distributed import rank_slice
 
 pytestmark = pytest.mark.slow  # long training or subprocesses: not in make test-fast
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("stage1", "joint")   # stage1 leaves the fusion layers out: DDP must not wait for them
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from flows.local_services import OFFLINE_ENV, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from flows.local_services import OFFLINE_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
 

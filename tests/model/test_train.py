@@ -4,51 +4,12 @@ import math
 
 import pytest
 import torch
+from helpers import make_trainer, synthetic_batch
 from torch import nn
 
-from model.batch import PretrainBatch, VisualInputs
-from model.config import load_config
-from model.mvp import MVP
 from model.training.checkpoint import load_weights
 from model.training.config import ConfigError, TrainConfig, load_train_config
-from model.training.task import PretrainTask
 from model.training.trainer import Trainer, lr_factor
-
-
-def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> PretrainBatch:
-    """A batch determined by its data position (epoch, index), like a seeded, shuffled loader."""
-    g = torch.Generator().manual_seed(1000 * epoch + index)
-    token_ids = torch.randint(1000, 2000, (B, Lw), generator=g)
-    token_ids[:, 0] = cfg.cls_id
-    lengths = torch.tensor([Lw, Lw - 2, Lw - 3, Lw])[:B]
-    token_mask = torch.arange(Lw)[None] < lengths[:, None]
-    token_ids[~token_mask] = cfg.pad_id
-    concept_ids = cfg.concept_offset + torch.randint(0, cfg.n_concepts, (B, C), generator=g)
-    concept_mask = torch.ones(B, C, dtype=torch.bool)
-    concept_mask[1, -1] = False
-    concept_ids[~concept_mask] = cfg.pad_id
-    starts = torch.randint(1, 6, (B, C), generator=g)
-    spans = torch.stack([starts, starts + 2], dim=-1)
-    tag_ids = torch.randint(2000, 3000, (B, Lg), generator=g)
-    tag_ids[:, 0], tag_ids[:, -1] = cfg.cls_id, cfg.sep_id
-    region_mask = torch.ones(B, R, dtype=torch.bool)
-    region_mask[2, -2:] = False
-    return PretrainBatch(
-        token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
-        concept_mask=concept_mask, concept_spans=spans,
-        visual=VisualInputs(tag_ids, torch.ones(B, Lg, dtype=torch.bool),
-                            torch.randn(B, R, cfg.feat_dim, generator=g),
-                            torch.rand(B, R, 6, generator=g), region_mask),
-        image_index=torch.tensor([0, 0, 1, 2])[:B],   # two captions of one image
-        caption_ids=[f"c{i}" for i in range(B)], image_ids=[f"i{i}" for i in range(B)])
-
-
-def make_trainer(stage="joint", seed=0, dropout=0.0, **train):
-    cfg = load_config("tiny", dropout=dropout)
-    tcfg = load_train_config("tiny", stage=stage, **train)
-    torch.manual_seed(seed)
-    return Trainer(PretrainTask(MVP(cfg), tcfg), tcfg), cfg
-
 
 FUSION = ("model.cross_encoder.", "model.pooler.", "model.itm_head.")
 

@@ -14,59 +14,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import training_view
 
 from model.batch import assemble_text
-from model.config import ModelConfig
 from model.mvp import MVP
 from model.serving import vqa_hook
 from model.serving.pyfunc import log_pyfunc
-from model.training.checkpoint import load_checkpoint
 from model.training.concepts import ConceptVocabulary
-from model.training.data import PretrainData
-from model.training.pretrain import pretrain
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_feature_store):
-    tmp = tmp_path_factory.mktemp("serving")
-    wh, fs, vocab = tiny_feature_store(tmp)
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    run = pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp / "runs", tracking_uri=uri)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run["run_id"]):
-        info = log_pyfunc(run["checkpoint"], wh)
-    state = load_checkpoint(run["checkpoint"])
-    model = MVP(ModelConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    with pytest.MonkeyPatch.context() as env:
-        # the session's temp root holds the tiny store's images (its copies share them)
-        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp_path_factory.getbasetemp()))
-        yield {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
-               "info": info, "model": model.eval(), "tmp": tmp,
-               "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}
-
-
-def _training_view(s, caption_index=0):
-    """A caption as PretrainData gives it, its image's boxes/labels, and the image file."""
-    data = PretrainData(s["wh"], s["fs"], s["vocab"], s["model"].cfg, split=None)
-    item = data[caption_index]
-    k = item["image_index"]
-    r0, r1 = data.regions.offsets[k:k + 2]
-    with connect(s["wh"]) as con:
-        boxes = dict((rid, b) for rid, *b in con.execute(
-            "SELECT region_id, x1, y1, x2, y2 FROM region_features WHERE feature_set = ? "
-            "AND image_id = ?", [s["fs"], item["image_id"]]).fetchall())
-        path, text = con.execute(
-            "SELECT i.path, c.text FROM captions c JOIN images i ON i.id = c.image_id "
-            "WHERE c.id = ?", [item["caption_id"]]).fetchall()[0]
-    return (data, item, [boxes[r] for r in data.regions.region_id[r0:r1]],
-            list(data.regions.label[r0:r1]), path, text)
-
-
 def test_served_vectors_are_the_training_ones(served):
-    data, item, boxes, labels, path, text = _training_view(served)
+    data, item, boxes, labels, path, text = training_view(served)
     out = served["pyfunc"].predict(pd.DataFrame(
         {"image_path": [path], "boxes": [boxes], "tags": [labels], "text": [text]}))
     row = out.iloc[0]
@@ -91,7 +51,7 @@ def test_served_vectors_are_the_training_ones(served):
 
 
 def test_grid_bytes_and_cli_agree(served, tmp_path):
-    _, _, _, _, path, text = _training_view(served)
+    _, _, _, _, path, text = training_view(served)
     raw = open(path, "rb").read()
     frame = pd.DataFrame({"image": [raw, None], "image_path": [None, path],
                           "text": [text, None], "question": ["what shape is left?", None]})

@@ -14,8 +14,8 @@ import mlflow
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from helpers import training_view
 from mlflow.pyfunc import scoring_server
-from test_serving import _training_view, served  # noqa: F401  (the module's served model)
 
 from model.serving import pyfunc as serving
 from model.text import readable
@@ -37,7 +37,7 @@ def _png_header(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def image(served):  # noqa: F811
-    _, _, _, _, path, text = _training_view(served)
+    _, _, _, _, path, text = training_view(served)
     return {"path": path, "bytes": open(path, "rb").read(), "text": text}
 
 

@@ -9,9 +9,9 @@ import resource
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from warehouse.ingest import checks, sources
 from warehouse.ingest.build import ingest
@@ -19,7 +19,6 @@ from warehouse.ingest.checks import MAX_TEXT_CHARS
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse, WarehouseError
 
-ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"image": "good.png", "caption": "fine"}
 DEEP = b"[" * 100_000 + b"]" * 100_000   # far deeper than Python's parser goes
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_train import make_trainer, synthetic_batch
+from helpers import make_trainer, synthetic_batch
 
 from model import losses
 from model.training.config import STAGES, ConfigError, TrainConfig, load_train_config

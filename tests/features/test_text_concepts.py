@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from warehouse.ingest.readers import shapes
 
@@ -145,7 +146,7 @@ def test_missing_wordnet_names_the_install_script(monkeypatch):
 
 
 def test_install_script_is_idempotent(nltk_data):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "install_nltk_data.sh"
+    script = ROOT / "scripts" / "install_nltk_data.sh"
     out = subprocess.run(["bash", str(script), nltk_data], capture_output=True, text=True,
                          check=True, timeout=30)
     assert "already installed" in out.stdout

@@ -3,7 +3,7 @@ range, each loss's own gradient, and a diagnosed run that trains exactly like on
 import dataclasses
 
 import torch
-from test_train import make_trainer, synthetic_batch
+from helpers import make_trainer, synthetic_batch
 
 from model.training.diagnostics import diagnose, gradient_norms, mlm_image_gap, other_image
 

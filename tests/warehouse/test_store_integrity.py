@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from warehouse import store
 from warehouse.catalog import connect
 from warehouse.ingest.build import ingest
 from warehouse.store import Warehouse, WarehouseError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
