@@ -89,12 +89,14 @@ def tiny_feature_store(tmp_path_factory):
     with mvp-tiny region features and a min_count=2 vocabulary, the smallest warehouse the
     model's data path and pre-training run on."""
     import shutil
-    built = _build_tiny_feature_store(tmp_path_factory.mktemp("tiny-feature-store"))
+    root = tmp_path_factory.mktemp("tiny-feature-store")
+    built = _build_tiny_feature_store(root)
 
     def copy(root):
         wh = Path(root) / "wh"
         shutil.copytree(built[0], wh)  # snapshots name parts relative to the root
         return (wh, *built[1:])
+    copy.image_root = root / "img"  # the copies share the images: their paths are absolute
     return copy
 
 

@@ -22,8 +22,7 @@ def served(tmp_path_factory, tiny_feature_store):
     model = MVP(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     with pytest.MonkeyPatch.context() as env:
-        # the session's temp root holds the tiny store's images (its copies share them)
-        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp_path_factory.getbasetemp()))
-        yield {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
+        env.setenv("MVP_SERVING_IMAGE_ROOT", str(tiny_feature_store.image_root))
+        yield {"image_root": tiny_feature_store.image_root, "wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
                "info": info, "model": model.eval(), "tmp": tmp,
                "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}

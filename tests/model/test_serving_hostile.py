@@ -118,7 +118,7 @@ def test_long_text_costs_what_short_text_does(served, image):  # noqa: F811
 
 def test_image_path_stays_in_the_root_and_refusals_look_alike(served, image,  # noqa: F811
                                                               tmp_path, monkeypatch):
-    root = served["tmp"]   # the image root of the served model (tests/test_serving.py)
+    root = served["image_root"]
     secret = tmp_path / "secret.png"
     secret.write_bytes(image["bytes"])
     (root / "hostile").mkdir(exist_ok=True)
@@ -146,7 +146,7 @@ def test_image_path_stays_in_the_root_and_refusals_look_alike(served, image,  # 
 
 def test_fifos_big_files_and_slow_requests_cannot_jam_it(served, image,  # noqa: F811
                                                          monkeypatch):
-    root = served["tmp"] / "jam"
+    root = served["image_root"] / "jam"
     root.mkdir(exist_ok=True)
     fifo = root / "pipe.png"
     if not fifo.exists():
