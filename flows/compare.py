@@ -16,6 +16,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
+from flows.defaults import WAREHOUSE
+from model.config import DEFAULT_PRESET
+from model.downstream.retrieval import K_IMAGE, K_TEXT
 from model.pipeline import compare as cmp
 from warehouse.text_table import format_table
 
@@ -27,10 +30,25 @@ def run_task(kind: str, label: str, **kw) -> dict:
 
 
 @flow(name="mvp-compare", log_prints=True)
-def compare_flow(warehouse: str = "runs/demo/warehouse", config: str = "small",
+def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
                  budget: int = 600, vqa_steps: int = 200, variants: list[str] | None = None,
-                 split: str | None = "test", k_text: int = 128, k_image: int = 64,
+                 split: str | None = "test", k_text: int = K_TEXT, k_image: int = K_IMAGE,
                  out_dir: str = "runs/compare", tracking_uri: str | None = None) -> dict:
+    """Pre-training variants side by side, each scored on `split`.
+
+    Args:
+        warehouse: warehouse root folder
+        config: preset name or YAML path (model + train)
+        budget: pre-training optimizer steps of every variant (two stages: half each)
+        vqa_steps: VQA fine-tuning steps per variant (0: retrieval only)
+        variants: the variants to run (none: every one of model/pipeline/compare.py VARIANTS)
+        split: the split scored on
+        k_text: captions re-ranked per image
+        k_image: images re-ranked per caption
+        out_dir: where checkpoints and results.json go
+        tracking_uri: MLflow tracking URI (none: $MLFLOW_TRACKING_URI, else mlflow.db in the
+            project folder)
+    """
     out = cmp.compare(warehouse, root=out_dir, config=config, budget=budget,
                       vqa_steps=vqa_steps, variants=variants, split=split, k_text=k_text,
                       k_image=k_image, tracking_uri=tracking_uri, call=run_task,

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from features.nltk_setup import nlp_record
 from features.vocabulary import build_vocabulary, vocab_id
+from flows.defaults import WAREHOUSE
 from warehouse.store import Warehouse
 
 
@@ -27,8 +28,16 @@ def vocabulary_task(warehouse: str, min_count: int, max_size: int, dataset: str 
 
 
 @flow(name="mvp-concepts", log_prints=True)
-def concepts_flow(warehouse: str = "runs/demo/warehouse", min_count: int = 50,
+def concepts_flow(warehouse: str = WAREHOUSE, min_count: int = 50,
                   max_size: int = 100_000, dataset: str | None = None) -> dict:
+    """The concept vocabulary of the current snapshot, built once per distinct input.
+
+    Args:
+        warehouse: warehouse root folder
+        min_count: captions a tuple must appear in (paper: 50)
+        max_size: vocabulary size cap
+        dataset: only this dataset's captions and regions (none: all)
+    """
     report = vocabulary_task(warehouse, min_count, max_size, dataset)
     state = "already built" if report.get("skipped") else "built"
     print(f"vocabulary {report['vocab']} {state}: " + ", ".join(

@@ -11,7 +11,9 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.defaults import WAREHOUSE
 from model.downstream.evaluate import evaluate, results_rows
+from model.downstream.retrieval import K_IMAGE, K_TEXT
 from model.serving.source import resolve_model
 from warehouse.text_table import format_table
 
@@ -28,9 +30,19 @@ def vqa_task(checkpoint: str, warehouse: str, split: str) -> dict:
 
 
 @flow(name="mvp-evaluate", log_prints=True)
-def evaluate_flow(model: str, warehouse: str = "runs/demo/warehouse", split: str = "test",
-                  k_text: int = 128, k_image: int = 64,
+def evaluate_flow(model: str, warehouse: str = WAREHOUSE, split: str = "test",
+                  k_text: int = K_TEXT, k_image: int = K_IMAGE,
                   out: str = "runs/evaluate/results.json") -> dict:
+    """The evaluation suite on one model; the metrics go to `out` as JSON.
+
+    Args:
+        model: checkpoint file or MLflow URI, e.g. models:/mvp-retrieval@champion
+        warehouse: warehouse root folder
+        split: the split evaluated on
+        k_text: captions re-ranked per image
+        k_image: images re-ranked per caption
+        out: the JSON file written
+    """
     source = resolve_model(model)
     metrics = retrieval_task(source["checkpoint"], warehouse, split, k_text, k_image)
     if source["vqa_checkpoint"]:

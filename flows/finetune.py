@@ -3,10 +3,13 @@ tracked in MLflow: `retrieval` (VSC + hard-negative ITM, model/training/pretrain
 `vqa` (answer classifier, model/downstream/vqa/finetune.py)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-TASKS = ("retrieval", "vqa")
+from flows.defaults import WAREHOUSE
+from model.config import DEFAULT_PRESET
 
 
 @task(name="finetune", cache_policy=NONE)
@@ -19,11 +22,21 @@ def finetune_task(kind: str, **params) -> dict:
 
 
 @flow(name="mvp-finetune", log_prints=True)
-def finetune_flow(task: str, init_from: str, warehouse: str = "runs/demo/warehouse",
-                  config: str = "small", steps: int | None = None,
+def finetune_flow(task: Literal["retrieval", "vqa"], init_from: str, warehouse: str = WAREHOUSE,
+                  config: str = DEFAULT_PRESET, steps: int | None = None,
                   out_dir: str = "runs/finetune", tracking_uri: str | None = None) -> dict:
-    if task not in TASKS:
-        raise ValueError(f"task is one of {TASKS}, got {task!r}")
+    """Fine-tune a pre-trained checkpoint; its checkpoint is <out_dir>/<task>/last.pt.
+
+    Args:
+        task: what to fine-tune for
+        init_from: pre-training checkpoint
+        warehouse: warehouse root folder
+        config: preset name or YAML path (model + train)
+        steps: stop at this step (none: the config's total_steps)
+        out_dir: where checkpoints go
+        tracking_uri: MLflow tracking URI (none: $MLFLOW_TRACKING_URI, else mlflow.db in the
+            project folder)
+    """
     result = finetune_task(task, warehouse=warehouse, init_from=init_from, config=config,
                            steps=steps, out_dir=f"{out_dir}/{task}", tracking_uri=tracking_uri)
     print(f"{task}: checkpoint {result['checkpoint']}, MLflow run {result['run_id']}"

@@ -8,6 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from flows.defaults import WAREHOUSE
 from warehouse.ingest.build import IngestReport, ingest
 from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -32,11 +33,24 @@ def report_markdown(report: IngestReport) -> str:
 
 
 @flow(name="mvp-ingest", log_prints=True)
-def ingest_flow(dataset: str = "shapes", warehouse: str = "runs/demo/warehouse",
+def ingest_flow(dataset: str = "shapes", warehouse: str = WAREHOUSE,
                 source: str | None = None, split: str | None = None,
                 image_root: str | None = None, n_images: int | None = None, seed: int = 0,
                 workers: int | None = None,
                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
+    """Read one data set into the warehouse as a new snapshot; what it already holds is skipped.
+
+    Args:
+        dataset: the input's format (README, "Ingest your data")
+        warehouse: warehouse root folder
+        source: input file or folder (shapes: where the generated images are written)
+        split: split to read, or to label the rows with
+        image_root: folder that relative image paths resolve against
+        n_images: shapes: number of scenes (none: the reader's default)
+        seed: shapes: generator seed
+        workers: parallel workers (none: all cores)
+        max_image_pixels: images with more pixels are rejected as decompression bombs
+    """
     report = ingest(dataset, source, warehouse, split=split, image_root=image_root,
                     n_images=n_images, seed=seed, workers=workers,
                     max_image_pixels=max_image_pixels, run=as_task)

@@ -12,14 +12,18 @@ of the pipeline is nested under one parent run named after the flow run.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from flows.concepts import concepts_flow
+from flows.defaults import WAREHOUSE
 from flows.feature_store import features_flow
 from flows.ingest import ingest_flow
+from model.config import DEFAULT_PRESET
 from model.pipeline import report, steps
 from warehouse.summary import summary_text
 
@@ -59,17 +63,37 @@ def _log(message: str) -> None:
 
 
 @flow(name="mvp-pipeline", log_prints=True)
-def pipeline_flow(warehouse: str = "runs/demo/warehouse", n_images: int = 2000,
-                  easy_vqa_images: int = 500, backbone: str = "efficientnet-lite0", min_count: int = 20,
-                  config: str = "small", schedule: str = "sequential",
+def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
+                  easy_vqa_images: int = 500, backbone: str = "efficientnet-lite0",
+                  min_count: int = 20, config: str = DEFAULT_PRESET,
+                  schedule: Literal["sequential", "joint"] = "sequential",
                   batch_size: int | None = 32, stage1_steps: int = 200, stage2_steps: int = 120,
                   retrieval_steps: int = 40, vqa_steps: int = 80, k_text: int = 16,
                   k_image: int = 8, out_dir: str = "runs/pipeline", register: bool = True,
                   tracking_uri: str | None = None) -> dict:
     """Defaults: the CPU demo (10 minutes on 2 cores with the install). On a GPU, raise the steps,
-    batch_size=None (the config's) and k_text=128, k_image=64 (the paper's re-ranking)."""
-    if schedule not in ("sequential", "joint"):
-        raise ValueError(f"schedule is sequential or joint, got {schedule!r}")
+    batch_size=None (the config's) and k_text=128, k_image=64 (the paper's re-ranking).
+
+    Args:
+        warehouse: warehouse root folder
+        n_images: shapes scenes generated
+        easy_vqa_images: easy-vqa images with features (0: skip easy-vqa)
+        backbone: image tower of the region features
+        min_count: captions a concept must appear in
+        config: model/train preset name or YAML path
+        schedule: sequential (stage1 -> stage2, the paper) or joint (one stage, all losses)
+        batch_size: training batch (none: the config's)
+        stage1_steps: stage-1 steps (joint: stage1 + stage2 steps in one stage)
+        stage2_steps: stage-2 steps
+        retrieval_steps: retrieval fine-tuning steps
+        vqa_steps: VQA fine-tuning steps
+        k_text: captions re-ranked per image
+        k_image: images re-ranked per caption
+        out_dir: where checkpoints and cached steps go
+        register: register the models in MLflow and promote those that beat the champion
+        tracking_uri: MLflow tracking URI (none: $MLFLOW_TRACKING_URI, else mlflow.db in the
+            project folder)
+    """
     # ---- data ----
     ingest_flow(dataset="shapes", warehouse=warehouse, n_images=n_images, seed=0)
     if easy_vqa_images:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from flows.defaults import WAREHOUSE
+from model.config import DEFAULT_PRESET
+
 
 # No retries: a failed run resumes explicitly (resume=True) from its last checkpoint, which
 # keeps the MLflow run and the data position; a blind retry would restart from step 0.
@@ -22,13 +25,34 @@ def pretrain_task(nproc_per_node: int = 1, **params) -> dict:
 
 
 @flow(name="mvp-pretrain", log_prints=True)
-def pretrain_flow(warehouse: str = "runs/demo/warehouse", stage: str = "stage1",
-                  config: str = "small", feature_set: str | None = None,
+def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
+                  config: str = DEFAULT_PRESET, feature_set: str | None = None,
                   vocab: str | None = None, steps: int | None = None,
                   out_dir: str = "runs/pretrain", resume: bool = False,
                   init_from: str | None = None, tracking_uri: str | None = None,
                   train_overrides: dict | None = None, nproc_per_node: int = 1,
                   checkpoint_every: int = 500) -> dict:
+    """One pre-training stage; its checkpoint is <out_dir>/<stage>/last.pt.
+
+    Args:
+        warehouse: warehouse root folder
+        stage: the stage to train (model/training/config.py: what each trains)
+        config: preset name or YAML path (model + train)
+        feature_set: feature-set id (none: the latest)
+        vocab: concept vocabulary id (none: the latest)
+        steps: stop at this global step (none: the config's total_steps; the lr schedule
+            keeps it)
+        out_dir: where checkpoints go
+        resume: continue <out_dir>/<stage>/last.pt exactly, in the same MLflow run
+        init_from: checkpoint whose weights the stage starts from (none for stage2:
+            <out_dir>/stage1/last.pt)
+        tracking_uri: MLflow tracking URI (none: $MLFLOW_TRACKING_URI, else mlflow.db in the
+            project folder)
+        train_overrides: updates of the preset's `train:` section, e.g. {"wpg": 0}
+        nproc_per_node: processes for DDP under torchrun (GPUs, or CPU processes with gloo)
+        checkpoint_every: save <out_dir>/<stage>/last.pt every N steps (and at the end), where
+            a killed run resumes from
+    """
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
                            resume=resume, init_from=init_from, tracking_uri=tracking_uri,

@@ -27,6 +27,15 @@ POOL = "mvp-local"
 
 def serve(project: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
           ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
+    """Run the services until `stop` is set (Ctrl-C or SIGTERM in the main thread).
+
+    Args:
+        project: the project folder; Prefect state in its .prefect, MLflow in its mlflow.db
+        prefect_port: Prefect server and UI port on 127.0.0.1
+        mlflow_port: MLflow server and UI port on 127.0.0.1
+        ready: set once every service answers
+        stop: set to stop them (none: a private event)
+    """
     project = Path(project).resolve()
     home, logs = project / ".prefect", project / "runs" / "services"
     services = []

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "small"   # the preset of the commands and flows unless told otherwise: CPU-sized
 
 # The CLIP BPE tokenizer's start/end-of-text ids double as [CLS]/[SEP].
 CLIP_WORD_VOCAB, CLIP_SOT, CLIP_EOT = 49408, 49406, 49407

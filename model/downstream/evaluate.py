@@ -16,7 +16,7 @@ from torch import nn
 
 from features.vocabulary import latest_vocab
 from model.batch import PretrainBatch, assemble_text
-from model.downstream.retrieval import chance_recall_at_1, recall_at_k, rerank
+from model.downstream.retrieval import K_IMAGE, K_TEXT, chance_recall_at_1, recall_at_k, rerank
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
 from model.training.checkpoint import load_mvp
@@ -113,7 +113,7 @@ def itm_scorer(model: MVP, emb: SplitEmbeddings):
     return score
 
 
-def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = 128, k_image: int = 64,
+def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = K_TEXT, k_image: int = K_IMAGE,
                        batch_size: int = 64, rerank_itm: bool = True) -> dict:
     """Dual-encoder R@1/5/10 both ways, and (`rerank_itm`) the same after ITM re-ranking of the
     top `k_text` captions per image and `k_image` images per caption, as rerank_* keys."""
@@ -223,7 +223,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
 
 
 def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: str | None = None,
-             vocab: str | None = None, *, k_text: int = 128, k_image: int = 64,
+             vocab: str | None = None, *, k_text: int = K_TEXT, k_image: int = K_IMAGE,
              batch_size: int = 64, mlm_seed: int = 0, mask_prob: float = 0.15,
              device: str | None = None) -> dict:
     """Retrieval and MLM metrics of a checkpoint (path or loaded dict) or model on `split`.
@@ -274,8 +274,8 @@ def main(argv=None) -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--feature-set")
     ap.add_argument("--vocab")
-    ap.add_argument("--k-text", type=int, default=128)
-    ap.add_argument("--k-image", type=int, default=64)
+    ap.add_argument("--k-text", type=int, default=K_TEXT)
+    ap.add_argument("--k-image", type=int, default=K_IMAGE)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device")
     ap.add_argument("--json", help="also write the metrics to this JSON file")

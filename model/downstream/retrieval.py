@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 KS = (1, 5, 10)
+K_TEXT, K_IMAGE = 128, 64   # the paper's re-ranking depth: captions per image, images per caption
 
 
 def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
@@ -57,7 +58,7 @@ def chance_recall_at_1(text_image: torch.Tensor, n_image: int) -> dict[str, floa
 
 
 def rerank(sim: torch.Tensor, itm_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           k_text: int = 128, k_image: int = 64, batch_size: int = 256
+           k_text: int = K_TEXT, k_image: int = K_IMAGE, batch_size: int = 256
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-rank the dual encoder's top candidates by ITM (the paper's protocol). The directions
     rank different candidate sets, hence two [n_text, n_image] matrices (t2i, i2t): in row i of

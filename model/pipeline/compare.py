@@ -10,8 +10,9 @@ from typing import Callable
 
 import mlflow
 
-from model.config import ModelConfig
+from model.config import DEFAULT_PRESET, ModelConfig
 from model.downstream.evaluate import evaluate_retrieval
+from model.downstream.retrieval import K_IMAGE, K_TEXT
 from model.pipeline import steps as pipeline
 from model.pipeline.cache import run_once
 from model.pipeline.report import pipeline_run, vqa_datasets
@@ -111,8 +112,8 @@ class _WithoutConcepts:
         return without_concepts(self.data.collate(items), self.data.cfg)
 
 
-def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
-                        k_image: int = 64) -> dict:
+def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = K_TEXT,
+                        k_image: int = K_IMAGE) -> dict:
     """pipeline.evaluate_step; for a model pre-trained without concepts, its retrieval metrics on
     the split without concepts and tags (a cached step too): zero-shot, it would otherwise meet
     inputs it never saw."""
@@ -146,12 +147,10 @@ def run_step(kind: str, label: str, **kw) -> dict:
 
 
 def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps: int,
-                tracking: dict | None = None, split: str = "test", k_text: int = 128,
-                k_image: int = 64, call: Callable[..., dict] = run_step) -> dict:
-    """Pre-train `v` for `budget` steps, then score it on `split`: retrieval without fine-tuning,
-    and VQA per dataset after `vqa_steps` of fine-tuning on the train questions of every dataset.
-    Returns {"variant", "pretraining", "steps" (name -> step result), "retrieval" (evaluate()
-    metrics), "vqa" (dataset -> metrics)}."""
+                tracking: dict | None = None, split: str = "test", k_text: int = K_TEXT,
+                k_image: int = K_IMAGE, call: Callable[..., dict] = run_step) -> dict:
+    """Pre-train `v` for `budget` steps, then score it. Returns {"variant", "pretraining",
+    "steps" (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
     common = {"root": str(root), "warehouse": str(warehouse)}
     done, trained = {}, None
     for k, (stage, n) in enumerate(zip(v.stages, stage_steps(v, budget))):
@@ -175,9 +174,9 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
             "retrieval": retrieval, "vqa": vqa}
 
 
-def compare(warehouse, root="runs/compare", config: str = "small", budget: int = 600,
+def compare(warehouse, root="runs/compare", config: str = DEFAULT_PRESET, budget: int = 600,
             vqa_steps: int = 200, variants: list[str] | None = None, split: str = "test",
-            k_text: int = 128, k_image: int = 64, tracking_uri: str | None = None,
+            k_text: int = K_TEXT, k_image: int = K_IMAGE, tracking_uri: str | None = None,
             call: Callable[..., dict] = run_step, run_name: str = "compare") -> dict:
     """Every variant (default: all of VARIANTS) at `budget` pre-training steps, scored on
     `split`; the results also go to <root>/results.json and as metrics to the parent run.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from model.config import config_file
 from model.downstream.evaluate import evaluate
+from model.downstream.retrieval import K_IMAGE, K_TEXT
 from model.pipeline.cache import run_once
 from model.serving.pyfunc import log_to_run
 from model.training.config import schedule_for
@@ -73,8 +74,8 @@ def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str 
     return run_once(root, name, inputs, run)
 
 
-def evaluate_step(root, warehouse, trained: dict, split: str = "test", k_text: int = 128,
-                  k_image: int = 64) -> dict:
+def evaluate_step(root, warehouse, trained: dict, split: str = "test", k_text: int = K_TEXT,
+                  k_image: int = K_IMAGE) -> dict:
     """Retrieval (dual encoder and ITM re-ranked) and MLM metrics of a training step's model."""
     inputs = {"step": "evaluate", "split": split, "k": [k_text, k_image],
               "model": trained["folder"], "data": data_state(warehouse), "code": code_version()}

@@ -12,7 +12,7 @@ import torch
 
 from features.feature_sets import list_feature_sets
 from features.vocabulary import latest_vocab
-from model.config import load_config
+from model.config import DEFAULT_PRESET, load_config
 from model.mvp import MVP
 from model.training import distributed, tracking
 from model.training.checkpoint import load_weights
@@ -50,7 +50,7 @@ def n_concepts(wh: Warehouse, vocab: str) -> int:
     return int(n)
 
 
-def pretrain(warehouse, stage: str, config: str = "small", feature_set: str | None = None,
+def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: str | None = None,
              vocab: str | None = None, steps: int | None = None, out_dir="runs/pretrain",
              resume: bool = False, init_from=None, tracking_uri: str | None = None,
              seed: int | None = None, checkpoint_every: int = 500,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Run one pre-training stage, tracked in MLflow.")
     p.add_argument("--warehouse", required=True)
     p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--config", default="small", help="preset name or YAML path")
+    p.add_argument("--config", default=DEFAULT_PRESET, help="preset name or YAML path")
     p.add_argument("--steps", type=int, help="stop at this global step")
     p.add_argument("--out-dir", default="runs/pretrain")
     p.add_argument("--resume", action="store_true")

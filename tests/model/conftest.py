@@ -23,6 +23,6 @@ def served(tmp_path_factory, tiny_feature_store):
     model.load_state_dict(state["model"])
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MVP_SERVING_IMAGE_ROOT", str(tiny_feature_store.image_root))
-        yield {"image_root": tiny_feature_store.image_root, "wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
-               "info": info, "model": model.eval(), "tmp": tmp,
+        yield {"wh": wh, "fs": fs["feature_set"], "vocab": vocab["vocab"], "uri": uri,
+               "image_root": tiny_feature_store.image_root, "info": info, "model": model.eval(), "tmp": tmp,
                "pyfunc": mlflow.pyfunc.load_model(info.model_uri)}

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from features.feature_sets import list_feature_sets
-from model.config import ModelConfig, load_config
+from model.config import DEFAULT_PRESET, ModelConfig, load_config
 from model.downstream.vqa.data import VQABatch, VQAData
 from model.downstream.vqa.metrics import majority_predictions, score_report
 from model.mvp import MVP
@@ -158,7 +158,7 @@ def _flat_metrics(prefix: str, report: dict) -> dict:
     return out
 
 
-def finetune_vqa(warehouse, init_from, config: str = "small", steps: int | None = None,
+def finetune_vqa(warehouse, init_from, config: str = DEFAULT_PRESET, steps: int | None = None,
                  dataset: str | None = None, out_dir="runs/finetune",
                  tracking_uri: str | None = None, seed: int | None = None,
                  device: str | None = None, batch_size: int | None = None,
