@@ -218,6 +218,7 @@ RUN = ("import sys; from features.extract import extract_features; "
        "extract_features(sys.argv[1], backbone='mvp-tiny', shard_size=3, progress=False)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["features-after-publish", "features-before-publish"])
 def test_killed_extraction_resumes_without_duplicates(tmp_path, query, point):
     wh = _shapes(tmp_path, n=8)

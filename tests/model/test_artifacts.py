@@ -35,6 +35,7 @@ def test_best_region_is_the_cosine_argmax_among_real_regions():
     assert best_regions(phrases, regions, torch.ones(4, dtype=torch.bool)).tolist() == [1, 0, 3]
 
 
+@pytest.mark.slow
 def test_loss_curves_png(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)

@@ -134,6 +134,7 @@ def test_a_file_that_is_not_ours_is_named_in_one_line(make, message, tmp_path):
         assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [
     ["evaluate", "{garbage}"],
     ["finetune", "vqa", "--init-from", "{foreign}"],

@@ -21,6 +21,7 @@ def _history(client, run_id, key):
                                               key=lambda m: m.step)]
 
 
+@pytest.mark.slow
 def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
     wh, fs, vocab, _ = built
     # MLflow's system-metrics monitor logs once per interval and a 4-step run lasts about a
@@ -75,6 +76,7 @@ def test_stage1_then_stage2_are_tracked(built, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_logs_the_same_losses_as_an_uninterrupted_run(built, tmp_path):
     wh = built[0]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -96,6 +98,7 @@ def test_resume_logs_the_same_losses_as_an_uninterrupted_run(built, tmp_path):
                  tracking_uri=uri, resume=True)
 
 
+@pytest.mark.slow
 def test_mvp_pretrain_command_runs_the_flow(built, tmp_path, monkeypatch):
     from flows.cli import main
     wh = built[0]
@@ -110,6 +113,7 @@ def test_mvp_pretrain_command_runs_the_flow(built, tmp_path, monkeypatch):
     assert [r.info.run_name for r in runs] == ["stage1"]
 
 
+@pytest.mark.slow
 def test_a_variant_and_retrieval_fine_tuning(built, tmp_path):
     """`joint` without WPG as a flow runs it (train_overrides, its own run name), then retrieval
     fine-tuning from its checkpoint."""

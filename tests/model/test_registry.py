@@ -38,6 +38,7 @@ def _log(seed: int):
     return info.model_uri, model
 
 
+@pytest.mark.slow
 def test_champion_moves_only_on_a_strictly_better_metric(registry):
     c, name = registry, "mvp-retrieval"
     uri, first = _log(0)
@@ -75,6 +76,7 @@ def test_champion_moves_only_on_a_strictly_better_metric(registry):
     assert mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}") is not None
 
 
+@pytest.mark.slow
 def test_lower_is_better_and_refusals(registry):
     c, name = registry, "mvp-pretrained"
     uri, _ = _log(0)
@@ -94,6 +96,7 @@ def test_lower_is_better_and_refusals(registry):
         promote(name, v3, "itm_acc", client=c)
 
 
+@pytest.mark.slow
 def test_an_interrupted_promotion_finishes_on_the_next_call(registry, monkeypatch):
     """A run killed after recording its decision but before moving the aliases: calling
     promote again moves them; a finished old decision never takes the champion back."""

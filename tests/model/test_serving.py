@@ -50,6 +50,7 @@ def test_served_vectors_are_the_training_ones(served):
     assert row["concepts"] and row["answer"] is None
 
 
+@pytest.mark.slow
 def test_grid_bytes_and_cli_agree(served, tmp_path):
     _, _, _, _, path, text = training_view(served)
     raw = open(path, "rb").read()

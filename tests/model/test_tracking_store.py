@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from model.training import tracking
 
@@ -29,6 +30,7 @@ def _open_elsewhere(path):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_half_made_store_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "_READY", set())
     path = tmp_path / "mlflow.db"

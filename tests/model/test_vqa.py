@@ -122,6 +122,7 @@ def test_head_starts_as_the_mlm_decoder(shapes):
 
 # ---- fine-tuning ----
 
+@pytest.mark.slow
 def test_finetune_from_pretraining_lowers_the_loss_and_is_tracked(shapes):
     wh, fs, _, tmp = shapes
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -155,6 +156,7 @@ def test_finetune_from_pretraining_lowers_the_loss_and_is_tracked(shapes):
                                                   "what shape"}
 
 
+@pytest.mark.slow
 def test_a_killed_finetune_resumes_exactly(shapes, monkeypatch):
     """Killed right after its step-3 checkpoint, a 6-step fine-tune resumed with resume=True
     logs the same losses at steps 4-6 as an uninterrupted one, in the same MLflow run, and
@@ -213,6 +215,7 @@ def _vqa_v2(folder, make_image, write_json):
     return folder
 
 
+@pytest.mark.slow
 def test_vqa_v2_files_fine_tune_and_evaluate(tmp_path, make_image, write_json):
     wh = tmp_path / "wh"
     ingest("vqa", source=_vqa_v2(tmp_path / "vqa", make_image, write_json), warehouse=wh,

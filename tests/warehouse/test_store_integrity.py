@@ -106,6 +106,7 @@ def test_stale_copy_ahead_of_a_gap_is_refused(wh, tmp_path, at):
     assert all((wh / p).is_file() for p in live)
 
 
+@pytest.mark.slow
 def test_gap_filled_with_an_old_copy_is_refused(wh, tmp_path):
     live = _live(wh)
     _snapshot_file(wh, 2).unlink()
@@ -192,12 +193,14 @@ def test_legacy_snapshots_are_read_reported_unverified_and_extended(wh, tmp_path
         Warehouse(wh).current()
 
 
+@pytest.mark.slow
 def test_clean_warehouse_verifies(wh):
     proc = _mvp_verify(wh)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 bad" in proc.stdout and "0 unverified" in proc.stdout
 
 
+@pytest.mark.slow
 def test_flipped_byte_is_reported_by_mvp_verify(wh):
     part = _part(wh, "captions")
     data = bytearray(part.read_bytes())
@@ -210,6 +213,7 @@ def test_flipped_byte_is_reported_by_mvp_verify(wh):
     assert "tables: captions" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["truncate", "extend"])
 def test_part_of_another_size_is_refused_on_read(wh, change):
     part = _part(wh, "captions")
