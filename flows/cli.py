@@ -17,6 +17,7 @@ FEATURES = Entrypoint("flows.feature_store", "features_flow")
 VINVL_IMPORT = Entrypoint("flows.feature_store", "vinvl_import_flow")
 ZERO_SHOT = Entrypoint("flows.feature_store", "zero_shot_flow")
 CONCEPTS = Entrypoint("flows.concepts", "concepts_flow")
+CACHE = Entrypoint("flows.cache", "cache_flow")
 SERVE = Entrypoint("flows.serve", "serve")
 
 
@@ -237,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(sub, "concepts", "build the concept vocabulary (Prefect flow)", CONCEPTS)
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_concepts)
+
+    sp = add_command(sub, "cache", "build the memory-mapped training cache of a split that "
+                                   "`mvp pretrain --feature-cache` reads (Prefect flow)", CACHE)
+    sp.set_defaults(func=partial(run_flow, CACHE))
 
     from flows.cli_models import add_model_commands
     add_model_commands(sub)

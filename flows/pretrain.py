@@ -31,7 +31,7 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
                   out_dir: str = "runs/pretrain", resume: bool = False,
                   init_from: str | None = None, tracking_uri: str | None = None,
                   train_overrides: dict | None = None, nproc_per_node: int = 1,
-                  checkpoint_every: int = 500) -> dict:
+                  checkpoint_every: int = 500, feature_cache: bool = False) -> dict:
     """One pre-training stage; its checkpoint is <out_dir>/<stage>/last.pt.
 
     Args:
@@ -52,12 +52,14 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
         nproc_per_node: processes for DDP under torchrun (GPUs, or CPU processes with gloo)
         checkpoint_every: save <out_dir>/<stage>/last.pt every N steps (and at the end), where
             a killed run resumes from
+        feature_cache: read the train split through the memory-mapped feature cache (built
+            first if missing; `mvp cache` builds it ahead), one copy per node for every rank
     """
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
                            resume=resume, init_from=init_from, tracking_uri=tracking_uri,
                            train_overrides=train_overrides, nproc_per_node=nproc_per_node,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, feature_cache=feature_cache)
     print(f"{stage}: {result['steps']} steps, checkpoint {result['checkpoint']}, MLflow run "
           f"{result['run_id']}, final " + ", ".join(f"{k} {v:.4g}"
                                                      for k, v in result["final"].items()))

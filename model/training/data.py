@@ -2,7 +2,10 @@
 read once into flat arrays so that an item is a few slices."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +14,7 @@ import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from features.feature_sets import check_compatible, require_feature_set
-from features.load import load_region_features
+from features.load import RegionFeatures, load_region_features
 from model.batch import PretrainBatch, VisualInputs, pad_rows
 from model.config import ModelConfig
 from model.text import caption_input, tag_sequence
@@ -33,7 +36,10 @@ class PretrainData(Dataset):
     tokenised into flat arrays, so an item is a few slices, cheap in DataLoader workers."""
 
     def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
-                 split: str | None = "train", dataset: str | None = None):
+                 split: str | None = "train", dataset: str | None = None,
+                 image_ids: list[str] | None = None):
+        """Read into memory; `image_ids` keeps only those images' captions (a chunk of a
+        feature cache's build). model/training/feature_cache.py opens the same data mapped."""
         wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
         require_model_feature_set(wh, feature_set_id, cfg)
         if cfg.vocab_version is not None and cfg.vocab_version != vocab_id:
@@ -50,10 +56,12 @@ class PretrainData(Dataset):
             if cfg.n_concepts < self.n_concepts:
                 raise ValueError(f"config n_concepts={cfg.n_concepts} is smaller than vocabulary "
                                  f"{vocab_id} ({self.n_concepts} concepts)")
+            con.register("_chosen", pa.table({"image_id": pa.array(image_ids or [], pa.string())}))
             captions = con.sql(
                 "SELECT id, image_id, text FROM captions WHERE (? IS NULL OR split = ?) "
-                "AND (? IS NULL OR dataset = ?) ORDER BY id",
-                params=[split, split, dataset, dataset]).to_arrow_table()
+                "AND (? IS NULL OR dataset = ?) "
+                "AND (? OR image_id IN (SELECT image_id FROM _chosen)) ORDER BY id",
+                params=[split, split, dataset, dataset, image_ids is None]).to_arrow_table()
             self.images = VisualSource(wh, feature_set_id,
                                     pc.unique(captions["image_id"]).to_pylist(), cfg)
             self.regions = self.images.regions
@@ -61,7 +69,9 @@ class PretrainData(Dataset):
             con.register("_kept", pa.table({"image_id": self.regions.image_ids.astype(object)}))
             con.register("_captions", captions)
             captions = con.sql(
-                "SELECT c.* FROM _captions c SEMI JOIN _kept USING (image_id) ORDER BY c.id"
+                # image order: a feature cache built image chunk by image chunk holds the same
+                "SELECT c.* FROM _captions c SEMI JOIN _kept USING (image_id) "
+                "ORDER BY c.image_id, c.id"
             ).to_arrow_table()
             con.register("_captions", captions)
             mentions = con.sql(
@@ -87,6 +97,19 @@ class PretrainData(Dataset):
         self.tokens, self.token_offsets = _flat(tokens)
         self.concepts, self.concept_offsets = _flat(concepts)
         self.spans, _ = _flat(spans)  # two entries per concept: offsets are 2 * concept_offsets
+
+    @classmethod
+    def mapped(cls, cfg: ModelConfig, images: "VisualSource", n_concepts: int, caption_ids,
+               image_of: np.ndarray, tokens: np.ndarray, token_offsets: np.ndarray,
+               concepts: np.ndarray, concept_offsets: np.ndarray, spans: np.ndarray
+               ) -> "PretrainData":
+        """The data over arrays read elsewhere (a feature cache's memory maps)."""
+        data = cls.__new__(cls)
+        data.cfg, data.images, data.regions, data.n_concepts = cfg, images, images.regions, n_concepts
+        data.caption_ids, data.image_of = caption_ids, image_of
+        data.tokens, data.token_offsets = tokens, token_offsets
+        data.concepts, data.concept_offsets, data.spans = concepts, concept_offsets, spans
+        return data
 
     def __len__(self) -> int:
         return len(self.caption_ids)
@@ -128,13 +151,26 @@ class VisualSource:
 
     def __init__(self, wh: Warehouse, feature_set_id: str, image_ids, cfg: ModelConfig):
         self.cfg = cfg
-        self.regions = load_region_features(wh, feature_set_id, image_ids)
-        self.row = {img: k for k, img in enumerate(self.regions.image_ids)}
+        self.regions = _in_image_id_order(load_region_features(wh, feature_set_id, image_ids))
         self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
         rf = self.regions
         self.tags, self.tag_offsets = _flat([
             tag_sequence(rf.label[rf.offsets[k]:rf.offsets[k + 1]], cfg)
             for k in range(len(rf.image_ids))])
+
+    @classmethod
+    def mapped(cls, cfg: ModelConfig, regions: "RegionArrays", tags: np.ndarray,
+               tag_offsets: np.ndarray) -> "VisualSource":
+        """The visual side over arrays read elsewhere (a feature cache's memory maps)."""
+        side = cls.__new__(cls)
+        side.cfg, side.regions, side.geometry = cfg, regions, regions.geometry
+        side.tags, side.tag_offsets = tags, tag_offsets
+        return side
+
+    @functools.cached_property
+    def row(self) -> dict[str, int]:
+        """Image id -> row; built on first use (the pre-training path never needs it)."""
+        return {str(img): k for k, img in enumerate(self.regions.image_ids)}
 
     def rows_of(self, image_ids: list[str]) -> np.ndarray:
         """Row of each image (all must have features)."""
@@ -162,6 +198,32 @@ class VisualSource:
         return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask),
                 "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
                 "image_ids": [x["image_id"] for x in items]}
+
+
+def _in_image_id_order(rf: RegionFeatures) -> RegionFeatures:
+    """The images in id order (rows then match a feature cache's, built in that order); a copy
+    only when they are not stored so already."""
+    order = np.argsort(rf.image_ids, kind="stable")
+    if (order == np.arange(len(order))).all():
+        return rf
+    counts = np.diff(rf.offsets)[order]
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    # region rows of the reordered images: each image's run of rows, in the new order
+    rows = np.repeat(rf.offsets[order] - offsets[:-1], counts) + np.arange(offsets[-1])
+    per_region = {f: getattr(rf, f)[rows] for f in ("image_id", "region_id", "box_source",
+                                                     "label", "score", "geometry")}
+    return dataclasses.replace(rf, image_ids=rf.image_ids[order], offsets=offsets,
+                               vectors=rf.vectors[torch.from_numpy(rows)], **per_region)
+
+
+@dataclasses.dataclass
+class RegionArrays:
+    """The region columns training reads (features.load.RegionFeatures without its per-region
+    strings): image k's regions are rows offsets[k]:offsets[k+1]."""
+    image_ids: Sequence[str]
+    offsets: np.ndarray
+    geometry: torch.Tensor        # [n, 6] float32
+    vectors: torch.Tensor         # [n, dim] in the feature set's dtype
 
 
 class DeterministicSampler(Sampler[int]):

@@ -20,11 +20,12 @@ def torchrun_command(nproc: int, **params) -> list[str]:
     for key in _FLAGS:
         if params.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(params[key])]
-    if params.get("resume"):
-        cmd.append("--resume")
+    for switch in ("resume", "feature_cache"):
+        if params.get(switch):
+            cmd.append(f"--{switch.replace('_', '-')}")
     for key, value in (params.get("train_overrides") or {}).items():
         cmd += ["--set", f"{key}={value}"]
-    unknown = set(params) - set(_FLAGS) - {"resume", "train_overrides"}
+    unknown = set(params) - set(_FLAGS) - {"resume", "feature_cache", "train_overrides"}
     if unknown:
         raise ValueError(f"not passed to torchrun: {', '.join(sorted(unknown))}")
     return cmd

@@ -12,13 +12,14 @@ import torch
 
 from features.feature_sets import list_feature_sets
 from features.vocabulary import latest_vocab
-from model.config import DEFAULT_PRESET, load_config
+from model.config import DEFAULT_PRESET, ModelConfig, load_config
 from model.mvp import MVP
 from model.training import distributed, tracking
 from model.training.checkpoint import load_weights
 from model.training.config import STAGES, load_train_config, train_override
 from model.training.data import PretrainData
 from model.training.diagnostics import diagnose
+from model.training.feature_cache import build_cache, cached_data
 from model.training.progress import Progress
 from model.training.task import PretrainTask
 from model.training.trainer import Trainer
@@ -50,27 +51,52 @@ def n_concepts(wh: Warehouse, vocab: str) -> int:
     return int(n)
 
 
+def model_config(wh: Warehouse, config: str, feature_set: str | None, vocab: str | None
+                 ) -> ModelConfig:
+    """The preset's model config for this warehouse's feature set and vocabulary (default: the
+    latest of each)."""
+    spec = pick_feature_set(wh, feature_set)
+    vocab = vocab or latest_vocab(wh)
+    if vocab is None:
+        raise LookupError(f"no concept vocabulary in warehouse {wh.root}: run `mvp concepts`")
+    return load_config(config, feat_dim=spec.dim, n_concepts=n_concepts(wh, vocab),
+                       feature_set=spec.id, vocab_version=vocab)
+
+
+def prepare_cache(warehouse, config: str = DEFAULT_PRESET, feature_set: str | None = None,
+                  vocab: str | None = None, split: str | None = "train",
+                  dataset: str | None = None) -> dict:
+    """Build the feature cache `pretrain(feature_cache=True)` reads with this config; returns its
+    folder and record."""
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    cfg = model_config(wh, config, feature_set, vocab)
+    folder = build_cache(wh, cfg.feature_set, cfg.vocab_version, cfg, split, dataset)
+    record = json.loads((folder / "meta.json").read_text())
+    return {"folder": str(folder), **{k: v for k, v in record.items() if k != "arrays"},
+            "captions": record["arrays"]["image_of"]["shape"][0],
+            "regions": record["arrays"]["vectors"]["shape"][0],
+            "bytes": sum(f.stat().st_size for f in folder.iterdir())}
+
+
 def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: str | None = None,
              vocab: str | None = None, steps: int | None = None, out_dir="runs/pretrain",
              resume: bool = False, init_from=None, tracking_uri: str | None = None,
              seed: int | None = None, checkpoint_every: int = 500,
              device: str | None = None, train_overrides: dict | None = None,
              run_name: str | None = None, experiment: str = EXPERIMENT,
-             parent_run_id: str | None = None, diagnose_every: int = 50) -> dict:
+             parent_run_id: str | None = None, diagnose_every: int = 50,
+             feature_cache: bool = False) -> dict:
     """Train `stage` up to global step `steps` (default: the config's total_steps; the lr schedule
     follows total_steps regardless, so a run stopped and resumed ends as one that never stopped).
     `seed` (default: the config's) seeds the model init, the task's masks and the data order;
     `train_overrides` update the preset's `train:` section. The checkpoint is
     <out_dir>/<stage>/last.pt (give variants of one stage their own out_dir); `resume` continues
     it, in the same MLflow run. stage2 starts from <out_dir>/stage1/last.pt unless told otherwise.
-    `diag/*` metrics every `diagnose_every` steps and at the end (0: never)."""
+    `diag/*` metrics every `diagnose_every` steps and at the end (0: never). `feature_cache`
+    reads the train split through model/training/feature_cache.py (built once per data)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    spec = pick_feature_set(wh, feature_set)
-    vocab = vocab or latest_vocab(wh)
-    if vocab is None:
-        raise LookupError(f"no concept vocabulary in warehouse {wh.root}: run `mvp concepts`")
-    cfg = load_config(config, feat_dim=spec.dim, n_concepts=n_concepts(wh, vocab),
-                      feature_set=spec.id, vocab_version=vocab)
+    cfg = model_config(wh, config, feature_set, vocab)
+    spec, vocab = pick_feature_set(wh, cfg.feature_set), cfg.vocab_version
     overrides = {**(train_overrides or {}), "stage": stage}
     if seed is not None:
         overrides["seed"] = seed
@@ -87,7 +113,8 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
     if stage == "retrieval" and init_from is None and not resume:
         raise ValueError("retrieval fine-tunes a pre-trained model: pass init_from (or resume)")
 
-    data = PretrainData(wh, spec.id, vocab, cfg, split="train")
+    data = (cached_data(wh, spec.id, vocab, cfg, "train") if feature_cache
+            else PretrainData(wh, spec.id, vocab, cfg, split="train"))
     if len(data) == 0:
         raise LookupError(f"no training captions with features in {spec.id}")
     torch.manual_seed(tcfg.seed)  # model init: the same on every rank
@@ -157,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--feature-cache", action="store_true",
+                   help="read the train split through the memory-mapped feature cache")
     p.add_argument("--device", help="default: this rank's GPU, else cpu")
     p.add_argument("--tracking-uri")
     p.add_argument("--run-name")
@@ -172,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                           tracking_uri=args.tracking_uri, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, device=device,
                           train_overrides=dict(args.overrides), run_name=args.run_name,
-                          experiment=args.experiment, parent_run_id=args.parent_run_id)
+                          experiment=args.experiment, parent_run_id=args.parent_run_id,
+                          feature_cache=args.feature_cache)
         if distributed.is_main():
             print(json.dumps(result))
     return 0

@@ -1,0 +1,99 @@
+"""The training-time feature cache gives the same items and batches as the in-memory data path,
+is built once per key, appears whole or not at all, and refuses other tokenization settings."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import load_config
+from model.training import feature_cache
+from model.training.data import PretrainData
+from model.training.feature_cache import build_cache, open_cache
+from model.training.pretrain import pretrain
+
+
+LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_feature_store):
+    tmp = tmp_path_factory.mktemp("feature-cache")
+    wh, fs, vocab = tiny_feature_store(tmp)
+    cfg = load_config("tiny", feat_dim=fs["dim"], n_concepts=vocab["concepts"])
+    return wh, fs["feature_set"], vocab["vocab"], cfg, tmp
+
+
+@pytest.mark.parametrize("split", ["train", None])
+def test_cached_items_and_batches_equal_the_in_memory_ones(store, split):
+    wh, fs, vocab, cfg, tmp = store
+    memory = PretrainData(wh, fs, vocab, cfg, split=split)
+    # 5 images a chunk: several chunks, so offsets and image rows are shifted across chunks
+    cached = open_cache(build_cache(wh, fs, vocab, cfg, split, root=tmp / "c", chunk_images=5),
+                        cfg)
+    assert isinstance(cached.tokens, np.memmap) and isinstance(cached.images.tags, np.memmap)
+    assert len(cached) == len(memory) > 5 and cached.n_concepts == memory.n_concepts
+    assert list(cached.caption_ids) == [str(c) for c in memory.caption_ids]
+    for i in range(len(memory)):
+        a, b = memory[i], cached[i]
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+            else:
+                assert a[key] == b[key], key
+    rows = list(range(len(memory)))[::-1]
+    a, b = memory.collate([memory[i] for i in rows]), cached.collate([cached[i] for i in rows])
+    for f in dataclasses.fields(a.visual):
+        assert torch.equal(getattr(a.visual, f.name), getattr(b.visual, f.name)), f.name
+    for name in ("token_ids", "token_mask", "concept_ids", "concept_mask", "concept_spans",
+                 "image_index"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.image_ids == b.image_ids and a.caption_ids == b.caption_ids
+
+
+def test_training_through_the_cache_gives_the_same_losses(store, tmp_path, monkeypatch):
+    wh, fs, vocab, _, _ = store
+    monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [pretrain(wh, "joint", config="tiny", steps=3, out_dir=tmp_path / name,
+                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", diagnose_every=0,
+                     feature_cache=cached)
+            for name, cached in (("memory", False), ("cached", True))]
+    losses = [{k: v for k, v in r["final"].items() if k in LOSSES} for r in runs]
+    assert len(losses[0]) == len(LOSSES) and losses[0] == losses[1]   # exactly
+    assert len(list((tmp_path / "cache" / "training").iterdir())) == 1
+
+
+def test_one_build_per_key_and_new_data_gives_a_new_key(store, tmp_path):
+    wh, fs, vocab, cfg, _ = store
+    first = build_cache(wh, fs, vocab, cfg, root=tmp_path)
+    stamp = (first / "meta.json").stat().st_mtime_ns
+    assert build_cache(wh, fs, vocab, cfg, root=tmp_path) == first
+    assert (first / "meta.json").stat().st_mtime_ns == stamp           # not rebuilt
+    other = build_cache(wh, fs, vocab, dataclasses.replace(cfg, max_tags=6), root=tmp_path)
+    assert other != first and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [first.name, other.name])
+
+
+def test_a_killed_build_leaves_no_cache(store, tmp_path, monkeypatch):
+    wh, fs, vocab, cfg, _ = store
+    calls = []
+
+    def dies_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return PretrainData(*args)
+    monkeypatch.setattr(feature_cache, "PretrainData", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(wh, fs, vocab, cfg, root=tmp_path, chunk_images=5)
+    assert list(tmp_path.iterdir()) == []   # no cache, no half-built folder
+    monkeypatch.undo()
+    assert (build_cache(wh, fs, vocab, cfg, root=tmp_path, chunk_images=5) / "meta.json").exists()
+
+
+def test_other_tokenization_settings_are_refused(store, tmp_path):
+    wh, fs, vocab, cfg, _ = store
+    folder = build_cache(wh, fs, vocab, cfg, root=tmp_path)
+    with pytest.raises(ValueError, match="other tokenization settings"):
+        open_cache(folder, dataclasses.replace(cfg, max_text_len=cfg.max_text_len - 1))
