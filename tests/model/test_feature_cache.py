@@ -12,7 +12,6 @@ from model.training.data import PretrainData
 from model.training.feature_cache import build_cache, open_cache
 from model.training.pretrain import pretrain
 
-
 LOSSES = ("vsc", "mcr", "itm", "mlm", "wpg")
 
 
