@@ -183,8 +183,9 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
         spec = meta["arrays"][name]
         if spec["shape"][0] == 0:
             return np.zeros(spec["shape"], np.dtype(spec["dtype"]))
-        return np.memmap(folder / f"{name}.bin", np.dtype(spec["dtype"]), "c",
-                         shape=tuple(spec["shape"]))
+        # a plain view of the map: slicing an np.memmap costs a subclass object per slice
+        return np.asarray(np.memmap(folder / f"{name}.bin", np.dtype(spec["dtype"]), "c",
+                                    shape=tuple(spec["shape"])))
 
     regions = RegionArrays(StringColumn(folder / "image_ids.arrow"), mapped("region_offsets"),
                            torch.from_numpy(mapped("geometry")),
