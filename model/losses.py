@@ -19,14 +19,26 @@ def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, ignore_index=IGNORE)
 
 
-def vsc(sim_logits: torch.Tensor) -> torch.Tensor:
-    """Visual-semantic contrastive loss: symmetric InfoNCE.
+def vsc(sim_logits: torch.Tensor, image_to_texts: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Visual-semantic contrastive loss: symmetric InfoNCE, the mean of CE(text -> images) and
+    CE(image -> texts).
 
-    sim_logits: [B, B] = g_t @ g_v.T / temperature, text rows, image columns, positives on the
-    diagonal. Returns the mean of CE(text -> images) and CE(image -> texts), a scalar.
+    sim_logits: [B, N] = g_t @ g_v.T / temperature: this batch's texts against N candidate
+    images (N = B in-batch; the gathered global batch under global negatives).
+    image_to_texts: [B, N] this batch's images against the candidate texts (default:
+    sim_logits.T, the square in-batch case). targets: [B] the column of each row's pair
+    (default: the diagonal). exclude: [B, N] bool, columns that are neither the pair nor a
+    negative (another caption of the same image): left out of both softmaxes.
     """
-    targets = torch.arange(sim_logits.shape[0], device=sim_logits.device)
-    return (F.cross_entropy(sim_logits, targets) + F.cross_entropy(sim_logits.t(), targets)) / 2
+    if image_to_texts is None:
+        image_to_texts = sim_logits.t()
+    if targets is None:
+        targets = torch.arange(sim_logits.shape[0], device=sim_logits.device)
+    if exclude is not None:
+        sim_logits = sim_logits.masked_fill(exclude, float("-inf"))
+        image_to_texts = image_to_texts.masked_fill(exclude, float("-inf"))
+    return (F.cross_entropy(sim_logits, targets) + F.cross_entropy(image_to_texts, targets)) / 2
 
 
 def mcr(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:

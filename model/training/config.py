@@ -44,6 +44,10 @@ class TrainConfig:
     # ITM uses random negatives before this step, then `negatives`: the hardest negatives of a
     # random start are mostly noise or true matches
     easy_negative_steps: int = 0
+    # VSC's negatives: rank (the authors': the rest of this process's batch) | global (the whole
+    # batch gathered over the ranks, with gradient, so results do not change with the GPU count;
+    # other captions of a text's image are then no negatives)
+    negatives_scope: str = "rank"
     mask_prob: float = 0.15
     lr: float = 5e-5           # the paper's AdamW learning rate
     weight_decay: float = 0.01
@@ -98,6 +102,8 @@ def _validate(c: TrainConfig) -> None:
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
     require(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
+    require(c.negatives_scope in ("rank", "global"),
+            f"negatives_scope must be rank or global, got {c.negatives_scope!r}")
     require(c.negatives in NEGATIVE_MODES,
             f"negatives must be one of {NEGATIVE_MODES}, got {c.negatives!r}")
     for name in ("text_mcr", "concepts"):

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 def is_distributed() -> bool:
@@ -87,3 +88,23 @@ def gather_objects(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_with_grad(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """Each tensor concatenated over the ranks in rank order, with gradients flowing back to the
+    rank that owns each row (open_clip's gather_features with gather_with_grad), and the row
+    where this rank's part starts. Ranks' batches may differ in size (rank_slice: by one)."""
+    if not is_distributed():
+        return list(tensors), 0
+    n = tensors[0].shape[0]
+    sizes = torch.tensor([n], device=tensors[0].device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]
+    dist.all_gather(all_sizes, sizes)
+    all_sizes = [int(s) for s in all_sizes]
+    most = max(all_sizes)
+    out = []
+    for t in tensors:
+        padded = torch.cat([t, t.new_zeros((most - n, *t.shape[1:]))]) if n < most else t
+        parts = dist_nn.all_gather(padded)
+        out.append(torch.cat([p[:size] for p, size in zip(parts, all_sizes)]))
+    return out, sum(all_sizes[:rank()])

@@ -12,6 +12,7 @@ from model import losses
 from model.batch import PretrainBatch, assemble_text
 from model.masking import IGNORE, mask_tags, mask_with_concepts
 from model.mvp import MVP
+from model.training import distributed
 from model.training.config import TrainConfig
 
 # The MVP parts (top-level attribute names) each loss's gradient reaches; tests/test_variants.py
@@ -74,8 +75,9 @@ class PretrainTask(nn.Module):
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
-        if "vsc" in need:   # negatives: the rest of this rank's batch, nothing gathered across ranks
-            out["vsc"] = losses.vsc(sim)
+        if "vsc" in need:
+            out["vsc"] = (losses.vsc(sim) if self.tcfg.negatives_scope == "rank"
+                          else self._global_vsc(text.g, visual.g, batch.image_index))
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
         if need & {"mcr", "mlm"}:
@@ -136,6 +138,19 @@ class PretrainTask(nn.Module):
         cfg = self.model.cfg
         return assemble_text(token_ids, batch.token_mask, concept_ids, batch.concept_mask,
                              cfg.sep_id, cfg.pad_id)
+
+    def _global_vsc(self, g_t: torch.Tensor, g_v: torch.Tensor, image_index: torch.Tensor
+                    ) -> torch.Tensor:
+        """VSC of this rank's pairs against the whole batch gathered over the ranks; image_index
+        is a row of the dataset every rank reads, so equal values are one image on any rank."""
+        (all_t, all_v, all_images), start = distributed.gather_with_grad(
+            g_t, g_v, image_index)
+        rows = torch.arange(len(g_t), device=g_t.device)
+        exclude = image_index[:, None] == all_images[None]
+        exclude[rows, start + rows] = False
+        m = self.model
+        return losses.vsc(m.similarity(g_t, all_v), m.similarity(g_v, all_t), start + rows,
+                          exclude)
 
     def _concept_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> [..., n_concepts]: the MCR transform scored against the CONCEPT rows of

@@ -8,6 +8,7 @@ the single-process reference is the mean of the gradients of the two halves, eac
 rank's generator, not the gradient of one batch of 8.
 """
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -144,3 +145,59 @@ def test_torchrun_runs_the_entry_point(tmp_path, tiny_feature_store):
     assert len(runs) == 1 and runs[0].info.run_id == ckpt["data_position"]["mlflow_run_id"]
     assert runs[0].data.params["world_size"] == "2"
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2]
+
+
+# ---- global negatives: VSC over the batch gathered from every rank ----
+
+def _global_halves(cfg):
+    """Two halves whose images are distinct across ranks (as dataset rows are), and which
+    together hold two captions of one image, so the same-image rule is exercised."""
+    a, b = synthetic_batch(cfg, 0, 0), synthetic_batch(cfg, 0, 1)
+    return [a, dataclasses.replace(b, image_index=b.image_index + 10)]
+
+
+def _concatenated(a, b):
+    return type(a)(**{f.name: (torch.cat([getattr(a, f.name), getattr(b, f.name)])
+                               if isinstance(getattr(a, f.name), torch.Tensor)
+                               else _concatenated(getattr(a, f.name), getattr(b, f.name))
+                               if dataclasses.is_dataclass(getattr(a, f.name))
+                               else getattr(a, f.name) + getattr(b, f.name))
+                      for f in dataclasses.fields(a)})
+
+
+GLOBAL_VSC = {"negatives_scope": "global", "mcr": 0.0}   # VSC alone: no per-rank masks
+
+
+def _global_worker(rank: int, world: int, init_file: str, out: str):
+    torch.set_num_threads(WORKER_THREADS)
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                  world_size=world)
+    try:
+        trainer, cfg = make_trainer("stage1", **GLOBAL_VSC)
+        log = trainer.backward([_global_halves(cfg)[rank]])
+        torch.save({"log": log, "grads": {n: p.grad.clone() for n, p in
+                                          trainer.task.named_parameters() if p.grad is not None}},
+                   Path(out) / f"global{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_global_vsc_gradients_equal_one_process_on_the_whole_batch(tmp_path):
+    mp.spawn(_global_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    trainer, cfg = make_trainer("stage1", **GLOBAL_VSC)
+    whole = _concatenated(*_global_halves(cfg))
+    with _threads(WORKER_THREADS):
+        out = trainer.task(whole, torch.Generator().manual_seed(0))
+        out["loss"].backward()
+    expected = {n: p.grad for n, p in trainer.task.named_parameters() if p.grad is not None}
+    assert expected and sum(g.abs().sum() for g in expected.values()) > 0
+    for r in range(2):
+        got = torch.load(tmp_path / f"global{r}.pt", weights_only=True)
+        assert set(got["grads"]) == set(expected)
+        for name, grad in expected.items():
+            torch.testing.assert_close(got["grads"][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+        assert got["log"]["vsc"] == pytest.approx(out["vsc"].item(), rel=1e-5)
+    # the guard: per-rank negatives give other gradients on the same data
+    rank_trainer, _ = make_trainer("stage1", mcr=0.0)
+    rank_out = rank_trainer.task(whole, torch.Generator().manual_seed(0))
+    assert rank_out["vsc"].item() != pytest.approx(out["vsc"].item(), rel=1e-4)

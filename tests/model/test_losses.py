@@ -21,6 +21,19 @@ def test_vsc_symmetric_infonce():
     assert rows != pytest.approx(cols)  # the test would catch a one-directional loss
 
 
+def test_vsc_against_gathered_candidates_leaves_out_the_same_image():
+    # this rank's 2 pairs against 3 candidates (its own at columns 1, 2); column 0 shows row
+    # 0's image again: another caption of it, so neither its pair nor a negative
+    t2v = torch.tensor([[4.0, 2.0, 0.5], [1.0, 1.0, 3.0]])
+    v2t = torch.tensor([[3.0, 1.0, 0.0], [2.0, 0.5, 2.5]])
+    exclude = torch.tensor([[True, False, False], [False, False, False]])
+    rows = ((-2 + lse(2, 0.5)) + (-3 + lse(1, 1, 3))) / 2
+    cols = ((-1 + lse(1, 0)) + (-2.5 + lse(2, 0.5, 2.5))) / 2
+    got = vsc(t2v, v2t, torch.tensor([1, 2]), exclude)
+    assert got.item() == pytest.approx((rows + cols) / 2, rel=1e-6)
+    assert vsc(t2v, v2t, torch.tensor([1, 2])).item() != pytest.approx(got.item())
+
+
 def test_mcr_masked_positions_only():
     logits = torch.tensor([[[1.0, 2.0, 3.0], [5.0, 0.0, 0.0], [3.0, 1.0, 0.0]]], requires_grad=True)
     labels = torch.tensor([[2, -100, 1]])
