@@ -16,7 +16,14 @@ from torch import nn
 
 from features.vocabulary import latest_vocab
 from model.batch import PretrainBatch, assemble_text
-from model.downstream.retrieval import K_IMAGE, K_TEXT, chance_recall_at_1, recall_at_k, rerank
+from model.downstream.retrieval import (
+    K_IMAGE,
+    K_TEXT,
+    chance_recall_at_1,
+    recall_at_k,
+    recall_at_k_chunked,
+    rerank,
+)
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
 from model.training.checkpoint import load_mvp
@@ -118,13 +125,15 @@ def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = K_TEXT, k_i
     """Dual-encoder R@1/5/10 both ways, and (`rerank_itm`) the same after ITM re-ranking of the
     top `k_text` captions per image and `k_image` images per caption, as rerank_* keys."""
     emb = embed_split(model, data, batch_size)
-    sim = emb.similarity.cpu()
     text_image = emb.text_image.cpu()
-    n_text, n_image = sim.shape
+    n_text, n_image = len(emb.text.g), len(emb.images.g)
     chance = chance_recall_at_1(text_image, n_image)
+    # chunked: without re-ranking no [n_text, n_image] matrix is ever held
     out = {"n_images": n_image, "n_captions": n_text, "chance_t2i_r1": chance["t2i"],
-           "chance_i2t_r1": chance["i2t"], **recall_at_k(sim, text_image)}
+           "chance_i2t_r1": chance["i2t"],
+           **recall_at_k_chunked(emb.text.g.cpu(), emb.images.g.cpu(), text_image)}
     if rerank_itm:
+        sim = emb.similarity.cpu()
         out.update(itm_heldout(model, emb))
         t2i, i2t = rerank(sim, itm_scorer(model, emb), k_text=k_text, k_image=k_image,
                           batch_size=batch_size)

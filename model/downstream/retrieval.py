@@ -48,6 +48,42 @@ def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
     return out
 
 
+def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
+                        ks=KS, chunk: int = 1024) -> dict[str, float]:
+    """recall_at_k of sim = text_g @ image_g.T, computed `chunk` captions at a time: memory
+    O(chunk x n_image), never the dense [n_text, n_image] matrix (all of COCO's is 300 GB).
+    Same ranks and tie rule as recall_at_k."""
+    n_text, n_image = len(text_g), len(image_g)
+    text_image = torch.as_tensor(text_image, dtype=torch.long, device=text_g.device)
+    images = image_g.float().t()
+
+    def chunks():
+        for start in range(0, n_text, chunk):
+            rows = slice(start, min(start + chunk, n_text))
+            sim = text_g[rows].float() @ images                          # [c, n_image]
+            own = text_image[rows]
+            yield rows, sim, own, torch.arange(len(own), device=sim.device)
+
+    # pass 1: each image's best gold score, which i2t ranks the other captions against
+    best_gold = torch.full((n_image,), float("-inf"), device=text_g.device)
+    t2i_rank = torch.empty(n_text, dtype=torch.long, device=text_g.device)
+    for rows, sim, own, local in chunks():
+        gold = sim[local, own]
+        best_gold.scatter_reduce_(0, own, gold, "amax")
+        t2i_rank[rows] = (sim >= gold[:, None]).sum(1) - 1
+    # pass 2 (the same products again, not kept between passes): captions of other images
+    i2t_rank = torch.zeros(n_image, dtype=torch.long, device=text_g.device)
+    for _, sim, own, local in chunks():
+        beats = sim >= best_gold[None, :]
+        beats[local, own] = False                          # an image's own captions never count
+        i2t_rank += beats.sum(0)
+    i2t_rank = i2t_rank[torch.isfinite(best_gold)]       # images with a caption
+    out = {f"{d}_r{k}": (rank < k).float().mean().item()
+           for d, rank in (("t2i", t2i_rank), ("i2t", i2t_rank)) for k in ks}
+    out["rsum"] = sum(out.values())
+    return out
+
+
 def chance_recall_at_1(text_image: torch.Tensor, n_image: int) -> dict[str, float]:
     """R@1 of a random ranking: 1/n_image for t2i; for i2t, an image with c of the n_text
     captions gets one of them on top with probability c / n_text (averaged over the images that

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.downstream.retrieval import chance_recall_at_1, recall_at_k, rerank
+from model.downstream.retrieval import chance_recall_at_1, recall_at_k, recall_at_k_chunked, rerank
 
 # 4 captions of 3 images: captions 0, 1 of image 0, caption 2 of image 1, caption 3 of image 2
 TEXT_IMAGE = torch.tensor([0, 0, 1, 2])
@@ -59,6 +59,21 @@ def test_i2t_sim_is_read_for_the_image_direction_only():
     other[1, 1] = 0.0   # caption 1 no longer beats caption 2 in column 1
     r = recall_at_k(SIM, TEXT_IMAGE, ks=(1,), i2t_sim=other)
     assert r["t2i_r1"] == pytest.approx(2 / 4) and r["i2t_r1"] == 1.0
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_chunked_recall_equals_the_dense_one_ties_included(chunk):
+    g = torch.Generator().manual_seed(0)
+    # scores on a coarse grid (exact in float32 whichever way the products are summed), so
+    # ties are frequent; 60 captions of 25 images, 5 images without captions
+    image_g = torch.randint(-2, 3, (30, 4), generator=g).float()
+    text_image = torch.randint(0, 25, (60,), generator=g)
+    text_g = image_g[text_image] + torch.randint(-2, 3, (60, 4), generator=g).float()
+    dense = recall_at_k(text_g @ image_g.t(), text_image)
+    assert recall_at_k_chunked(text_g, image_g, text_image, chunk=chunk) == dense
+    assert 0 < dense["t2i_r1"] < 1 and 0 < dense["i2t_r1"] < 1   # not a trivial ranking
+    assert recall_at_k_chunked(text_g, image_g, text_image, chunk=chunk, ks=(1,)) == {
+        k: dense[k] for k in ("t2i_r1", "i2t_r1")} | {"rsum": dense["t2i_r1"] + dense["i2t_r1"]}
 
 
 def test_chance():
