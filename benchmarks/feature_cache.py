@@ -22,6 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import peak_rss_mib, save_json  # noqa: E402
 
 from features.feature_sets import FeatureSetSpec, register_feature_set  # noqa: E402
 from model.config import load_config  # noqa: E402
@@ -102,8 +105,7 @@ def _memory() -> dict:
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
         key, value = line.split(":")
         rollup[key] = int(value.split()[0]) / 1024
-    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
-                .splitlines() if line.startswith("VmHWM")) / 1024
+    peak = peak_rss_mib()
     return {"pss_mib": round(rollup["Pss"], 1), "pss_anon_mib": round(rollup["Pss_Anon"], 1),
             "pss_file_mib": round(rollup["Pss_File"], 1),
             "private_dirty_mib": round(rollup["Private_Dirty"], 1),
@@ -207,9 +209,7 @@ def main() -> None:
                   f"x{z[name]['pss_anon_mib'] / a[name]['pss_anon_mib']:.2f}, samples/s "
                   f"x{z[name]['samples_per_s'] / a[name]['samples_per_s']:.2f} over "
                   f"{z['images'] // a['images']}x the images")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+    save_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import peak_rss_mib, save_json  # noqa: E402
 
 from model.downstream.retrieval import recall_at_k, recall_at_k_chunked  # noqa: E402
 
@@ -39,8 +42,7 @@ def measure(path: str, n_text: int, n_image: int) -> dict:
     else:
         recall = recall_at_k_chunked(text, images, text_image)
     seconds = time.perf_counter() - start
-    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
-                .splitlines() if line.startswith("VmHWM")) / 1024
+    peak = peak_rss_mib()
     return {"path": path, "captions": n_text, "images": n_image, "seconds": round(seconds, 2),
             "peak_rss_mib": round(peak, 1), "recall": recall}
 
@@ -74,9 +76,7 @@ def main() -> None:
         if len(same) == 2:
             print(f"  chunked == dense: {same[0]['recall'] == same[1]['recall']}; peak RSS "
                   f"chunked/dense {same[0]['peak_rss_mib'] / same[1]['peak_rss_mib']:.2f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+    save_json(args.out, rows)
 
 
 if __name__ == "__main__":
