@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the project: benchmarks/features.py
 
 from measure import peak_rss_mib, save_json  # noqa: E402
 
