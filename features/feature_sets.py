@@ -1,8 +1,6 @@
-"""Feature sets: the record of everything that made a set of region vectors, and its id.
-
-A feature set holds vectors from exactly one backbone, weights, box policy, image size and
-extraction code version; its id is a hash of that record, so vectors made differently can never
-share an id, and a model trained on one feature set refuses another (`check_compatible`)."""
+"""Feature sets: the record of everything that made a set of region vectors (one backbone, weights,
+box policy, image size, extraction code version), and its id, a hash of that record: vectors made
+differently never share an id, and a model trained on one feature set refuses another."""
 from __future__ import annotations
 
 import hashlib

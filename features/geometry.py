@@ -1,8 +1,6 @@
 """Box arithmetic between an image's pixels, the backbone's input and the paper's 6-d geometry.
-
 Boxes are [n, 4] float arrays of x1, y1, x2, y2 in continuous pixel coordinates of the original
-image (top-left origin; pixel i spans [i, i+1)), as the `regions` table stores them.
-"""
+image (top-left origin; pixel i spans [i, i+1)), as the `regions` table stores them."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,8 +1,6 @@
-"""Reading a feature set back for training: whole columns at a time, no per-row Python.
-
-Parquet parts are scanned with pyarrow (filters on the feature set and image ids are pushed
-down to row groups), vectors become one array via warehouse.vectors.decode, and regions come
-grouped by image with CSR offsets, so image k's regions are rows offsets[k]:offsets[k+1]."""
+"""Reading a feature set back for training: whole columns at a time, no per-row Python (pyarrow scans
+with filters pushed down to row groups; vectors via warehouse.vectors.decode). Regions come
+grouped by image with CSR offsets: image k's regions are rows offsets[k]:offsets[k+1]."""
 from __future__ import annotations
 
 from dataclasses import dataclass

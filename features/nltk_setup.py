@@ -1,13 +1,6 @@
-"""Where the NLTK data of the concept pipeline comes from, and which tools it uses.
-
-WordNet (lemmatisation) is required; machines without network install it with
-`scripts/install_nltk_data.sh DIR` (Debian's WordNet 3.0 laid out as NLTK data). The folder is
-found through NLTK_DATA, NLTK's default paths, or the project's own `.nltk_data/`.
-
-POS tags come from NLTK's averaged perceptron where its data is installed (online machines:
-`nltk.download("averaged_perceptron_tagger_eng")`), else from TextBlob's bundled Pattern tagger,
-which works offline. The choice changes the tuples, so `nlp_record()` goes into the vocabulary id.
-"""
+"""Where the NLTK data of the concept pipeline comes from, and which tools it uses. WordNet is
+required: offline, `scripts/install_nltk_data.sh DIR` installs Debian's WordNet 3.0 as NLTK data,
+found through NLTK_DATA, NLTK's default paths or the project's `.nltk_data/`."""
 from __future__ import annotations
 
 import os
@@ -61,6 +54,10 @@ def wordnet() -> WordNetCorpusReader:
 
 
 def has_perceptron_tagger() -> bool:
+    """Whether NLTK's averaged perceptron data is installed (online:
+    `nltk.download("averaged_perceptron_tagger_eng")`); without it POS tags come from TextBlob's
+    bundled Pattern tagger, which works offline. The choice changes the tuples, so it is part of
+    nlp_record()."""
     _add_data_paths()
     try:
         nltk.data.find(PERCEPTRON)

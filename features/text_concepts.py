@@ -1,18 +1,6 @@
-"""Caption -> phrase concepts: the tuples of METHOD.md §1, each with the word-token span it covers.
-
+"""Caption -> phrase concepts: the tuples of METHOD.md, each with the word-token span it covers.
     "a small red circle left of a blue square"
-      -> (circle) (circle, small) (circle, red) (square) (square, blue) (circle, left of, square)
-
-Steps: tokenise (lower case, NLTK's Treebank-style word tokenizer); POS-tag (features.nltk_setup
-picks the tagger); merge multiword spatial relations ("left of", "in front of", ...) into one
-unit, since taggers read their words as nouns or participles ("left/VBN of"); chunk noun phrases,
-verbal/prepositional relations and copula predicates with an nltk.RegexpParser grammar; walk the
-chunks to emit tuples; lemmatise with WordNet.
-
-Spans are [start, end) indices into `tokenize(text)`: an object covers its head noun(s), an
-attribute covers attribute..head, a relation covers subject head..object head, so a word masked
-anywhere inside a concept hides that concept (METHOD.md §3, MCR without leakage).
-"""
+      -> (circle) (circle, small) (circle, red) (square) (square, blue) (circle, left of, square)"""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -88,7 +76,7 @@ _TOKENIZER = NLTKWordTokenizer()
 
 
 def tokenize(text: str) -> list[str]:
-    """The word tokens that mention spans index (lower case)."""
+    """The word tokens that mention spans index (lower case, NLTK's Treebank-style tokenizer)."""
     return _TOKENIZER.tokenize(text.lower())
 
 
@@ -234,6 +222,16 @@ def _previous_np(items, i) -> int | None:
 
 
 def mentions_from_tokens(tokens: list[str]) -> list[Mention]:
+    """The concept mentions of tokenised text. POS-tag (features.nltk_setup picks the tagger);
+    merge multiword spatial relations ("left of", "in front of", ...) into one unit, since taggers
+    read their words as nouns or participles ("left/VBN of"); chunk noun phrases, verbal or
+    prepositional relations and copula predicates with GRAMMAR; walk the chunks to emit tuples;
+    lemmatise with WordNet.
+
+    Spans are [start, end) token indices: an object covers its head noun(s), an attribute covers
+    attribute..head, a relation subject head..object head, so a word masked anywhere inside a
+    concept hides that concept (MCR without leakage, METHOD.md).
+    """
     if not tokens:
         return []
     units = _units(tokens, _tagger()(tokens))

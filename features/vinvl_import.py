@@ -1,32 +1,8 @@
-"""Import of VinVL's precomputed region features into a feature set, as if extracted here, so the
-paper's own features can be trained on.
-
-The files, as VinVL / Oscar+ release them:
-  features.tsv      one line per image: `<image key>\\t<num_boxes>\\t<base64 of float32[num_boxes x
-                    2054]>`; each box row is the 2048-d RoI feature then the 6-d geometry
-                    [x1/W, y1/H, x2/W, y2/H, w/W, h/H]
-  features.lineidx  the byte offset of each line of features.tsv, one integer per line
-  predictions.tsv   optional detector output: `<image key>\\t{"objects": [{"class", "conf",
-                    "rect"}...], ...}`; its k-th object is the k-th box of the image's features
-
-Mapping into the warehouse:
-- image ids as the `vinvl-predictions` reader maps keys (a key with ":" is a warehouse image id,
-  else a COCO id). The image must be in the warehouse, as ingest requires of every row that names
-  an image: a feature line of an unknown image is rejected.
-- region ids: with predictions, the reader's ids ("vinvl:r:" + hash(image id, rect, class)), so
-  the vectors join the `regions` rows; without, "<image id>#vinvl<k>".
-- boxes: the prediction's rect when given (the numbers the `regions` table holds), else the
-  geometry times the image's warehouse size. Labels and scores only come with predictions.
-- image_features: VinVL has no global image vector; the mean of the image's region vectors
-  stands in (what Oscar-style models pool anyway). It is NOT a backbone output.
-
-The feature set: kind "imported", backbone "vinvl", weights_sha256 = sha256 of features.tsv
-(the file is the model's output, so its content is what pins the vectors), dim 2048,
-box_source "imported" or "imported+predictions:<sha256 prefix>", max_regions = the most boxes
-of any line, grid 0 (no grid cells). Lines are read through the lineidx in shards that each
-publish one snapshot: an import killed midway resumes, and a rerun finds every line done (its
-image in the feature set, or its reject recorded) and writes nothing.
-"""
+"""Import of VinVL's precomputed region features (features.tsv, features.lineidx and optionally
+predictions.tsv, as VinVL / Oscar+ release them) into a feature set, as if extracted here, so the
+paper's own features can be trained on. features.tsv has one line per image:
+`<image key>\\t<num_boxes>\\t<base64 of float32[num_boxes x 2054]>`, each box row the 2048-d RoI
+feature then the 6-d geometry [x1/W, y1/H, x2/W, y2/H, w/W, h/H]."""
 from __future__ import annotations
 
 import base64
@@ -255,7 +231,7 @@ class _Shard:
             "geometry": pa.FixedSizeListArray.from_arrays(pa.array(geometry.reshape(-1)), 6),
             "vector": vectors.encode(cat("vectors", DIM), dtype),
             "build_id": [build] * n}, schema=REGION_FEATURES)
-        # VinVL has no global vector: the mean of the regions stands in (module docstring)
+        # VinVL has no global vector: the mean of the regions stands in (see import_vinvl_features)
         means = np.stack([im.mean for im in images]) \
             if images else np.zeros((0, DIM), np.float32)
         image_table = pa.table({"feature_set": [fs] * len(images),
@@ -360,10 +336,26 @@ def import_vinvl_features(warehouse: str | Warehouse, features_tsv: str | Path,
                           lineidx: str | Path | None = None, dtype: str = "float16",
                           predictions_tsv: str | Path | None = None,
                           shard_lines: int = 256) -> dict:
-    """Import a VinVL features.tsv (see the module docstring) into its feature set, publishing
-    one snapshot per `shard_lines` lines. `lineidx` defaults to the TSV's sibling
-    `<stem>.lineidx`; without one the offsets are found by reading the file. Returns counts:
-    lines = imported images + rejected + already_done (done by earlier runs)."""
+    """Import a VinVL features.tsv into its feature set, publishing one snapshot per
+    `shard_lines` lines. `lineidx` (the byte offset of each line, one integer per line) defaults to
+    the TSV's sibling `<stem>.lineidx`; without one the offsets are found by reading the file.
+    Returns counts: lines = imported images + rejected + already_done (done by earlier runs).
+
+    Image ids as the `vinvl-predictions` reader maps keys; a line whose image is not in the
+    warehouse is rejected, as ingest rejects any row naming an unknown image. With `predictions`
+    (whose k-th object is the k-th box of the image's features), region ids and boxes are the
+    reader's ("vinvl:r:" + hash(image id, rect, class); the rect), so the vectors join the `regions`
+    rows, and labels and scores come along; without, regions are "<image id>#vinvl<k>" boxed by the
+    geometry times the image's warehouse size. VinVL has no global image vector: the mean of the
+    image's region vectors stands in as image_features (what Oscar-style models pool anyway); it is
+    NOT a backbone output.
+
+    The feature set: kind "imported", backbone "vinvl", weights_sha256 = sha256 of features.tsv (the
+    file is the model's output, so its content pins the vectors), dim 2048, box_source "imported" or
+    "imported+predictions:<sha256 prefix>", max_regions = the most boxes of any line, grid 0. An
+    import killed midway resumes; a rerun finds every line done (its image in the feature set, or
+    its reject recorded) and writes nothing.
+    """
     started = time.time()
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     if dtype not in vectors.DTYPES:

@@ -1,31 +1,6 @@
 """The concept vocabulary: text concepts parsed from every caption plus visual concepts from region
-labels, published as one versioned build of three tables.
-
-    concepts          one row per concept (a concept seen in captions and as a region label is
-                      one row, side "both")
-    caption_concepts  one row per mention of a vocabulary concept in a caption, with its span
-    image_concepts    per image, the vocabulary concepts its regions are labelled with
-
-Which concepts enter:
-  - text tuples (object, attribute, relation) mentioned in >= min_count captions (a tuple counts
-    once per caption);
-  - region labels (annotation or detector), normalised like caption nouns, on >= min_count
-    images: region labels are a closed, curated set, but a label on a handful of images is as
-    useless to MCR as a rare caption tuple, so the same threshold applies to their image count;
-  - when more than max_size qualify, the most supported (max of caption and visual image count)
-    are kept, ties by kind then text.
-A concept that qualifies on one side is linked wherever it appears on the other: a label on
-enough images makes every caption mention of that object a caption_concepts row, even if the
-captions alone were too few (side "both" = seen on both sides, caption_count says how often).
-Ids are 0..n-1 in the order (kind: object, attribute, relation; caption count descending; text),
-so identical inputs give identical ids; the model offsets them by its word vocabulary.
-
-The vocabulary id hashes everything that decides the tables: parameters, the snapshot's caption
-and region part files (parts are immutable, so the list names the content), the NLP tools and
-data (features.nltk_setup.nlp_record) and CONCEPTS_CODE_VERSION. A build whose id is already
-published returns its earlier report with skipped=True. New captions give a new id and a full
-rebuild: counts and ids are corpus-wide, so a vocabulary cannot be extended in place.
-"""
+labels, published as one versioned build of the tables concepts (one row per concept),
+caption_concepts (each mention in a caption, with its span) and image_concepts."""
 from __future__ import annotations
 
 import hashlib
@@ -65,6 +40,8 @@ def _as_warehouse(warehouse) -> Warehouse:
 
 def vocab_id(snapshot, min_count: int, max_size: int, dataset: str | None,
              nlp: dict | None = None) -> str:
+    """Hash of everything that decides the tables; the lists of immutable part files stand for
+    their content."""
     record = {"min_count": min_count, "max_size": max_size, "dataset": dataset,
               "captions": sorted(snapshot.tables.get("captions", [])),
               "regions": sorted(snapshot.tables.get("regions", [])),
@@ -198,7 +175,18 @@ def build_vocabulary(warehouse, min_count: int = 50, max_size: int = 100_000,
                      dataset: str | None = None) -> dict:
     """Build and publish the concept vocabulary of the current snapshot (optionally one
     dataset's captions and regions). Returns a report; skipped=True when this exact vocabulary
-    (same inputs, parameters, tools and code) is already published."""
+    (same inputs, parameters, tools and code) is already published.
+
+    Concepts that enter: text tuples (object, attribute, relation) mentioned in >= min_count
+    captions (once per caption), and region labels (annotation or detector, normalised like caption
+    nouns) on >= min_count images: a label on a handful of images is as useless to MCR as a rare
+    caption tuple. Past max_size, the most supported (max of caption and visual image count) are
+    kept, ties by kind then text. A concept that qualifies on one side is linked wherever it
+    appears on the other (side "both"; caption_count says how often). Ids are 0..n-1 in the order
+    (kind, caption count descending, text), so identical inputs give identical ids; the model
+    offsets them by its word vocabulary. New captions give a new id and a full rebuild: counts and
+    ids are corpus-wide, so a vocabulary cannot be extended in place.
+    """
     if min_count < 1 or max_size < 1:
         raise ValueError("min_count and max_size must be >= 1")
     started = time.perf_counter()

@@ -1,35 +1,6 @@
-"""Zero-shot tagging of regions against the concept vocabulary with the OpenCLIP text tower.
-
-Region vectors of an extracted feature set live in the joint image-text space of their backbone
-(features/backbone.py), so the text tower of the same weights scores them against prompts:
-
-    concept "circle"            -> "a photo of a circle."      (object concepts, the default)
-    concept ("circle", "red")   -> "a photo of a red circle."  (attribute concepts, kinds=)
-    score = cos(region vector, prompt embedding)
-
-Per region and concept kind, the top_k concepts with score >= threshold become tags. Relation
-concepts ("circle left of square") are not tagged: they describe a pair of regions, and a single
-region vector has nothing to say about the other one. Scores are raw cosines, not a softmax over
-the vocabulary, so a threshold means the same whatever the vocabulary's size.
-
-Output, told apart from ground truth everywhere:
-    region_tags      (tagging, vocab, feature_set, image_id, region_id, concept_id, score, rank)
-    image_concepts   per image and concept, source "zero-shot", score = max over its regions
-(annotation and detector rows of image_concepts come from features/vocabulary.py). Several
-taggings of one vocabulary (other thresholds, feature sets) each add their own zero-shot rows to
-image_concepts; region_tags.tagging names the tagging a tag belongs to.
-
-Refused: random-init weights (their tags are noise; tests pass allow_random_weights), imported
-feature sets (VinVL vectors are not in a CLIP space), and text weights other than the feature
-set's (hashes differ). The warehouse records only a local checkpoint's file name and hash, so its
-path is passed again as pretrained_path.
-
-A tagging is identified by `tagging_id` (feature set, vocabulary, weights hash, prompt, kinds,
-top_k, threshold, code version). Each run tags the regions of the feature set's extraction
-builds that this tagging has not covered yet, publishing one snapshot per chunk of builds (its
-manifest lists them): a rerun with nothing new is skipped, a feature set extended later gets
-only its new images tagged, an interrupted run resumes.
-"""
+"""Zero-shot tagging of regions against the concept vocabulary with the OpenCLIP text tower of the
+feature set's own weights: score = cos(region vector, prompt embedding), where concept
+("circle", "red") is prompted as "a photo of a red circle."."""
 from __future__ import annotations
 
 import hashlib
@@ -252,7 +223,24 @@ def tag_regions(warehouse: str | Warehouse, feature_set_id: str, vocab: str | No
     """Tag the feature set's regions with concepts of `vocab` (default: the latest vocabulary)
     and publish region_tags and zero-shot image_concepts rows. Returns a report: tagging id,
     regions, images, region_tags, image_concepts, chunks, skipped (nothing new to tag),
-    seconds."""
+    seconds.
+
+    Per region and concept kind, the top_k concepts with score >= threshold become tags. Scores are
+    raw cosines, not a softmax over the vocabulary, so a threshold means the same whatever the
+    vocabulary's size. Relation concepts are not tagged: they describe a pair of regions, and one
+    region vector says nothing about the other. image_concepts rows have source "zero-shot" and
+    score = max over the image's regions; each tagging (other thresholds, feature sets) adds its
+    own, named by region_tags.tagging.
+
+    Refused: random-init weights (their tags are noise; tests pass allow_random_weights), imported
+    feature sets (VinVL vectors are not in a CLIP space), and text weights other than the feature
+    set's. The warehouse records only a local checkpoint's file name and hash, so its path is passed
+    again as pretrained_path.
+
+    Each run tags the extraction builds of the feature set this tagging has not covered yet, one
+    snapshot per chunk of builds: a rerun with nothing new is skipped, a feature set extended later
+    gets only its new images tagged, an interrupted run resumes.
+    """
     started = time.perf_counter()
     kinds = tuple(kinds)
     _check_params(top_k, threshold, prompt, kinds, batch_size)

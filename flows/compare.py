@@ -1,14 +1,8 @@
-"""Prefect flow `mvp-compare`: pre-training variants side by side at an equal budget (the paper's
-two stages vs joint, without concepts / WPG / hard negatives, ALBEF-style), each scored by
-zero-shot retrieval and VQA on the test split; see model/pipeline/compare.py for what each variant is.
-
-    mvp compare --warehouse runs/demo/warehouse --budget 600 --vqa-steps 200
-    prefect deployment run 'mvp-compare/ablations'
-
-Every step of every variant is a task (named after the variant and stage) and a cached pipeline
-step, so a rerun skips finished variants. The results table is printed, kept as the table
-artifact `mvp-compare` and written to <out_dir>/results.json.
-"""
+"""Prefect flow `mvp-compare`: pre-training variants (model/pipeline/compare.py) side by side at an
+equal budget, each scored by zero-shot retrieval and VQA on the test split. Each step of each
+variant is a task and a cached pipeline step, so a rerun skips finished variants; the results
+table is printed, kept as the artifact `mvp-compare` and written to <out_dir>/results.json.
+    mvp compare --warehouse runs/demo/warehouse --budget 600 --vqa-steps 200"""
 from __future__ import annotations
 
 from prefect import flow, task

@@ -1,7 +1,6 @@
-"""Prefect flow `mvp-concepts`: the concept vocabulary (text tuples from every caption, visual
-concepts from region labels), caption -> concept and image -> concept tables, as one versioned
-build. The vocabulary id is a hash of the inputs' content (immutable part files), parameters,
-NLP tools and code, so the task's Prefect cache and the warehouse agree on what is done."""
+"""Prefect flow `mvp-concepts`: the concept vocabulary and its caption/image concept tables as one
+versioned build, whose id hashes inputs (immutable part files), parameters, NLP tools and code,
+so the task's Prefect cache and the warehouse agree on what is done."""
 from __future__ import annotations
 
 from prefect import flow, task

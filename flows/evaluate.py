@@ -1,7 +1,6 @@
-"""Prefect flow `mvp-evaluate`: the evaluation suite on a local checkpoint or a registered model
-(`models:/mvp-retrieval@champion`): retrieval R@1/5/10 both ways (dual encoder and ITM
-re-ranked), MLM accuracy, and VQA accuracy by dataset when the model carries a VQA head. The
-results table is printed, written as JSON next to the run outputs and shown as a Prefect artifact."""
+"""Prefect flow `mvp-evaluate`: retrieval R@1/5/10 both ways (dual encoder and ITM re-ranked), MLM
+and per-dataset VQA accuracy of a local checkpoint or registered model
+(`models:/mvp-retrieval@champion`), printed, saved as JSON by the run outputs and as an artifact."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,6 @@
-"""Prefect flow `mvp-features`: region features of every image not yet in the feature set,
-sharded across tasks. Each shard publishes its own snapshot, so an interrupted run resumes where
-it stopped and a rerun extracts nothing. With `dask_address`, shards run on that Dask cluster.
-
-The module is not called features.py: Prefect runs an entrypoint as a script with flows/ first
-on sys.path, where that name would shadow the `features` package."""
+"""Prefect flow `mvp-features`: region features of every image not yet in the feature set, sharded
+across tasks (or a Dask cluster, `dask_address`) that each publish a snapshot, so runs resume.
+Not named features.py: Prefect runs it with flows/ first on sys.path, shadowing `features`."""
 from __future__ import annotations
 
 from prefect import flow, task

@@ -1,21 +1,8 @@
-"""Command-line flags made from a function's signature and docstring, so that each default and
-each help text is written once, beside its parameter (in the flow, which Prefect reads too):
-
+"""Command-line flags made from a function's signature and docstring, so each default and help text
+is written once, beside its parameter in the flow (which Prefect reads too). Usage:
     PRETRAIN = Entrypoint("flows.pretrain", "pretrain_flow")
     PRETRAIN.add_flags(parser, options={"stage": {"choices": STAGES}})
-    PRETRAIN(**PRETRAIN.kwargs(args))             # imports flows.pretrain and runs the flow
-
-A parameter becomes `--dashed-name` with its type hint's type (`T | None`: T; `list[T]`: one or
-more; `Literal[...]`: choices; `bool`: --name/--no-name, or a plain switch when False), its
-default, and its entry of the docstring's `Args:` section (Google style, as Prefect reads it for
-the UI) as help. A parameter without a default is a required flag, or a positional argument where
-the command names it so.
-
-The signature is read from the source file (ast), not by importing the module: a flow module
-imports Prefect and the model, seconds that `mvp --help` should not wait for. So a default is a
-literal or a constant the module imports by name (`from flows.defaults import WAREHOUSE`);
-tests/test_cli_flags.py checks the reading against inspect.signature of the imported flows.
-"""
+    PRETRAIN(**PRETRAIN.kwargs(args))             # imports flows.pretrain and runs the flow"""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +78,10 @@ def add_command(sub, name: str, help: str, entry: Entrypoint | None = None,
 
 
 def flag_options(p: Param, positional: bool) -> dict:
+    """argparse options of one parameter: `--dashed-name` with its type hint's type (`T | None`:
+    T; `list[T]`: one or more; `Literal[...]`: choices; `bool`: --name/--no-name, or a plain switch
+    when False), its default, and its `Args:` entry (Google style, as Prefect reads it for the UI)
+    as help. Without a default it is a required flag, or positional where the command names it so."""
     if isinstance(p.hint, ast.Name) and p.hint.id == "bool":
         if p.default is False:
             return {"action": "store_true"}
@@ -124,6 +115,10 @@ def type_options(hint: ast.expr | None) -> dict:
 
 @cache
 def read_signature(module: str, function: str) -> tuple[Param, ...]:
+    """The parameters of `module.function`, read from its source (ast), not by importing it: a flow
+    module imports Prefect and the model, seconds that `mvp --help` should not wait for. So a
+    default is a literal or a constant the module imports by name (`from flows.defaults import
+    WAREHOUSE`); tests/flows/test_cli_flags.py checks this against inspect.signature."""
     tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
     fn = next(node for node in tree.body
               if isinstance(node, ast.FunctionDef) and node.name == function)

@@ -1,12 +1,5 @@
-"""Child processes that must not outlive this one, even when it is killed with SIGKILL.
-
-`guard(process)` starts a small watchdog process that holds pidfds of this process and of the
-child. If this process dies first, however it dies, the watchdog stops the child (SIGTERM, then
-SIGKILL after a grace period); if the child stops first, the watchdog just exits. Unlike
-PR_SET_PDEATHSIG it needs no hook inside the Popen call (Prefect owns the one of its temporary
-server), does not depend on which thread started the child, and can stop a whole process group
-(mlflow's and the worker's children). Linux only (pidfds); elsewhere `guard` does nothing. The
-watchdog runs this file with the standard library only."""
+"""Child processes that must not outlive this one, even when it is killed with SIGKILL (Linux
+pidfds; elsewhere `guard` does nothing). The watchdog runs this file with the standard library only."""
 from __future__ import annotations
 
 import os
@@ -20,7 +13,14 @@ _watchdogs: list[subprocess.Popen] = []  # kept until exit: no "still running" w
 
 def guard(process: subprocess.Popen, group: bool = False, grace: float = 5.0) -> None:
     """Stop `process` (with `group`: the whole process group it leads) once this process has
-    died without stopping it."""
+    died without stopping it.
+
+    A small watchdog process holds pidfds of this process and of the child: if this process dies
+    first, however it dies, the watchdog stops the child (SIGTERM, then SIGKILL after `grace`); if
+    the child stops first, it just exits. Unlike PR_SET_PDEATHSIG it needs no hook inside the Popen
+    call (Prefect owns the one of its temporary server), does not depend on which thread started
+    the child, and can stop a whole process group (mlflow's and the worker's children).
+    """
     if not hasattr(os, "pidfd_open"):
         return
     try:  # pidfds name these very processes: a pid reused later is never signalled

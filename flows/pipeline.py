@@ -1,15 +1,8 @@
-"""Prefect flow `mvp-pipeline`: the whole product on one warehouse, each step a task.
-
-    data       ingest shapes (+ easy-vqa) -> concept vocabulary -> region features
-    pretrain   stage1 -> stage2 (schedule "sequential", the paper) or one joint stage
-    fine-tune  retrieval (VSC + hard-negative ITM) and VQA, both from the pre-trained model
-    evaluate   val (decides promotion) and test (reported): retrieval R@k, MLM, VQA accuracy
-    register   mvp-pretrained, mvp-retrieval, mvp-vqa as challengers; champion if better
-
-A rerun skips what is done: ingest, concepts and features are no-ops on unchanged inputs, and the
-model steps are cached by the fingerprint of their inputs (model/pipeline/cache.py). Every MLflow run
-of the pipeline is nested under one parent run named after the flow run.
-"""
+"""Prefect flow `mvp-pipeline`: the whole product on one warehouse, each step a task: data (shapes
++ easy-vqa, concepts, features) -> pretrain (stage1 -> stage2, or joint) -> fine-tune (retrieval,
+VQA) -> evaluate (val decides promotion, test is reported) -> register (challengers; champion if
+better). A rerun skips what is done (model steps are cached by their inputs' fingerprint,
+model/pipeline/cache.py); its MLflow runs nest under one parent run named after the flow run."""
 from __future__ import annotations
 
 from typing import Literal

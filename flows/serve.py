@@ -1,12 +1,6 @@
-"""`make serve` / `mvp serve`: the local services a user drives the pipeline through, on loopback.
-
-    make serve          # Prefect server + UI, a process worker on pool mvp-local, MLflow server + UI
-    (other terminal)    # the printed commands: prefect deploy --all; prefect deployment run ...
-
-State stays in the project folder: Prefect in .prefect/, MLflow runs and registry in mlflow.db,
-artifacts in mlartifacts/ (the same store `mvp pretrain` writes to without a server), service logs
-in runs/services/. Ctrl-C (or SIGTERM) stops all three.
-"""
+"""`make serve` / `mvp serve`: Prefect server + UI, a process worker on pool mvp-local and MLflow
+server + UI, on loopback; Ctrl-C (or SIGTERM) stops all three. State stays in the project folder:
+.prefect/, mlflow.db, mlartifacts/ (the store `mvp pretrain` uses without a server), runs/services/."""
 from __future__ import annotations
 
 import signal

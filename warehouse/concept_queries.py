@@ -1,10 +1,6 @@
-"""Questions about the concept vocabulary (features/vocabulary.py), as functions over a catalog
-connection. The SQL lives in warehouse/macros.py (the same macros `mvp sql` users call); user
-values are bound as parameters (`?`), never spliced into SQL text.
-
-Every function takes `vocab`: the vocabulary id to read. Left None, the warehouse must hold
-exactly one vocabulary (several would mix incompatible ids); with several, pass one (the latest
-is features.vocabulary.latest_vocab(warehouse))."""
+"""Questions about the concept vocabulary as functions over a catalog connection: the SQL is
+warehouse/macros.py's, user values are bound as parameters (`?`). `vocab` None needs exactly one
+vocabulary in the warehouse; with several, pass one (features.vocabulary.latest_vocab)."""
 from __future__ import annotations
 
 import duckdb

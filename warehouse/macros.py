@@ -1,9 +1,6 @@
-"""Table macros every catalog connection defines, so the questions users ask of the feature
-store are one SQL call away in `mvp sql` ("SELECT * FROM top_concepts(NULL, 'object', 10)") and
-the Python functions in concept_queries.py run the very same SQL with bound parameters.
-
-`vocab_id` NULL means the warehouse's only vocabulary; with several, pass one (their concept ids
-are incompatible): left NULL, the macros return nothing."""
+"""Table macros every catalog connection defines: users' questions are one SQL call in `mvp sql`
+("SELECT * FROM top_concepts(NULL, 'object', 10)"), and concept_queries.py runs the same SQL.
+`vocab_id` NULL means the only vocabulary; with several, pass one (left NULL, macros return nothing)."""
 
 # (SQL evaluates this even when vocab_id is given, so it cannot raise: with several
 # vocabularies and no vocab_id it is NULL and the macro returns no rows.)

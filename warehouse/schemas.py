@@ -1,8 +1,6 @@
-"""Arrow schemas of every warehouse table: the one place where table shapes are declared.
-
-Each table has a primary-key column (`KEYS`) whose values are stable: derived from source ids or
-content, never from row order, so re-ingesting the same input yields the same keys.
-"""
+"""Arrow schemas of every warehouse table: the one place where table shapes are declared. Each
+table's primary-key values (`KEYS`) derive from source ids or content, never from row order, so
+re-ingesting the same input yields the same keys."""
 import pyarrow as pa
 
 ANSWER = pa.struct([("answer", pa.string()), ("count", pa.int32())])

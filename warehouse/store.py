@@ -1,24 +1,7 @@
-"""A warehouse: Parquet part files per table plus numbered JSON snapshots that say which parts
-are live.
-
-Layout under the root:
-    tables/<table>/<ingest_id>-<n>.parquet   immutable part files
-    _snapshots/00000001.json                 one per commit: live parts of every table + manifest
-    _staging/<ingest_id>/                    work in progress of one build (never read by queries)
-    _lock                                    serialises writers
-
-A commit writes its parts first, then publishes a new snapshot file under its final name with an
-exclusive create (link), so a reader sees either the previous snapshot or the new one, never half
-a build, and a writer killed at any point leaves only unreferenced files behind. Every file
-operation lives in this class so an object-store root (s3://, where "publish" is a conditional
-put) can replace it in one place.
-
-Integrity: each snapshot records its parent (version and sha256 of the parent file's bytes), so a
-stale or misplaced snapshot file breaks the chain and is refused instead of read; and the size and
-sha256 of every part it adds, so a changed part is caught (size on every read, hash by
-`mvp verify`). Snapshots written before these records existed are accepted at the start of the
-chain, and their parts stay unverified.
-"""
+"""A warehouse: Parquet part files per table plus numbered JSON snapshots that say which parts are
+live. Under the root: tables/<table>/<ingest_id>-<n>.parquet (immutable parts), _snapshots/<n>.json
+(one per commit: live parts of every table + manifest), _staging/<ingest_id>/ (a build in progress,
+never read by queries) and _lock (serialises writers)."""
 from __future__ import annotations
 
 import fcntl
@@ -73,6 +56,17 @@ def part_record(path: str | os.PathLike) -> dict:
 
 
 class Warehouse:
+    """Every file operation on a warehouse lives here, so an object-store root (s3://, where
+    "publish" is a conditional put) can replace it in one place.
+
+    A commit writes its parts first, then creates the snapshot file under its final name
+    exclusively (link): a reader sees the previous snapshot or the new one, never half a build, and
+    a writer killed at any point leaves only unreferenced files behind. Each snapshot records its
+    parent (version and sha256 of the parent file's bytes), so a stale or misplaced snapshot file
+    breaks the chain and is refused instead of read, and the size and sha256 of every part it adds
+    (size checked on every read, hash by `mvp verify`). Snapshots written before these records
+    existed are accepted at the start of the chain, their parts unverified.
+    """
     def __init__(self, root: str | os.PathLike):
         root = str(root)
         if "://" in root and not root.startswith("file://"):

@@ -1,7 +1,6 @@
-"""Vectors as stored in the feature store: one raw little-endian float16/float32 byte string per
-row in a Parquet binary column. Decoding a whole column is one np.frombuffer over Arrow's
-contiguous value buffer, with no per-value list decoding (the reason for this encoding: see
-benchmarks/features.py)."""
+"""Vectors as stored: one raw little-endian float16/float32 byte string per row in a Parquet binary
+column, so decoding a column is one np.frombuffer over Arrow's contiguous value buffer, with no
+per-value list decoding (benchmarks/features.py)."""
 from __future__ import annotations
 
 import numpy as np

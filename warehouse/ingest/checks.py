@@ -1,8 +1,6 @@
-"""Record-level validation shared by every reader. Each check raises `BadRecord(reason)`; the
-emitter turns that into a `rejects` row, so a reader never decides how a failure is stored.
-
-Every limit on one record's fields lives here: a value past its limit costs its record a
-`rejects` row, never the build."""
+"""Record-level validation shared by every reader, and every limit on one record's fields. A check
+raises `BadRecord(reason)`, which the emitter stores as a `rejects` row: a value past its limit
+costs its record, never the build."""
 from __future__ import annotations
 
 import hashlib

@@ -1,7 +1,6 @@
-"""What a reader calls for every record it reads. The emitter validates generic things (image
-files, text, box shape), turns failures into `rejects` rows, and stages everything else; checks
-that need the whole build (duplicate ids, unknown images, boxes outside their image) happen at
-merge time. Readers therefore only parse their format."""
+"""What a reader calls for every record it reads: generic checks (image files, text, box shape),
+failures as `rejects` rows, the rest staged. Whole-build checks (duplicate ids, unknown images,
+boxes outside their image) happen at merge time, so readers only parse their format."""
 from __future__ import annotations
 
 import hashlib

@@ -1,7 +1,6 @@
-"""Append-only staging files of one build: rows go to Parquet in bounded batches so memory stays
-flat however large the input is. Each staged row carries where it came from (`_seq` orders rows
-as read, so the first of two duplicates wins; `_source_file`, `_record_ref` point back to the
-input for rejects found later at merge time)."""
+"""Append-only staging files of one build, written to Parquet in bounded batches so memory stays
+flat. Rows carry `_seq` (read order: the first of two duplicates wins) and `_source_file`,
+`_record_ref` (where a reject found at merge time came from)."""
 from __future__ import annotations
 
 from pathlib import Path

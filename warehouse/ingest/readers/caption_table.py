@@ -1,16 +1,5 @@
 """Caption tables in the Conceptual Captions style: one (caption, image) pair per row of a TSV or
-CSV file whose images are already on local disk.
-
-- Delimiter from the extension: `.csv` is comma-separated (standard CSV quoting), anything else
-  (`.tsv`, CC's own files) is tab-separated with no quoting, as CC writes it.
-- Header optional: if the first row has a `caption` column and an image column (`image`, `path`,
-  `file`, `filepath`, `url`, ...), those columns are used; otherwise every row is exactly
-  `caption<TAB>image path` like CC's `caption<TAB>url`.
-- Image paths resolve under `--image-root` (default: the folder holding the table); absolute
-  paths, `..` escapes and http(s) URLs are rejected (download the images first).
-- One image per distinct path (its source id is the path relative to the image root); caption
-  ids hash (image path, caption text), so the same caption twice for one image is a duplicate.
-"""
+CSV file whose images are already on local disk."""
 from __future__ import annotations
 
 import csv
@@ -49,6 +38,13 @@ def _header(fields: list[str]) -> tuple[int, int] | None:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """`.csv` is comma-separated with standard CSV quoting; anything else (`.tsv`, CC's own files)
+    is tab-separated with no quoting, as CC writes it. A first row with a `caption` column and an
+    image column (IMAGE_COLUMNS) is a header; otherwise every row is `caption<TAB>image path`, like
+    CC's `caption<TAB>url`. Image paths resolve under --image-root (default: the table's folder);
+    absolute paths, `..` escapes and http(s) URLs are rejected (download the images first). One
+    image per distinct path (source id: the path relative to the image root); caption ids hash
+    (image path, caption text), so the same caption twice for one image is a duplicate."""
     path = ctx.source
     name = path.name
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"

@@ -1,15 +1,8 @@
-"""COCO captions and instances.
-
-    <root>/annotations/captions_<split>.json    required: images[{id, file_name, ...}] +
-                                                annotations[{id, image_id, caption}]
-    <root>/annotations/instances_<split>.json   optional: annotations[{id, image_id, category_id,
-                                                bbox [x, y, w, h], iscrowd}] +
-                                                categories[{id, name}]
-    <root>/<split>/<file_name>                  the images (or --image-root/<file_name>)
-
-Ids: images "coco:<image id>", captions "coco:c:<annotation id>", regions "coco:r:<annotation id>".
-Crowd boxes (iscrowd=1) are kept like any other box.
-"""
+"""COCO captions (required) and instances (optional), under <root>:
+    annotations/captions_<split>.json    images[{id, file_name}] + annotations[{id, image_id, caption}]
+    annotations/instances_<split>.json   annotations[{id, image_id, category_id, bbox [x, y, w, h],
+                                         iscrowd}] + categories[{id, name}]
+    <split>/<file_name>                  the images (or --image-root/<file_name>)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,6 +67,8 @@ def _emit_images(ctx: SourceContext, emit: Emitter, images: list, name: str, see
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """Ids: images "coco:<image id>", captions "coco:c:<annotation id>", regions
+    "coco:r:<annotation id>". Crowd boxes (iscrowd=1) are kept like any other box."""
     captions_path, instances_path = _files(ctx)
     seen_images: set = set()
 

@@ -1,19 +1,6 @@
-"""easy-VQA (PyPI package `easy_vqa`): 64x64 PNGs of one coloured shape, 4,000 train and 1,000
-test images, ~48k questions with one answer each.
-
-The data comes from the installed package (`easy_vqa/data/{train,test}/{questions.json,images/}`)
-unless `--source` is a folder with that same layout. `--split train|test` ingests one split.
-
-- images: "easy-vqa:<split>/<n>" for `<split>/images/<n>.png`;
-- questions: `questions.json` rows `[text, answer, image n]` -> id "easy-vqa:q:" +
-  hash(split, image id, text); answers {answer: 10} (one ground truth, scored as unanimous);
-- captions: one per image, "a <colour> <shape>", derived from what its questions establish:
-  colour/shape answers ("what color is the shape?" -> "red"), the colour or shape named in those
-  questions ("what is the red shape?" -> "circle" gives both), and yes/no questions answered
-  positively ("is there a circle?" -> yes; "is there not a red shape?" -> no). With only one of
-  the two known the caption is "a red shape" / "a circle"; with neither, or when the questions
-  contradict each other on both, there is no caption. Caption id "easy-vqa:c:<split>/<n>".
-"""
+"""easy-VQA (PyPI package `easy_vqa`): 64x64 PNGs of one coloured shape, 4,000 train and 1,000 test
+images, ~48k questions with one answer each, from the installed package's
+`easy_vqa/data/{train,test}/{questions.json,images/}` or a `--source` folder of that layout."""
 from __future__ import annotations
 
 import re
@@ -94,6 +81,17 @@ def _image_files(folder: Path) -> dict[int, Path]:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """`--split train|test` ingests one split. Images "easy-vqa:<split>/<n>" for
+    `<split>/images/<n>.png`; questions.json rows `[text, answer, image n]` -> id "easy-vqa:q:" +
+    hash(split, image id, text), answers {answer: 10} (one ground truth, scored as unanimous).
+
+    One caption per image, "a <colour> <shape>" (id "easy-vqa:c:<split>/<n>"), from what its
+    questions establish: colour/shape answers ("what color is the shape?" -> "red"), the colour or
+    shape a question names ("what is the red shape?" -> "circle" gives both), and yes/no answers
+    ("is there a circle?" -> yes; "is there not a red shape?" -> no). With one of the two known it
+    is "a red shape" / "a circle"; with neither, or when questions contradict each other on both,
+    there is no caption.
+    """
     root = data_root(ctx)
     for split in splits(ctx):
         qfile = root / split / "questions.json"

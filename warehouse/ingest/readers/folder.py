@@ -1,18 +1,7 @@
 """A plain folder of images with a `captions.jsonl`, one JSON object per line:
-
     {"image": "cats/1.jpg", "caption": "a cat" | ["a cat", ...],
-     "regions": [{"box": [x1, y1, x2, y2], "label": "cat"}, ...],   # optional
-     "split": "train"}                                               # optional
-
-`--source` is the folder (or the .jsonl file itself); image paths are relative to
-`--image-root`, default the folder holding `captions.jsonl`. Images the file does not name are
-not ingested. An image named on several lines is ingested once, with every line's captions and
-regions (its split is the first line's). With `--split`, lines of another split are skipped and
-lines without a split get that one.
-
-Ids: image "folder:<relative path>", caption "folder:c:" + hash(path, text), region
-"folder:r:" + hash(path, box, label); boxes are pixels, x1 y1 x2 y2.
-"""
+     "regions": [{"box": [x1, y1, x2, y2], "label": "cat"}, ...],   # optional; pixels
+     "split": "train"}                                               # optional"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +27,12 @@ def inputs(ctx: SourceContext) -> list[Path]:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """`--source` is the folder (or the .jsonl file itself); image paths are relative to
+    `--image-root`, default the folder holding `captions.jsonl`. Images the file does not name are
+    not ingested. An image named on several lines is ingested once, with every line's captions and
+    regions (its split is the first line's). With `--split`, lines of another split are skipped and
+    lines without a split get that one. Ids: image "folder:<relative path>", caption "folder:c:" +
+    hash(path, text), region "folder:r:" + hash(path, box, label)."""
     path = _captions_file(ctx)
     name = path.name
     root = ctx.images_root().resolve()

@@ -1,20 +1,7 @@
-"""Karpathy splits of COCO / Flickr30K / Flickr8K (`dataset_coco.json`, `dataset_flickr30k.json`,
-`dataset_flickr8k.json`):
-
+"""Karpathy splits of COCO / Flickr30K / Flickr8K (`dataset_{coco,flickr30k,flickr8k}.json`):
     {"dataset": "coco" | "flickr30k" | "flickr8k",
-     "images": [{"filepath"?: "val2014", "filename": "COCO_val2014_000000391895.jpg",
-                 "imgid": 0, "cocoid"?: 391895, "split": "train|val|test|restval",
-                 "sentids": [...], "sentences": [{"raw", "tokens", "sentid", "imgid"}]}]}
-
-The image file is <images root>/<filepath>/<filename> (no filepath for Flickr); the images root
-is --image-root, else the folder holding the JSON file. --split keeps one split ("restval" is a
-split of its own); the stored split is the image's own.
-
-Every Karpathy file restarts its `imgid`/`sentid` numbering at 0 and Flickr30K names collide with
-COCO ids (e.g. 36979), so ids carry the file's dataset name to stay unique in one warehouse:
-images "karpathy:<dataset>:<cocoid or filename stem>" (e.g. "karpathy:coco:391895",
-"karpathy:flickr30k:1000092795"), captions "karpathy:c:<dataset>:<sentid>".
-"""
+     "images": [{"filepath"?: "val2014", "filename", "imgid", "cocoid"?, "split": "train|val|test|restval",
+                 "sentids": [...], "sentences": [{"raw", "tokens", "sentid", "imgid"}]}]}"""
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -52,6 +39,14 @@ def _source_id(img: dict) -> str | None:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """The image file is <images root>/<filepath>/<filename> (no filepath for Flickr); the images
+    root is --image-root, else the JSON file's folder. --split keeps one split ("restval" is a split
+    of its own); the stored split is the image's own.
+
+    Every Karpathy file restarts `imgid`/`sentid` at 0 and Flickr30K names collide with COCO ids
+    (e.g. 36979), so ids carry the file's dataset name: images "karpathy:<dataset>:<cocoid or
+    filename stem>" (e.g. "karpathy:flickr30k:1000092795"), captions "karpathy:c:<dataset>:<sentid>".
+    """
     path = _file(ctx)
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):

@@ -1,10 +1,6 @@
-"""`shapes`: a deterministic generator of multi-object scenes, the embedded default data set and
-the scaling workload of the benchmarks.
-
-Scene i of seed s depends only on (s, i), so chunks render in parallel processes and any subset
-can be regenerated identically. Each scene has 2-6 non-overlapping objects (shape, colour, size)
-with exact boxes; captions and questions use attributes and spatial relations ("a small red
-circle left of a large blue square")."""
+"""`shapes`: a deterministic generator of multi-object scenes (2-6 non-overlapping objects of a
+shape, colour and size, with exact boxes; captions and questions about attributes and spatial
+relations), the embedded default data set and the scaling workload of the benchmarks."""
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +24,8 @@ DEFAULT_N_IMAGES = 1000
 
 
 def scene(seed: int, index: int) -> dict:
-    """Objects, split and background of scene `index`: pure function of (seed, index)."""
+    """Objects, split and background of scene `index`: pure function of (seed, index), so chunks
+    render in parallel processes and any subset can be regenerated identically."""
     rng = random.Random(seed * 1_000_003 + index)
     objects = []
     target = rng.randint(2, 6)

@@ -1,15 +1,6 @@
 """VinVL detector predictions (`predictions.tsv`): rows `<image key>\\t<json>` with
-`{"image_h", "image_w", "num_boxes", "objects": [{"class", "conf", "rect": [x1, y1, x2, y2]}]}`.
-
-They add detector regions (source "detector", score = conf, label = class) to images that are
-ALREADY in the warehouse; no image rows are written, and regions whose image is not there are
-rejected at merge time ("refers to an unknown or rejected image"). The key names the image:
-- a full warehouse image id (it contains ":"), e.g. "coco:391895" or "folder:cats/1.jpg",
-  is used as is;
-- otherwise the key is taken as a COCO image id, as in VinVL's own COCO/VG releases:
-  "391895" -> "coco:391895", and COCO file stems ("COCO_val2014_000000391895") -> "coco:391895".
-Region ids are "vinvl:r:" + hash(image id, rect, class).
-"""
+`{"image_h", "image_w", "num_boxes", "objects": [{"class", "conf", "rect": [x1, y1, x2, y2]}]}`,
+added as detector regions (score = conf, label = class) to images ALREADY in the warehouse."""
 from __future__ import annotations
 
 import re
@@ -29,6 +20,9 @@ _COCO_STEM = re.compile(r"^COCO_[A-Za-z]+\d*_0*(\d+)$")
 
 
 def image_id_for(key: str) -> str:
+    """A full warehouse image id (it contains ":", e.g. "coco:391895", "folder:cats/1.jpg") as is;
+    else a COCO image id, as in VinVL's own COCO/VG releases: "391895" and file stems
+    ("COCO_val2014_000000391895") -> "coco:391895"."""
     if ":" in key:
         return key
     m = _COCO_STEM.match(key)
@@ -43,6 +37,9 @@ def inputs(ctx: SourceContext) -> list[Path]:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """No image rows are written; regions whose image is not in the warehouse are rejected at
+    merge time ("refers to an unknown or rejected image"). Region ids are "vinvl:r:" +
+    hash(image id, rect, class)."""
     path = inputs(ctx)[0]
     name = path.name
     parsed = 0

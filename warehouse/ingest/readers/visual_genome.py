@@ -1,24 +1,6 @@
-"""Visual Genome: a folder holding the official JSON files
-
-    image_data.json          required  [{image_id (v1.0: id), url, width, height, coco_id,
-                                         flickr_id}]
-    objects.json             required  [{image_id, objects: [{object_id, x, y, w, h, names,
-                                         synsets}]}]
-    attributes.json          optional  [{image_id, attributes: [{object_id, ...,
-                                         attributes: [...]}]}]
-    relationships.json       optional  [{image_id, relationships: [{relationship_id, predicate,
-                                         subject: {object_id, ...}, object: {object_id, ...}}]}]
-    region_descriptions.json optional  [{id, regions: [{region_id, image_id, phrase,
-                                         x, y, width, height}]}]
-
-Images are <images root>/<basename of url>, also looked up in VG_100K/ and VG_100K_2/ under it
-(the images root is --image-root, else the source folder). Ids: images "vg:<image id>", regions
-(objects, label = names[0], attributes joined by object_id) "vg:r:<object id>", relations
-"vg:rel:<relationship id>" between "vg:r:<subject object id>" and "vg:r:<object object id>"
-(an end that is not an object of objects.json makes the merge reject the relation), region
-descriptions become captions "vg:d:<region id>" with their box. VG has no splits: the stored split
-is --split or null.
-"""
+"""Visual Genome: a folder holding the official JSON files image_data.json and objects.json
+(required), attributes.json, relationships.json and region_descriptions.json (optional). Images
+are <images root>/<basename of url>, also looked up in VG_100K/ and VG_100K_2/ under it."""
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -99,6 +81,12 @@ def _label(obj: dict) -> str | None:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """The images root is --image-root, else the source folder; image_data's id is `image_id`
+    (v1.0: `id`). Ids: images "vg:<image id>"; regions "vg:r:<object id>" (objects, label =
+    names[0], attributes joined by object_id); relations "vg:rel:<relationship id>" between
+    "vg:r:<subject object id>" and "vg:r:<object object id>" (an end that is not an object of
+    objects.json makes the merge reject the relation); region descriptions become captions
+    "vg:d:<region id>" with their box. VG has no splits: the stored split is --split or null."""
     folder = _folder(ctx)
     root = ctx.images_root()
 

@@ -1,23 +1,6 @@
-"""VQA v2 (and v1): a folder holding the official files
-
-    *_questions.json     {"data_subtype": "val2014",
-                          "questions": [{image_id, question, question_id}]}
-    *_annotations.json   {"data_subtype": "val2014",
-                          "annotations": [{question_id, image_id, answers: [{answer,
-                          answer_confidence, answer_id}], multiple_choice_answer, answer_type,
-                          question_type}]}       (optional: test splits have none)
-
---split keeps the files whose name contains it (e.g. "val2014"). Each question's answers are
-stored as {answer: how many of the annotators gave it}, answers normalised by strip + lower
-only. Where a subtype has annotations, a question without one is rejected ("question has no
-annotation") and an annotation without its question too ("annotation refers to an unknown
-question"); a subtype without annotations (test-dev) gives questions with no answers.
-
-Images are the COCO files COCO_<subtype>_<image id:012d>.jpg, looked up in the images root
-(--image-root, else the source folder) and in its <subtype>/ folder; test-dev2015 images are the
-test2015 ones. One image row per distinct image id: "vqa:<image id>"; questions "vqa:q:<id>".
-The stored split is the file's data_subtype (or --split when the file has none).
-"""
+"""VQA v2 (and v1): a folder holding the official *_questions.json ({data_subtype, questions}) and
+*_annotations.json ({data_subtype, annotations: [{question_id, image_id, answers, ...}]}; test
+splits have none) files. Images are the COCO files COCO_<subtype>_<image id:012d>.jpg."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -90,6 +73,17 @@ def _image_path(root: Path, subtype: str | None, iid) -> Path:
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:
+    """--split keeps the files whose name contains it (e.g. "val2014"). Answers are stored as
+    {answer: how many annotators gave it}, normalised by strip + lower only. Where a subtype has
+    annotations, a question without one is rejected ("question has no annotation") and an
+    annotation without its question too ("annotation refers to an unknown question"); a subtype
+    without annotations (test-dev) gives questions with no answers.
+
+    Images are looked up in the images root (--image-root, else the source folder) and its
+    <subtype>/ folder; test-dev2015 images are the test2015 ones. One image row per distinct image
+    id: "vqa:<image id>"; questions "vqa:q:<id>". The stored split is the file's data_subtype (or
+    --split when the file has none).
+    """
     question_files, annotation_files = _files(ctx)
     root = ctx.images_root()
 
