@@ -12,10 +12,13 @@ from model.config import DEFAULT_PRESET
 # No retries: a failed run resumes explicitly (resume=True) from its last checkpoint, which
 # keeps the MLflow run and the data position; a blind retry would restart from step 0.
 @task(name="pretrain-stage", retries=0, cache_policy=NONE)
-def pretrain_task(nproc_per_node: int = 1, **params) -> dict:
-    if nproc_per_node > 1:
+def pretrain_task(nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
+                  rdzv_endpoint: str | None = None, **params) -> dict:
+    if nproc_per_node > 1 or nnodes > 1:
         from model.training.launch import torchrun_pretrain
-        result = torchrun_pretrain(nproc_per_node, **params)
+        result = torchrun_pretrain(nproc_per_node, nnodes, node_rank, rdzv_endpoint, **params)
+        if result is None:   # another node than 0: node 0 tracks and saves the run
+            return {"node_rank": node_rank}
     else:
         from model.training.pretrain import pretrain
         result = pretrain(**params)
@@ -31,7 +34,8 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
                   out_dir: str = "runs/pretrain", resume: bool = False,
                   init_from: str | None = None, tracking_uri: str | None = None,
                   train_overrides: dict | None = None, nproc_per_node: int = 1,
-                  checkpoint_every: int = 500, feature_cache: bool = False) -> dict:
+                  checkpoint_every: int = 500, feature_cache: bool = False, nnodes: int = 1,
+                  node_rank: int = 0, rdzv_endpoint: str | None = None) -> dict:
     """One pre-training stage; its checkpoint is <out_dir>/<stage>/last.pt.
 
     Args:
@@ -54,12 +58,19 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
             a killed run resumes from
         feature_cache: read the train split through the memory-mapped feature cache (built
             first if missing; `mvp cache` builds it ahead), one copy per node for every rank
+        nnodes: machines the run spans; start this flow (or `mvp pretrain`) once on each
+        node_rank: this machine's number, 0 to nnodes - 1 (node 0 tracks and saves the run)
+        rdzv_endpoint: HOST:PORT on node 0 where the nodes meet (torchrun's c10d rendezvous)
     """
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
                            resume=resume, init_from=init_from, tracking_uri=tracking_uri,
                            train_overrides=train_overrides, nproc_per_node=nproc_per_node,
-                           checkpoint_every=checkpoint_every, feature_cache=feature_cache)
+                           checkpoint_every=checkpoint_every, feature_cache=feature_cache,
+                           nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    if node_rank != 0:
+        print(f"{stage}: node {node_rank} of {nnodes} done; node 0 holds the run and checkpoint")
+        return result
     print(f"{stage}: {result['steps']} steps, checkpoint {result['checkpoint']}, MLflow run "
           f"{result['run_id']}, final " + ", ".join(f"{k} {v:.4g}"
                                                      for k, v in result["final"].items()))

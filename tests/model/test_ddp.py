@@ -9,7 +9,9 @@ rank's generator, not the gradient of one batch of 8.
 """
 import contextlib
 import dataclasses
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +203,32 @@ def test_global_vsc_gradients_equal_one_process_on_the_whole_batch(tmp_path):
     rank_trainer, _ = make_trainer("stage1", mcr=0.0)
     rank_out = rank_trainer.task(whole, torch.Generator().manual_seed(0))
     assert rank_out["vsc"].item() != pytest.approx(out["vsc"].item(), rel=1e-4)
+
+
+def test_two_nodes_meet_at_a_rendezvous_on_loopback(tmp_path, tiny_feature_store):
+    """Two "nodes" of one process each, started as a cluster's would be (one torchrun per
+    node, the same command but the node rank), train as one run of world size 2."""
+    from model.training.launch import torchrun_command
+    wh, _, _ = tiny_feature_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with socket.socket() as s:   # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    params = dict(warehouse=str(wh), stage="stage1", config="tiny", steps=2,
+                  out_dir=str(tmp_path / "runs"), tracking_uri=uri)
+    nodes = [subprocess.Popen(torchrun_command(1, nnodes=2, node_rank=r,
+                                               rdzv_endpoint=f"127.0.0.1:{port}", **params)
+                              + ["--device", "cpu"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [err[-3000:] for _, err in outs]
+    ckpt = load_checkpoint(tmp_path / "runs" / "stage1" / "last.pt")
+    assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2 and ckpt["samples_seen"] == 16
+    result = json.loads(outs[0][0].strip().splitlines()[-1])   # global rank 0 reports
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["world_size"] == "2"
+    with pytest.raises(ValueError, match="rendezvous"):
+        torchrun_command(1, nnodes=2, **params)
