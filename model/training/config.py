@@ -58,6 +58,9 @@ class TrainConfig:
     batch_size: int = 1024     # micro-batch size over all processes (each of N DDP ranks
     #                            takes 1/N of it); global batch = batch_size * grad_accum
     seed: int = 0
+    # DataLoader worker processes per rank (0: load in the training process); they share the
+    # feature cache's pages with it
+    num_workers: int = 0
 
     def __post_init__(self):
         if self.negatives is None:
@@ -94,7 +97,8 @@ def _validate(c: TrainConfig) -> None:
              f"{name} must be a non-negative number, got {v!r}")
     require(c.lr > 0, f"lr must be positive, got {c.lr!r}")
     for name, low in (("warmup_steps", 0), ("total_steps", 1), ("grad_accum", 1),
-                      ("batch_size", 1), ("seed", 0), ("easy_negative_steps", 0)):
+                      ("batch_size", 1), ("seed", 0), ("easy_negative_steps", 0),
+                      ("num_workers", 0)):
         v = getattr(c, name)
         require(isinstance(v, int) and not isinstance(v, bool) and v >= low,
              f"{name} must be an integer >= {low}, got {v!r}")

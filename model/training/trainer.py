@@ -117,7 +117,8 @@ class Trainer:
             global_batches = [b for b in sampler.batches(tcfg.batch_size) if len(b) >= world]
             # its own generator: creating a loader draws a seed, which from the global RNG would
             # shift dropout after a resume (a new loader mid-epoch) against an uninterrupted run
-            loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=0,
+            loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=tcfg.num_workers,
+                                     pin_memory=self.device.type == "cuda",
                                      generator=torch.Generator(), batch_sampler=[
                                          distributed.rank_slice(b, rank, world)
                                          for b in global_batches]))

@@ -63,6 +63,17 @@ def test_training_through_the_cache_gives_the_same_losses(store, tmp_path, monke
     assert len(list((tmp_path / "cache" / "training").iterdir())) == 1
 
 
+def test_loader_workers_give_the_same_losses(store, tmp_path, monkeypatch):
+    wh, fs, vocab, _, _ = store
+    monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [pretrain(wh, "joint", config="tiny", steps=3, out_dir=tmp_path / str(workers),
+                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", diagnose_every=0,
+                     feature_cache=True, train_overrides={"num_workers": workers})
+            for workers in (0, 2)]
+    losses = [{k: v for k, v in r["final"].items() if k in LOSSES} for r in runs]
+    assert len(losses[0]) == len(LOSSES) and losses[0] == losses[1]
+
+
 def test_one_build_per_key_and_new_data_gives_a_new_key(store, tmp_path):
     wh, fs, vocab, cfg, _ = store
     first = build_cache(wh, fs, vocab, cfg, root=tmp_path)
