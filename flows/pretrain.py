@@ -35,7 +35,8 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
                   init_from: str | None = None, tracking_uri: str | None = None,
                   train_overrides: dict | None = None, nproc_per_node: int = 1,
                   checkpoint_every: int = 500, feature_cache: bool = False, nnodes: int = 1,
-                  node_rank: int = 0, rdzv_endpoint: str | None = None) -> dict:
+                  node_rank: int = 0, rdzv_endpoint: str | None = None,
+                  reshard: bool = False) -> dict:
     """One pre-training stage; its checkpoint is <out_dir>/<stage>/last.pt.
 
     Args:
@@ -61,13 +62,16 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
         nnodes: machines the run spans; start this flow (or `mvp pretrain`) once on each
         node_rank: this machine's number, 0 to nnodes - 1 (node 0 tracks and saves the run)
         rdzv_endpoint: HOST:PORT on node 0 where the nodes meet (torchrun's c10d rendezvous)
+        reshard: with resume, continue a checkpoint written by another number of processes:
+            the same global data order, new random streams per rank
     """
     result = pretrain_task(warehouse=warehouse, stage=stage, config=config,
                            feature_set=feature_set, vocab=vocab, steps=steps, out_dir=out_dir,
                            resume=resume, init_from=init_from, tracking_uri=tracking_uri,
                            train_overrides=train_overrides, nproc_per_node=nproc_per_node,
                            checkpoint_every=checkpoint_every, feature_cache=feature_cache,
-                           nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+                           nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                           reshard=reshard)
     if node_rank != 0:
         print(f"{stage}: node {node_rank} of {nnodes} done; node 0 holds the run and checkpoint")
         return result

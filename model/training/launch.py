@@ -11,6 +11,7 @@ from model.training.tracking import tracking_uri as default_uri
 _FLAGS = ("warehouse", "stage", "config", "steps", "out_dir", "init_from", "feature_set",
           "vocab", "seed", "tracking_uri", "run_name", "experiment", "parent_run_id",
           "checkpoint_every")
+SWITCHES = ("resume", "feature_cache", "reshard")   # flags without a value
 
 
 def torchrun_command(nproc: int, nnodes: int = 1, node_rank: int = 0,
@@ -32,12 +33,12 @@ def torchrun_command(nproc: int, nnodes: int = 1, node_rank: int = 0,
     for key in _FLAGS:
         if params.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(params[key])]
-    for switch in ("resume", "feature_cache"):
+    for switch in SWITCHES:
         if params.get(switch):
             cmd.append(f"--{switch.replace('_', '-')}")
     for key, value in (params.get("train_overrides") or {}).items():
         cmd += ["--set", f"{key}={value}"]
-    unknown = set(params) - set(_FLAGS) - {"resume", "feature_cache", "train_overrides"}
+    unknown = set(params) - set(_FLAGS) - set(SWITCHES) - {"train_overrides"}
     if unknown:
         raise ValueError(f"not passed to torchrun: {', '.join(sorted(unknown))}")
     return cmd

@@ -85,7 +85,7 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
              device: str | None = None, train_overrides: dict | None = None,
              run_name: str | None = None, experiment: str = EXPERIMENT,
              parent_run_id: str | None = None, diagnose_every: int = 50,
-             feature_cache: bool = False) -> dict:
+             feature_cache: bool = False, reshard: bool = False) -> dict:
     """Train `stage` up to global step `steps` (default: the config's total_steps; the lr schedule
     follows total_steps regardless, so a run stopped and resumed ends as one that never stopped).
     `seed` (default: the config's) seeds the model init, the task's masks and the data order;
@@ -93,7 +93,8 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
     <out_dir>/<stage>/last.pt (give variants of one stage their own out_dir); `resume` continues
     it, in the same MLflow run. stage2 starts from <out_dir>/stage1/last.pt unless told otherwise.
     `diag/*` metrics every `diagnose_every` steps and at the end (0: never). `feature_cache`
-    reads the train split through model/training/feature_cache.py (built once per data)."""
+    reads the train split through model/training/feature_cache.py (built once per data).
+    `reshard` resumes a checkpoint of another number of processes (Trainer.load)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     cfg = model_config(wh, config, feature_set, vocab)
     spec, vocab = pick_feature_set(wh, cfg.feature_set), cfg.vocab_version
@@ -125,7 +126,7 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: no checkpoint {ckpt}")
-        position.update(trainer.load(ckpt) or {})
+        position.update(trainer.load(ckpt, reshard=reshard) or {})
     elif init_from is not None:
         load_weights(trainer.task, init_from)
 
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--reshard", action="store_true",
+                   help="resume a checkpoint written by another number of processes")
     p.add_argument("--feature-cache", action="store_true",
                    help="read the train split through the memory-mapped feature cache")
     p.add_argument("--device", help="default: this rank's GPU, else cpu")
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                           checkpoint_every=args.checkpoint_every, device=device,
                           train_overrides=dict(args.overrides), run_name=args.run_name,
                           experiment=args.experiment, parent_run_id=args.parent_run_id,
-                          feature_cache=args.feature_cache)
+                          feature_cache=args.feature_cache, reshard=args.reshard)
         if distributed.is_main():
             print(json.dumps(result))
     return 0

@@ -177,8 +177,19 @@ class Trainer:
         }
         save_checkpoint(state, path)
 
-    def load(self, path: str | Path) -> dict | None:
-        """Restore the full training state saved by `save`; returns its data_position."""
+    def _reseed(self, step: int) -> None:
+        """Random streams of this rank after a reshard: a function of (seed, step, rank)."""
+        seed = (self.tcfg.seed * 1_000_003 + step) * 1_009 + distributed.rank()
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def load(self, path: str | Path, reshard: bool = False) -> dict | None:
+        """Restore the full training state saved by `save`; returns its data_position. A
+        checkpoint of another number of processes is refused unless `reshard`: then the run
+        continues the same global sample order, but each rank's random streams (masks, dropout)
+        start anew from (seed, step, rank), so its losses are not those of the original run."""
         state = load_checkpoint(path, needs=("model", "optimizer", "scheduler", "rng"))
         load_weights(self.task, state)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -186,8 +197,12 @@ class Trainer:
         self.step, self.samples_seen = state["step"], state["samples_seen"]
         per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # pre-DDP
         if len(per_rank) != distributed.world_size():
-            raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it "
-                             f"with as many (this run has {distributed.world_size()}) to continue exactly")
+            if not reshard:
+                raise ValueError(f"{path} was written by {len(per_rank)} process(es); resume it "
+                                 f"with as many (this run has {distributed.world_size()}) to "
+                                 "continue exactly, or reshard to continue its data order")
+            self._reseed(state["step"])
+            return state["data_position"]
         rng = per_rank[distributed.rank()]
         self.generator.set_state(rng["task_generator"])
         torch.set_rng_state(rng["torch"])

@@ -7,7 +7,7 @@ import torch
 from helpers import make_trainer, synthetic_batch
 from torch import nn
 
-from model.training.checkpoint import load_weights
+from model.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from model.training.config import ConfigError, TrainConfig, load_train_config
 from model.training.trainer import Trainer, lr_factor
 
@@ -115,6 +115,25 @@ def test_grad_accumulation_equals_the_concatenated_batch():
     trainer.backward([_Pair((x, y))])
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(accumulated, task.parameters()))
     assert accumulated[0].abs().sum() > 0 and trainer.samples_seen == 16
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one_only_when_resharded(tmp_path):
+    first, cfg = make_trainer(dropout=0.1)
+    first.train_step([synthetic_batch(cfg, 0, 0)])
+    first.save(tmp_path / "one.pt", data_position={"epoch": 0, "index": 8})
+    state = load_checkpoint(tmp_path / "one.pt")
+    state["rng"] = state["rng"] * 2      # as two ranks write it: one RNG entry each
+    save_checkpoint(state, tmp_path / "two.pt")
+    second, _ = make_trainer(dropout=0.1, seed=5)
+    with pytest.raises(ValueError, match="2 process"):
+        second.load(tmp_path / "two.pt")
+    position = second.load(tmp_path / "two.pt", reshard=True)
+    assert position == {"epoch": 0, "index": 8} and second.step == 1   # the global data order
+    for a, b in zip(first.task.parameters(), second.task.parameters()):
+        assert torch.equal(a, b)
+    again, _ = make_trainer(dropout=0.1, seed=7)
+    again.load(tmp_path / "two.pt", reshard=True)   # new random streams, but reproducible ones
+    assert torch.equal(again.generator.get_state(), second.generator.get_state())
 
 
 def test_resume_is_exact(tmp_path):
