@@ -189,12 +189,28 @@ class VisualSource:
                 "regions": self.regions.vectors[r0:r1], "geometry": self.geometry[r0:r1],
                 "image_index": row, "image_id": str(self.regions.image_ids[row])}
 
+    def _regions(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded regions (float32) and geometry of these image rows, and the real-entry mask,
+        gathered in one indexing operation per array (not one copy per image)."""
+        offsets = self.regions.offsets
+        rows = np.asarray(rows, np.int64)
+        starts = offsets[rows]
+        counts = np.minimum(offsets[rows + 1] - starts, self.cfg.max_regions)
+        # flat indices of every kept region, image after image
+        before = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        index = torch.from_numpy(np.repeat(starts - before, counts) + np.arange(counts.sum()))
+        mask = torch.arange(int(counts.max(initial=0)))[None] < torch.from_numpy(counts)[:, None]
+        regions = torch.zeros((len(rows), mask.shape[1], self.regions.vectors.shape[1]))
+        regions[mask] = self.regions.vectors[index].float()
+        geometry = torch.zeros((len(rows), mask.shape[1], 6))
+        geometry[mask] = self.geometry[index]
+        return regions, geometry, mask
+
     def collate(self, items: list[dict]) -> dict:
         """The padded visual inputs of a batch of `item`s and which images they are, named as in the
         batch dataclasses."""
         tag_ids, tag_mask = pad_rows([x["tag_ids"] for x in items], self.cfg.pad_id)
-        regions, region_mask = pad_rows([x["regions"].float() for x in items], 0.0)
-        geometry, _ = pad_rows([x["geometry"] for x in items], 0.0)
+        regions, geometry, region_mask = self._regions([x["image_index"] for x in items])
         return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask),
                 "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
                 "image_ids": [x["image_id"] for x in items]}
