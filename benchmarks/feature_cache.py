@@ -124,6 +124,8 @@ def measure(args) -> dict:
         folder = build_cache(wh, args.feature_set, VOCAB, cfg, root=args.cache_root)
         return {"build_s": round(time.perf_counter() - started, 2),
                 "cache_bytes": sum(f.stat().st_size for f in folder.iterdir()), **_memory()}
+    if args.path == "load-rate":
+        return load_rate(build_cache(wh, args.feature_set, VOCAB, cfg, root=args.cache_root), cfg)
     if args.path == "memory":
         data = PretrainData(wh, args.feature_set, VOCAB, cfg, split="train")
     else:
@@ -141,6 +143,27 @@ def measure(args) -> dict:
     seconds = time.perf_counter() - t0
     return {"first_batch_s": round(first, 2),
             "samples_per_s": round(len(batches) * args.batch / seconds, 1), **_memory()}
+
+
+def load_rate(folder: Path, cfg, batch: int = 256) -> dict:
+    """Bytes of region vectors per second into padded training batches (every image once, in
+    row order) against reading the same file whole with np.fromfile, warm page cache, best of 3."""
+    from model.training.feature_cache import open_cache
+    side = open_cache(folder, cfg).images
+    n_bytes, n = (folder / "vectors.bin").stat().st_size, len(side.regions.offsets) - 1
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    raw = best(lambda: np.fromfile(folder / "vectors.bin", np.uint8))
+    path = best(lambda: [side.collate([side.item(r) for r in range(s, min(s + batch, n))])
+                         for s in range(0, n, batch)])
+    return {"raw_gb_per_s": round(n_bytes / raw / 1e9, 3),
+            "batches_gb_per_s": round(n_bytes / path / 1e9, 3), "ratio": round(raw / path, 3)}
 
 
 def run(args, path: str, n: int, spec: str, rank: int = 0, world: int = 1,
@@ -165,7 +188,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--root", type=Path, default=Path("runs/bench/feature-cache"))
     p.add_argument("--out", type=Path)
-    p.add_argument("--measure", choices=["memory", "build", "cache"], dest="path")
+    p.add_argument("--measure", choices=["memory", "build", "cache", "load-rate"], dest="path")
     p.add_argument("--warehouse")
     p.add_argument("--feature-set")
     p.add_argument("--cache-root")
@@ -187,6 +210,7 @@ def main() -> None:
         ranks = [run(args, "cache", n, spec, r, 2, wait=False) for r in range(2)]
         row["cache_2_ranks"] = [json.loads(r.communicate()[0].strip().splitlines()[-1])
                                 for r in ranks]
+        row["load_rate"] = run(args, "load-rate", n, spec)
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{'images':>9} {'path':>10} {'PSS MiB':>8} {'anon':>7} {'file':>7} {'peak RSS':>9} "
@@ -202,6 +226,9 @@ def main() -> None:
               f"{b['build_s']} s, peak RSS {b['peak_rss_mib']} MiB; 2 ranks on one cache: PSS "
               + ", ".join(f"{r['pss_mib']} (anon {r['pss_anon_mib']})"
                           for r in row["cache_2_ranks"]))
+        lr = row["load_rate"]
+        print(f"{row['images']:>9} {'load rate':>10} {lr['batches_gb_per_s']} GB/s into batches vs "
+              f"{lr['raw_gb_per_s']} GB/s np.fromfile: x{lr['ratio']}")
     if len(results) > 1:
         a, z = results[0], results[-1]
         for name in ("in_memory", "cache"):
