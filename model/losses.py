@@ -41,6 +41,16 @@ def vsc(sim_logits: torch.Tensor, image_to_texts: torch.Tensor | None = None,
     return (F.cross_entropy(sim_logits, targets) + F.cross_entropy(image_to_texts, targets)) / 2
 
 
+def psl(concept_logits: torch.Tensor, concept_targets: torch.Tensor) -> torch.Tensor:
+    """Pseudo-labelled keyword prediction (SIMLA): which of the vocabulary's concepts the
+    caption mentions, predicted from the image alone; multi-label BCE, the mean over every
+    (caption, concept) entry.
+
+    concept_logits: [B, K]; concept_targets: [B, K] 1.0 where the caption has the concept.
+    """
+    return F.binary_cross_entropy_with_logits(concept_logits, concept_targets)
+
+
 def mcr(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:
     """Masked concept recovering: predict the masked tags from the visual encoder.
 

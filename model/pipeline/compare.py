@@ -46,6 +46,8 @@ VARIANTS = (
     Variant("no-wpg", (_STAGE1, Stage("stage2", 0.5, {"wpg": 0}))),
     Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"negatives": "random"}))),
     Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),   # ITC + ITM + MLM, ALBEF-style
+    # SIMLA's keyword prediction (PSL) beside MVP's losses in both stages
+    Variant("simla-psl", (Stage("stage1", 0.5, {"psl": 1.0}), Stage("stage2", 0.5, {"psl": 1.0}))),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 

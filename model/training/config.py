@@ -22,7 +22,7 @@ STAGE_LOSSES = {   # METHOD.md §3
     "retrieval": ("vsc", "itm"),       # fine-tuning from a pre-trained checkpoint
 }
 STAGES = tuple(STAGE_LOSSES)
-CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg")   # read phrase concepts or tags
+CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg", "psl")   # read phrase concepts or tags
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class TrainConfig:
     itm: float = 1.0
     mlm: float = 1.0
     wpg: float = 1.0
+    psl: float = 0.0           # SIMLA's keyword prediction from the image, added to a stage's
+    #                            losses when > 0 (model/losses.py psl)
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
     #                            weight); off by default: not shown to help
     concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
@@ -72,7 +74,7 @@ class TrainConfig:
         return "random" if step < self.easy_negative_steps else self.negatives
 
     def weight(self, loss: str) -> float:
-        """Weight of a loss; text-side MCR shares MCR's."""
+        """Weight of a loss (a field named after it); text-side MCR shares MCR's."""
         return getattr(self, "mcr" if loss == "text_mcr" else loss)
 
     @property
@@ -82,6 +84,7 @@ class TrainConfig:
         stage = STAGE_LOSSES[self.stage]
         if self.text_mcr and "mcr" in stage:
             stage += ("text_mcr",)
+        stage += ("psl",)   # only with a weight: it is 0 unless set
         return tuple(k for k in stage if self.weight(k) > 0
                      and (self.concepts or k not in CONCEPT_LOSSES))
 
@@ -91,7 +94,7 @@ class TrainConfig:
 
 def _validate(c: TrainConfig) -> None:
     require(c.stage in STAGES, f"stage must be one of {STAGES}, got {c.stage!r}")
-    for name in LOSSES + ("lr", "weight_decay", "clip_norm"):
+    for name in LOSSES + ("psl", "lr", "weight_decay", "clip_norm"):
         v = getattr(c, name)
         require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
              f"{name} must be a non-negative number, got {v!r}")

@@ -26,6 +26,7 @@ REACHES = {
     "itm": _TEXT + _VISUAL + ("cross_encoder", "pooler", "itm_head"),
     "mlm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
     "wpg": _TEXT + _VISUAL + ("cross_encoder",),
+    "psl": _VISUAL + ("mcr_transform",),
 }
 
 
@@ -71,13 +72,17 @@ class PretrainTask(nn.Module):
         # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
         text_ids, text_mask, concept_start = self.text_input(batch, batch.token_ids,
                                                              batch.concept_ids)
-        if need & {"vsc", "itm", "wpg"}:
+        if need & {"vsc", "itm", "wpg", "psl"}:
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
         if "vsc" in need:
             out["vsc"] = (losses.vsc(sim) if self.tcfg.negatives_scope == "rank"
                           else self._global_vsc(text.g, visual.g, batch.image_index))
+
+        if "psl" in need:   # the caption's concepts from the image's [CLS], scored as MCR's are
+            logits = self._concept_logits(visual.hidden[:, 0])
+            out["psl"] = losses.psl(logits, self.concept_targets(batch, logits.shape[1]))
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
         if need & {"mcr", "mlm"}:
@@ -151,6 +156,13 @@ class PretrainTask(nn.Module):
         m = self.model
         return losses.vsc(m.similarity(g_t, all_v), m.similarity(g_v, all_t), start + rows,
                           exclude)
+
+    def concept_targets(self, batch: PretrainBatch, n: int) -> torch.Tensor:
+        """[B, n] 1.0 at each concept the caption mentions (ids without the word offset)."""
+        targets = torch.zeros(len(batch), n + 1, device=batch.concept_ids.device)
+        ids = (batch.concept_ids - self.model.cfg.concept_offset).clamp(0, n)
+        targets.scatter_(1, torch.where(batch.concept_mask.bool(), ids, n), 1.0)
+        return targets[:, :n]   # column n collected the padding
 
     def _concept_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> [..., n_concepts]: the MCR transform scored against the CONCEPT rows of

@@ -17,7 +17,8 @@ LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,
           "no-concepts-stage1": "vsc", "no-concepts-stage2": "vsc,itm,mlm",
           "no-wpg-stage2": "vsc,mcr,itm,mlm",
           "no-hard-negatives-stage2": "vsc,mcr,itm,mlm,wpg",
-          "albef-albef": "vsc,itm,mlm"}
+          "albef-albef": "vsc,itm,mlm",
+          "simla-psl-stage1": "vsc,mcr,psl", "simla-psl-stage2": "vsc,mcr,itm,mlm,wpg,psl"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,8 @@ def test_every_variant_trains_its_losses_under_one_parent(compared):
     assert trained["mvp-sequential-stage2"].data.params["train.negatives"] == "hard"
     assert trained["albef-albef"].data.params["train.concepts"] == "False"
     assert trained["albef-albef"].data.params["train.negatives"] == "sampled"
+    assert trained["simla-psl-stage2"].data.params["train.psl"] == "1.0"
+    assert "psl" in trained["simla-psl-stage1"].data.metrics
     # no-wpg and no-hard-negatives continue mvp-sequential's stage 1, trained once
     stage1 = out["variants"]["mvp-sequential"]["steps"]["mvp-sequential-stage1"]["folder"]
     for name in ("no-wpg", "no-hard-negatives"):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model.losses import itm, itm_negatives, mcr, mlm, vsc, wpg
+from model.losses import itm, itm_negatives, mcr, mlm, psl, vsc, wpg
 
 R2 = math.sqrt(0.5)  # cos 45°
 
@@ -32,6 +32,17 @@ def test_vsc_against_gathered_candidates_leaves_out_the_same_image():
     got = vsc(t2v, v2t, torch.tensor([1, 2]), exclude)
     assert got.item() == pytest.approx((rows + cols) / 2, rel=1e-6)
     assert vsc(t2v, v2t, torch.tensor([1, 2])).item() != pytest.approx(got.item())
+
+
+def test_psl_is_the_mean_binary_cross_entropy_over_every_concept():
+    logits = torch.tensor([[2.0, -1.0, 0.0], [0.5, 3.0, -2.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+    def bce(z, y):   # -log sigmoid(z) for y = 1, -log(1 - sigmoid(z)) for y = 0
+        return math.log1p(math.exp(-z)) if y else math.log1p(math.exp(z))
+    expected = sum(bce(z, y) for zr, yr in zip(logits.tolist(), targets.tolist())
+                   for z, y in zip(zr, yr)) / 6
+    assert psl(logits, targets).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_mcr_masked_positions_only():

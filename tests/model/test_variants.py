@@ -23,6 +23,9 @@ VARIANTS = [   # (stage, train overrides, losses computed)
     ("albef", {}, {"vsc", "itm", "mlm"}),
     ("retrieval", {}, {"vsc", "itm"}),
     ("retrieval", {"negatives": "random"}, {"vsc", "itm"}),
+    ("stage1", {"psl": 1.0}, {"vsc", "mcr", "psl"}),
+    ("joint", {"psl": 0.5}, {"vsc", "mcr", "itm", "mlm", "wpg", "psl"}),
+    ("stage1", {"psl": 1.0, "concepts": False}, {"vsc"}),
 ]
 
 
@@ -44,6 +47,15 @@ def test_each_variant_computes_its_losses_and_trains_exactly_what_they_reach(sta
                and "ln" not in n), sorted(n for n in reached if not named[n].grad.abs().sum())
     fusion = {n for n in named if n.startswith("model.cross_encoder.")}
     assert (fusion <= reached) == bool(expected & {"itm", "mlm", "wpg"})
+
+
+def test_psl_targets_are_the_captions_concepts():
+    trainer, cfg = make_trainer("stage1", psl=1.0)
+    batch = synthetic_batch(cfg, 0, 0)
+    targets = trainer.task.concept_targets(batch, cfg.n_concepts)
+    for row, (ids, mask) in enumerate(zip(batch.concept_ids, batch.concept_mask)):
+        want = {int(i) - cfg.concept_offset for i, m in zip(ids, mask) if m}
+        assert set(targets[row].nonzero().flatten().tolist()) == want and want
 
 
 def test_a_loss_of_weight_zero_is_not_computed(monkeypatch):
