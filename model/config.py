@@ -36,6 +36,9 @@ class ModelConfig:
     word_vocab: int = CLIP_WORD_VOCAB
     n_concepts: int = 0              # set from the warehouse's concept vocabulary
     temperature_init: float = 0.07   # VSC softmax temperature; the model learns 1/temperature
+    # DiMBERT: the cross encoder projects text and region positions to queries, keys and values
+    # with separate weights (its own attention space per modality); False: one projection (MVP)
+    disentangled_fusion: bool = False
     cls_id: int = CLIP_SOT
     sep_id: int = CLIP_EOT
     feature_set: str | None = None   # feature-set id the model is built for (data path checks it)
@@ -82,6 +85,8 @@ def _validate(c: ModelConfig) -> None:
         v = getattr(c, name)
         require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
              f"{name} must be a non-negative integer, got {v!r}")
+    require(isinstance(c.disentangled_fusion, bool),
+            f"disentangled_fusion must be true/false, got {c.disentangled_fusion!r}")
     require(c.hidden % c.heads == 0,
          f"hidden ({c.hidden}) must be divisible by heads ({c.heads})")
     # [CLS] + [SEP] + at least one token on each stream

@@ -15,18 +15,25 @@ def attention_bias(mask: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, disentangled: bool = False):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
+        # DiMBERT: positions from `split` on (regions) have their own q/k/v projection
+        self.qkv_second = nn.Linear(hidden, 3 * hidden) if disentangled else None
         self.proj = nn.Linear(hidden, hidden)
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, split: int | None = None
+                ) -> torch.Tensor:
         B, L, H = x.shape
+        if self.qkv_second is None or split is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = torch.cat([self.qkv(x[:, :split]), self.qkv_second(x[:, split:])], dim=1)
         # [B, L, 3H] -> three [B, heads, L, H/heads]
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
         # SDPA picks a fused kernel
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -34,16 +41,18 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, mlp_ratio: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: int, dropout: float,
+                 disentangled: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(hidden)
-        self.attn = SelfAttention(hidden, heads, dropout)
+        self.attn = SelfAttention(hidden, heads, dropout, disentangled)
         self.ln2 = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
                                  nn.Linear(mlp_ratio * hidden, hidden), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), bias)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, split: int | None = None
+                ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), bias, split)
         return x + self.mlp(self.ln2(x))
 
 
@@ -52,13 +61,17 @@ class Encoder(nn.Module):
     Pre-LN rather than BERT's post-LN: MVP here trains from scratch, not from BERT weights, and
     pre-LN trains stably without a long warmup."""
 
-    def __init__(self, layers: int, hidden: int, heads: int, mlp_ratio: int, dropout: float):
+    def __init__(self, layers: int, hidden: int, heads: int, mlp_ratio: int, dropout: float,
+                 disentangled: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, mlp_ratio, dropout, disentangled)
+                                    for _ in range(layers))
         self.ln_f = nn.LayerNorm(hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, split: int | None = None
+                ) -> torch.Tensor:
+        """`split`: where the second modality's positions start (used when disentangled)."""
         bias = attention_bias(mask)
         for block in self.blocks:
-            x = block(x, bias)
+            x = block(x, bias, split)
         return self.ln_f(x)

@@ -82,7 +82,7 @@ class MVP(nn.Module):
         enc = dict(hidden=H, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
         self.text_encoder = Encoder(cfg.text_layers, **enc)
         self.visual_encoder = Encoder(cfg.visual_layers, **enc)
-        self.cross_encoder = Encoder(cfg.cross_layers, **enc)
+        self.cross_encoder = Encoder(cfg.cross_layers, **enc, disentangled=cfg.disentangled_fusion)
 
         self.text_proj = nn.Linear(H, cfg.embed_dim)     # W_t
         self.visual_proj = nn.Linear(H, cfg.embed_dim)   # W_v
@@ -103,7 +103,9 @@ class MVP(nn.Module):
         # every logit q.k is ~0, attention is uniform and ITM waits hundreds of steps on that
         # saddle; at std 1/sqrt(H) logits start at O(1) and attention can select from step 0.
         for block in self.cross_encoder.blocks:
-            nn.init.normal_(block.attn.qkv.weight[: 2 * H], std=H ** -0.5)
+            for qkv in (block.attn.qkv, block.attn.qkv_second):
+                if qkv is not None:
+                    nn.init.normal_(qkv.weight[: 2 * H], std=H ** -0.5)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -167,7 +169,7 @@ class MVP(nn.Module):
                f"batch sizes differ: text {text.hidden.shape[0]}, visual {visual.hidden.shape[0]}")
         x = torch.cat([text.hidden, visual.region_hidden], dim=1)
         mask = torch.cat([text.mask, visual.region_mask], dim=1)
-        h = self.cross_encoder(x, mask)
+        h = self.cross_encoder(x, mask, split=text.hidden.shape[1])
         return FusedOutput(hidden=h, mask=mask, pooled=self.pooler(h[:, 0]),
                            text_len=text.hidden.shape[1])
 

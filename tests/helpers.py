@@ -44,8 +44,8 @@ def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> 
         caption_ids=[f"c{i}" for i in range(B)], image_ids=[f"i{i}" for i in range(B)])
 
 
-def make_trainer(stage="joint", seed=0, dropout=0.0, **train):
-    cfg = load_config("tiny", dropout=dropout)
+def make_trainer(stage="joint", seed=0, dropout=0.0, model: dict | None = None, **train):
+    cfg = load_config("tiny", dropout=dropout, **(model or {}))
     tcfg = load_train_config("tiny", stage=stage, **train)
     torch.manual_seed(seed)
     return Trainer(PretrainTask(MVP(cfg), tcfg), tcfg), cfg

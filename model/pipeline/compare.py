@@ -28,6 +28,7 @@ class Stage:
     stage: str                                   # a TrainConfig stage
     share: float                                 # of the budget
     overrides: dict = field(default_factory=dict)  # train config switches
+    model: dict = field(default_factory=dict)      # model config switches (an architecture)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ VARIANTS = (
     Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),   # ITC + ITM + MLM, ALBEF-style
     # SIMLA's keyword prediction (PSL) beside MVP's losses in both stages
     Variant("simla-psl", (Stage("stage1", 0.5, {"psl": 1.0}), Stage("stage2", 0.5, {"psl": 1.0}))),
+    # DiMBERT's attention: text and regions with their own q/k/v in the cross encoder
+    Variant("dimbert", tuple(Stage(s, 0.5, model={"disentangled_fusion": True})
+                             for s in ("stage1", "stage2"))),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 
@@ -81,7 +85,7 @@ def stage_overrides(stage: Stage, config: str, steps: int) -> dict:
 def describe(v: Variant, budget: int) -> str:
     """"stage1 300 -> stage2 300 wpg=0": what a variant trains, for the table."""
     def one(s: Stage, n: int) -> str:
-        switches = [f"{k}={str(x).lower()}" for k, x in s.overrides.items()]
+        switches = [f"{k}={str(x).lower()}" for k, x in {**s.model, **s.overrides}.items()]
         return " ".join([s.stage, str(n), *switches])
     return " -> ".join(one(s, n) for s, n in zip(v.stages, stage_steps(v, budget)))
 
@@ -159,7 +163,7 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
         name = step_name(v, k)
         trained = call("train", name, stage=stage.stage, config=config, steps=n, init=trained,
                        overrides=stage_overrides(stage, config, n), name=name, tracking=tracking,
-                       **common)
+                       model_overrides=stage.model, **common)
         done[name] = trained
     retrieval = call("evaluate", f"{v.name}-evaluate", trained=trained, split=split,
                      k_text=k_text, k_image=k_image, **common)["metrics"]

@@ -31,7 +31,7 @@ def config_state(config: str) -> dict:
 
 def stage_step(root, warehouse, stage: str, config: str, steps: int, init: dict | None = None,
                overrides: dict | None = None, name: str | None = None,
-               tracking: dict | None = None) -> dict:
+               tracking: dict | None = None, model_overrides: dict | None = None) -> dict:
     """One pre-training (or retrieval fine-tuning) stage. `init`: the upstream step's result
     (its checkpoint's weights start this stage). `tracking`: tracking_uri / experiment /
     parent_run_id for MLflow."""
@@ -39,13 +39,16 @@ def stage_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
     overrides = {**schedule_for(config, steps), **(overrides or {})}
     inputs = {"step": "train", "stage": stage, "config": config_state(config), "steps": steps,
               "overrides": overrides, "init": init and init["folder"],
+              # only when set: the steps cached before architecture variants keep their keys
+              **({"model_overrides": model_overrides} if model_overrides else {}),
               "data": data_state(warehouse), "code": code_version()}
 
     def run(folder: Path) -> dict:
         last = folder / stage / "last.pt"
         r = pretrain(warehouse, stage, config=config, steps=steps, out_dir=folder,
                      resume=last.exists(), init_from=None if last.exists() or init is None
-                     else init["checkpoint"], train_overrides=overrides, run_name=name,
+                     else init["checkpoint"], train_overrides=overrides,
+                     model_overrides=model_overrides, run_name=name,
                      **(tracking or {}))
         model_uri = log_to_run(r, warehouse, (tracking or {}).get("tracking_uri"))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "steps": r["steps"],

@@ -51,16 +51,16 @@ def n_concepts(wh: Warehouse, vocab: str) -> int:
     return int(n)
 
 
-def model_config(wh: Warehouse, config: str, feature_set: str | None, vocab: str | None
-                 ) -> ModelConfig:
-    """The preset's model config for this warehouse's feature set and vocabulary (default: the
-    latest of each)."""
+def model_config(wh: Warehouse, config: str, feature_set: str | None, vocab: str | None,
+                 overrides: dict | None = None) -> ModelConfig:
+    """The preset's model config (updated by `overrides`) for this warehouse's feature set and
+    vocabulary (default: the latest of each)."""
     spec = pick_feature_set(wh, feature_set)
     vocab = vocab or latest_vocab(wh)
     if vocab is None:
         raise LookupError(f"no concept vocabulary in warehouse {wh.root}: run `mvp concepts`")
-    return load_config(config, feat_dim=spec.dim, n_concepts=n_concepts(wh, vocab),
-                       feature_set=spec.id, vocab_version=vocab)
+    return load_config(config, **(overrides or {}), feat_dim=spec.dim,
+                       n_concepts=n_concepts(wh, vocab), feature_set=spec.id, vocab_version=vocab)
 
 
 def prepare_cache(warehouse, config: str = DEFAULT_PRESET, feature_set: str | None = None,
@@ -85,7 +85,8 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
              device: str | None = None, train_overrides: dict | None = None,
              run_name: str | None = None, experiment: str = EXPERIMENT,
              parent_run_id: str | None = None, diagnose_every: int = 50,
-             feature_cache: bool = False, reshard: bool = False) -> dict:
+             feature_cache: bool = False, reshard: bool = False,
+             model_overrides: dict | None = None) -> dict:
     """Train `stage` up to global step `steps` (default: the config's total_steps; the lr schedule
     follows total_steps regardless, so a run stopped and resumed ends as one that never stopped).
     `seed` (default: the config's) seeds the model init, the task's masks and the data order;
@@ -94,9 +95,10 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
     it, in the same MLflow run. stage2 starts from <out_dir>/stage1/last.pt unless told otherwise.
     `diag/*` metrics every `diagnose_every` steps and at the end (0: never). `feature_cache`
     reads the train split through model/training/feature_cache.py (built once per data).
-    `reshard` resumes a checkpoint of another number of processes (Trainer.load)."""
+    `reshard` resumes a checkpoint of another number of processes (Trainer.load);
+    `model_overrides` update the preset's `model:` section (an architecture variant)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-    cfg = model_config(wh, config, feature_set, vocab)
+    cfg = model_config(wh, config, feature_set, vocab, model_overrides)
     spec, vocab = pick_feature_set(wh, cfg.feature_set), cfg.vocab_version
     overrides = {**(train_overrides or {}), "stage": stage}
     if seed is not None:

@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from model.pipeline.compare import VARIANT_NAMES, compare, results_table, stage_steps, variant
+from model.training.checkpoint import load_checkpoint
 from model.training.data import PretrainData
 
 pytestmark = pytest.mark.slow  # long training or subprocesses: not in make test-fast
@@ -18,7 +19,8 @@ LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,
           "no-wpg-stage2": "vsc,mcr,itm,mlm",
           "no-hard-negatives-stage2": "vsc,mcr,itm,mlm,wpg",
           "albef-albef": "vsc,itm,mlm",
-          "simla-psl-stage1": "vsc,mcr,psl", "simla-psl-stage2": "vsc,mcr,itm,mlm,wpg,psl"}
+          "simla-psl-stage1": "vsc,mcr,psl", "simla-psl-stage2": "vsc,mcr,itm,mlm,wpg,psl",
+          "dimbert-stage1": "vsc,mcr", "dimbert-stage2": "vsc,mcr,itm,mlm,wpg"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,9 @@ def test_every_variant_trains_its_losses_under_one_parent(compared):
     assert trained["albef-albef"].data.params["train.negatives"] == "sampled"
     assert trained["simla-psl-stage2"].data.params["train.psl"] == "1.0"
     assert "psl" in trained["simla-psl-stage1"].data.metrics
+    dimbert = load_checkpoint(out["variants"]["dimbert"]["steps"]["dimbert-stage2"]["checkpoint"])
+    assert dimbert["model_config"]["disentangled_fusion"] is True
+    assert any(".qkv_second." in k for k in dimbert["model"])
     # no-wpg and no-hard-negatives continue mvp-sequential's stage 1, trained once
     stage1 = out["variants"]["mvp-sequential"]["steps"]["mvp-sequential-stage1"]["folder"]
     for name in ("no-wpg", "no-hard-negatives"):

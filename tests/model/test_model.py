@@ -270,3 +270,31 @@ def test_config_errors_missing():
         load_config("nowhere/x.yaml")
     with pytest.raises(ConfigError, match="temperature_init"):
         ModelConfig(temperature_init=0.0)
+
+
+def test_disentangled_fusion_routes_regions_through_their_own_projection(cfg):
+    """DiMBERT's attention: with the region projection a copy of the text one, the fused output
+    is the shared model's; changed, it changes the output, and both projections learn."""
+    torch.manual_seed(0)
+    shared = MVP(cfg).eval()
+    split = MVP(dataclasses.replace(cfg, disentangled_fusion=True)).eval()
+    state = shared.state_dict()
+    for k, block in enumerate(shared.cross_encoder.blocks):   # regions: the text projection
+        state[f"cross_encoder.blocks.{k}.attn.qkv_second.weight"] = block.attn.qkv.weight
+        state[f"cross_encoder.blocks.{k}.attn.qkv_second.bias"] = block.attn.qkv.bias
+    split.load_state_dict(state)
+    b = make_batch(cfg)
+    real = torch.cat([b["mask"], b["visual"].region_mask], 1)
+    _, _, f_shared = run(shared, b)
+    _, _, f_split = run(split, b)
+    assert torch.allclose(f_shared.hidden[real], f_split.hidden[real], atol=1e-6)
+    with torch.no_grad():
+        split.cross_encoder.blocks[0].attn.qkv_second.weight.mul_(1.5)
+    _, _, f_changed = run(split, b)
+    assert not torch.allclose(f_shared.hidden[real], f_changed.hidden[real], atol=1e-3)
+    split.train()
+    _, _, fused = run(split, b)
+    fused.pooled.sum().backward()
+    attn = split.cross_encoder.blocks[0].attn
+    assert attn.qkv.weight.grad.abs().sum() > 0 and attn.qkv_second.weight.grad.abs().sum() > 0
+    assert shared.cross_encoder.blocks[0].attn.qkv_second is None

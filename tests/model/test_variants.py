@@ -49,6 +49,20 @@ def test_each_variant_computes_its_losses_and_trains_exactly_what_they_reach(sta
     assert (fusion <= reached) == bool(expected & {"itm", "mlm", "wpg"})
 
 
+@pytest.mark.parametrize("stage", ["stage1", "joint"])
+def test_disentangled_fusion_trains_both_projections_only_where_fusion_is_trained(stage):
+    trainer, cfg = make_trainer(stage, model={"disentangled_fusion": True})
+    out = trainer.task(synthetic_batch(cfg, 0, 0), trainer.generator)
+    out["loss"].backward()
+    named = dict(trainer.task.named_parameters())
+    second = [n for n in named if ".qkv_second." in n]
+    assert len(second) == 2 * cfg.cross_layers
+    reached = {n for n, p in named.items() if p.grad is not None}
+    assert reached == {n for n, p in named.items() if p.requires_grad}
+    assert all(n in reached for n in second) == (stage == "joint")
+    assert not any(n in reached for n in second) == (stage == "stage1")
+
+
 def test_psl_targets_are_the_captions_concepts():
     trainer, cfg = make_trainer("stage1", psl=1.0)
     batch = synthetic_batch(cfg, 0, 0)
