@@ -51,6 +51,18 @@ def psl(concept_logits: torch.Tensor, concept_targets: torch.Tensor) -> torch.Te
     return F.binary_cross_entropy_with_logits(concept_logits, concept_targets)
 
 
+def mamo(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Masked region modelling with an implicit target (MAMO): the fused state at a masked
+    region regresses the state the unmasked pass gives it (`target`, taken without gradient);
+    the mean squared error over regions and dimensions, 0 with a grad path when none is masked.
+
+    predicted, target: [N, hidden] for the N masked regions.
+    """
+    if predicted.numel() == 0:
+        return predicted.sum() * 0.0
+    return F.mse_loss(predicted, target.detach())
+
+
 def mcr(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:
     """Masked concept recovering: predict the masked tags from the visual encoder.
 

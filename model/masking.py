@@ -57,6 +57,14 @@ def mask_tags(tag_ids: torch.Tensor, tag_mask: torch.Tensor, tag_range, generato
     return mask_tokens(tag_ids, ~tag_mask, tag_range, generator, prob, mask_id=mask_id)
 
 
+def mask_regions(regions: torch.Tensor, region_mask: torch.Tensor, generator,
+                 prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the features of a `prob` share of the real regions (MAMO's masked image modelling).
+    Returns (masked regions [B, R, D], the masked positions [B, R] bool)."""
+    chosen = (_uniform(region_mask.shape, generator, regions.device) < prob) & region_mask.bool()
+    return regions.masked_fill(chosen[..., None], 0.0), chosen
+
+
 def mask_with_concepts(token_ids: torch.Tensor, token_special: torch.Tensor,
                        concept_ids: torch.Tensor, concept_spans: torch.Tensor, mask_id: int,
                        word_range, concept_range, generator, prob: float = 0.15,

@@ -49,6 +49,8 @@ VARIANTS = (
     Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),   # ITC + ITM + MLM, ALBEF-style
     # SIMLA's keyword prediction (PSL) beside MVP's losses in both stages
     Variant("simla-psl", (Stage("stage1", 0.5, {"psl": 1.0}), Stage("stage2", 0.5, {"psl": 1.0}))),
+    # MAMO's joint masking: regions masked with the text, regressing their unmasked states
+    Variant("mamo", (_STAGE1, Stage("stage2", 0.5, {"mamo": 1.0}))),
     # DiMBERT's attention: text and regions with their own q/k/v in the cross encoder
     Variant("dimbert", tuple(Stage(s, 0.5, model={"disentangled_fusion": True})
                              for s in ("stage1", "stage2"))),

@@ -10,7 +10,7 @@ from torch import nn
 
 from model import losses
 from model.batch import PretrainBatch, assemble_text
-from model.masking import IGNORE, mask_tags, mask_with_concepts
+from model.masking import IGNORE, mask_regions, mask_tags, mask_with_concepts
 from model.mvp import MVP
 from model.training import distributed
 from model.training.config import TrainConfig
@@ -27,6 +27,7 @@ REACHES = {
     "mlm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
     "wpg": _TEXT + _VISUAL + ("cross_encoder",),
     "psl": _VISUAL + ("mcr_transform",),
+    "mamo": _TEXT + _VISUAL + ("cross_encoder",),
 }
 
 
@@ -68,11 +69,16 @@ class PretrainTask(nn.Module):
         real_tags = batch.visual.tag_mask.bool() & (tag_ids != cfg.cls_id) & (tag_ids != cfg.sep_id)
         m_tags, tag_labels = mask_tags(tag_ids, real_tags, self.word_range, generator, p,
                                        mask_id=cfg.mask_id)
+        m_image = dataclasses.replace(batch.visual, tag_ids=m_tags)
+        if "mamo" in need:   # drawn last: without MAMO every other mask stays as it was
+            regions, masked_regions = mask_regions(batch.visual.regions,
+                                                   batch.visual.region_mask, generator, p)
+            m_image = dataclasses.replace(m_image, regions=regions)
 
         # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
         text_ids, text_mask, concept_start = self.text_input(batch, batch.token_ids,
                                                              batch.concept_ids)
-        if need & {"vsc", "itm", "wpg", "psl"}:
+        if need & {"vsc", "itm", "wpg", "psl", "mamo"}:
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
@@ -85,12 +91,12 @@ class PretrainTask(nn.Module):
             out["psl"] = losses.psl(logits, self.concept_targets(batch, logits.shape[1]))
 
         # ---- masked pass: MCR (visual tags, optionally text concepts) ----
-        if need & {"mcr", "mlm"}:
-            m_visual = m.encode_visual(dataclasses.replace(batch.visual, tag_ids=m_tags))
+        if need & {"mcr", "mlm", "mamo"}:
+            m_visual = m.encode_visual(m_image)
         if "mcr" in need:
             sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
             out["mcr"] = losses.mcr(m.mcr_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
-        if need & {"text_mcr", "mlm"}:
+        if need & {"text_mcr", "mlm", "mamo"}:
             m_text = m.encode_text(*self.text_input(batch, m_tokens, m_concepts)[:2])
         if "text_mcr" in need:
             C = batch.concept_ids.shape[1]
@@ -110,7 +116,7 @@ class PretrainTask(nn.Module):
             fused = m.fuse(text.take(ti), visual.take(vi))
             out["itm"] = losses.itm(m.itm_logits(fused), y)
             pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)
-        elif "wpg" in need:
+        elif need & {"wpg", "mamo"}:
             pos = m.fuse(text, visual)
         if "wpg" in need:
             # phrases: EVERY real concept position; the batch does not say which concepts are
@@ -118,12 +124,16 @@ class PretrainTask(nn.Module):
             out["wpg"] = losses.wpg(pos.text_hidden[:, concept_start:concept_start + C],
                                     batch.concept_mask.bool(), pos.region_hidden,
                                     batch.visual.region_mask.bool(), generator).loss
-        if "mlm" in need:
-            # ---- MLM: masked text fused with its own (masked-tag) image, positives only ----
+        if need & {"mlm", "mamo"}:
+            # ---- masked text fused with its own masked image, positives only: MLM, MAMO ----
             m_fused = m.fuse(m_text, m_visual)
+        if "mlm" in need:
             words = m_fused.text_hidden[:, :concept_start]
             sel = token_labels != IGNORE
             out["mlm"] = losses.mlm(m.mlm_logits(words[sel]), token_labels[sel])
+        if "mamo" in need:   # the masked regions' fused states regress the unmasked pass's
+            out["mamo"] = losses.mamo(m_fused.region_hidden[masked_regions],
+                                      pos.region_hidden[masked_regions])
 
         out["loss"] = sum(self.tcfg.weight(k) * v for k, v in out.items())
         return out

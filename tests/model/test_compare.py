@@ -20,7 +20,8 @@ LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,
           "no-hard-negatives-stage2": "vsc,mcr,itm,mlm,wpg",
           "albef-albef": "vsc,itm,mlm",
           "simla-psl-stage1": "vsc,mcr,psl", "simla-psl-stage2": "vsc,mcr,itm,mlm,wpg,psl",
-          "dimbert-stage1": "vsc,mcr", "dimbert-stage2": "vsc,mcr,itm,mlm,wpg"}
+          "dimbert-stage1": "vsc,mcr", "dimbert-stage2": "vsc,mcr,itm,mlm,wpg",
+          "mamo-stage2": "vsc,mcr,itm,mlm,wpg,mamo"}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,9 @@ def test_every_variant_trains_its_losses_under_one_parent(compared):
     dimbert = load_checkpoint(out["variants"]["dimbert"]["steps"]["dimbert-stage2"]["checkpoint"])
     assert dimbert["model_config"]["disentangled_fusion"] is True
     assert any(".qkv_second." in k for k in dimbert["model"])
-    # no-wpg and no-hard-negatives continue mvp-sequential's stage 1, trained once
+    # no-wpg, no-hard-negatives and mamo continue mvp-sequential's stage 1, trained once
     stage1 = out["variants"]["mvp-sequential"]["steps"]["mvp-sequential-stage1"]["folder"]
-    for name in ("no-wpg", "no-hard-negatives"):
+    for name in ("no-wpg", "no-hard-negatives", "mamo"):
         assert out["variants"][name]["steps"]["mvp-sequential-stage1"]["folder"] == stage1
         second = trained[f"{name}-stage2"].data.params["init_from"]
         assert second == out["variants"]["mvp-sequential"]["steps"][

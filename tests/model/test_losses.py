@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model.losses import itm, itm_negatives, mcr, mlm, psl, vsc, wpg
+from model.losses import itm, itm_negatives, mamo, mcr, mlm, psl, vsc, wpg
 
 R2 = math.sqrt(0.5)  # cos 45°
 
@@ -43,6 +43,17 @@ def test_psl_is_the_mean_binary_cross_entropy_over_every_concept():
     expected = sum(bce(z, y) for zr, yr in zip(logits.tolist(), targets.tolist())
                    for z, y in zip(zr, yr)) / 6
     assert psl(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mamo_regresses_the_unmasked_states_without_moving_them():
+    predicted = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    target = torch.tensor([[0.5, 2.0], [1.0, 1.0]], requires_grad=True)
+    loss = mamo(predicted, target)
+    assert loss.item() == pytest.approx((0.25 + 0 + 1 + 4) / 4)
+    loss.backward()
+    assert target.grad is None and predicted.grad.abs().sum() > 0   # the target is a teacher
+    empty = torch.zeros(0, 2, requires_grad=True)
+    assert mamo(empty, empty).item() == 0.0
 
 
 def test_mcr_masked_positions_only():

@@ -2,7 +2,7 @@
 no-leakage rule between caption tokens and phrase concepts."""
 import torch
 
-from model.masking import mask_tags, mask_tokens, mask_with_concepts
+from model.masking import mask_regions, mask_tags, mask_tokens, mask_with_concepts
 
 MASK = 49408
 WORDS = (0, 49406)          # BPE words without sot/eot
@@ -130,3 +130,13 @@ def test_concept_corruption_split_and_range():
     assert (out[word_random] < WORDS[1]).all()  # word tokens never replaced by concepts
     a = _mask_caption(batch, 7)
     assert all(torch.equal(x, y) for x, y in zip(a, (out, labels, c_out, c_labels)))
+
+
+def test_region_masking_zeroes_a_share_of_the_real_regions_only():
+    regions = torch.ones(64, 50, 3)
+    real = torch.arange(50)[None] < torch.randint(1, 51, (64, 1), generator=torch.Generator()
+                                                  .manual_seed(0))
+    masked, chosen = mask_regions(regions, real, torch.Generator().manual_seed(1), prob=0.3)
+    assert not chosen[~real].any()                      # padding is never chosen
+    assert (masked[chosen] == 0).all() and (masked[~chosen] == 1).all()
+    assert abs(chosen.sum().item() / real.sum().item() - 0.3) < 0.03

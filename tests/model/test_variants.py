@@ -26,6 +26,10 @@ VARIANTS = [   # (stage, train overrides, losses computed)
     ("stage1", {"psl": 1.0}, {"vsc", "mcr", "psl"}),
     ("joint", {"psl": 0.5}, {"vsc", "mcr", "itm", "mlm", "wpg", "psl"}),
     ("stage1", {"psl": 1.0, "concepts": False}, {"vsc"}),
+    ("stage2", {"mamo": 1.0}, {"vsc", "mcr", "itm", "mlm", "wpg", "mamo"}),
+    ("albef", {"mamo": 1.0}, {"vsc", "itm", "mlm", "mamo"}),
+    ("joint", {"mamo": 1.0, "mlm": 0}, {"vsc", "mcr", "itm", "wpg", "mamo"}),
+    ("stage1", {"mamo": 1.0}, {"vsc", "mcr"}),                  # no fusion: nothing to mask
 ]
 
 
