@@ -51,6 +51,7 @@ def test_cached_items_and_batches_equal_the_in_memory_ones(store, split):
     assert a.image_ids == b.image_ids and a.caption_ids == b.caption_ids
 
 
+@pytest.mark.slow
 def test_training_through_the_cache_gives_the_same_losses(store, tmp_path, monkeypatch):
     wh, fs, vocab, _, _ = store
     monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "cache"))
@@ -63,6 +64,7 @@ def test_training_through_the_cache_gives_the_same_losses(store, tmp_path, monke
     assert len(list((tmp_path / "cache" / "training").iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_loader_workers_give_the_same_losses(store, tmp_path, monkeypatch):
     wh, fs, vocab, _, _ = store
     monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "cache"))
