@@ -12,6 +12,7 @@ PIPELINE = Entrypoint("flows.pipeline", "pipeline_flow")
 EVALUATE = Entrypoint("flows.evaluate", "evaluate_flow")
 FINETUNE = Entrypoint("flows.finetune", "finetune_flow")
 COMPARE = Entrypoint("flows.compare", "compare_flow")
+PREDICT = Entrypoint("flows.predict", "predict_flow")
 
 UI_HINT = """
 Look at it in the UIs:  make serve   (then open the printed Prefect UI and MLflow UI URLs;
@@ -55,6 +56,13 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from model.serving.source import is_local
+    check_checkpoints(args.model if is_local(args.model) else None)
+    PREDICT(**PREDICT.kwargs(args))
+    return 0
+
+
 def cmd_compare(args) -> int:
     COMPARE(**COMPARE.kwargs(args))
     print(UI_HINT)
@@ -83,6 +91,11 @@ def add_model_commands(sub) -> None:
     sp = add_command(sub, "finetune", "fine-tune a pre-trained checkpoint for retrieval or VQA "
                                       "(Prefect flow)", FINETUNE, positional=("task",))
     sp.set_defaults(func=cmd_finetune)
+
+    sp = add_command(sub, "predict", "write a fine-tuned model's results file for an "
+                                     "unlabelled split, e.g. VQA v2 test-dev (Prefect flow)",
+                     PREDICT, positional=("task", "model"))
+    sp.set_defaults(func=cmd_predict)
 
     sp = add_command(sub, "compare", "pre-training variants side by side at an equal budget: "
                                      "retrieval R@1 and VQA accuracy (Prefect flow mvp-compare)",

@@ -1,6 +1,8 @@
 """VQA fine-tuning: the score and its breakdown on hand values, answer vocabulary and soft targets,
 the head starting as the MLM decoder, a tracked fine-tune on shapes questions that lowers the loss,
 and the VQA v2 format from ingest to evaluation."""
+import json
+
 import mlflow
 import pytest
 import torch
@@ -257,3 +259,46 @@ def test_vqa_v2_files_fine_tune_and_evaluate(tmp_path, make_image, write_json):
         vqa_score(p, a) for p, a in zip(preds, data.answers)) / 3)
     assert {k: v["n"] for k, v in report["by_question_type"].items()} == {
         "what is": 1, "is it": 1, "how many": 1}
+
+
+def _test_dev(folder, make_image, write_json, ids):
+    """The official test-dev layout: a questions file, no annotations; images are test2015's."""
+    for image in {i for i, _ in ids}:
+        make_image(folder / f"COCO_test2015_{image:012d}.jpg", (40, 30), color=(30, 200, 30))
+    write_json(folder / "v2_OpenEnded_mscoco_test-dev2015_questions.json", {
+        "data_subtype": "test-dev2015", "questions": [
+            {"image_id": i, "question": "What color is it?", "question_id": q} for i, q in ids]})
+    return folder
+
+
+@pytest.mark.slow
+def test_a_results_file_answers_every_test_dev_question(tmp_path, make_image, write_json):
+    from flows.cli import main
+    from model.downstream.vqa.submit import official_question_id, write_results
+    wh, src = tmp_path / "wh", tmp_path / "vqa"
+    _vqa_v2(src, make_image, write_json)
+    _test_dev(src, make_image, write_json, [(5, 5000), (5, 5001), (6, 6000)])
+    ingest("vqa", source=src, warehouse=wh, workers=1)
+    extract_features(wh, backbone="mvp-tiny", max_regions=4, grid=2, progress=False)
+    # a question added after extraction: its image has no region features
+    ingest("vqa", source=_test_dev(tmp_path / "late", make_image, write_json, [(7, 7000)]),
+           warehouse=wh, workers=1)
+    tuned = finetune_vqa(wh, None, config="tiny", steps=3, out_dir=tmp_path / "runs",
+                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", train_split="val2014",
+                         eval_split=None)
+    out = tmp_path / "results.json"
+    report = write_results(tuned["checkpoint"], wh, "test-dev2015", out)
+    results = json.loads(out.read_text())
+    vocab = load_vqa(tuned["checkpoint"]).answer_vocab
+    assert [r["question_id"] for r in results] == [5000, 5001, 6000, 7000]
+    assert all(isinstance(r["answer"], str) and r["answer"] in vocab for r in results)
+    assert report == {"out": str(out), "questions": 4, "answered_by_model": 3,
+                      "answered_by_prior": 1}
+    assert results[-1]["answer"] == vocab[0]          # no features: the most frequent answer
+    with pytest.raises(ValueError, match="not a VQA v2 question"):
+        official_question_id("easy-vqa:q:12")
+    # the command runs the same through its Prefect flow
+    again = tmp_path / "cli.json"
+    assert main(["predict", "vqa", tuned["checkpoint"], "--warehouse", str(wh),
+                 "--out", str(again)]) == 0
+    assert json.loads(again.read_text()) == results
