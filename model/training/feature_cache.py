@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from model.config import ModelConfig
 from model.training import distributed
 from model.training.data import PretrainData, RegionArrays, VisualSource
 from warehouse.catalog import connect
-from warehouse.store import Warehouse
+from warehouse.store import ORPHAN_GRACE_S, Warehouse
 
 FORMAT = 1                     # bump when what is stored, or how it is tokenized, changes
 CHUNK_IMAGES = 20_000          # images read into memory at a time while building
@@ -62,6 +63,7 @@ def build_cache(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,
     if (final / "meta.json").exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(root)
     work = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
     try:
         writer = _Writer(work)
@@ -78,6 +80,14 @@ def build_cache(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def _remove_dead_builds(root: Path) -> None:
+    """Folders of builds killed before their rename (kill -9 skips the cleanup): those older
+    than ORPHAN_GRACE_S, so a build another process is running now is left alone."""
+    for folder in root.glob(".building-*"):
+        if time.time() - folder.stat().st_mtime > ORPHAN_GRACE_S:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _image_chunks(wh: Warehouse, feature_set: str, split, dataset, size: int):

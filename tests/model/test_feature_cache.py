@@ -1,6 +1,8 @@
 """The training-time feature cache gives the same items and batches as the in-memory data path,
 is built once per key, appears whole or not at all, and refuses other tokenization settings."""
 import dataclasses
+import os
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +104,18 @@ def test_a_killed_build_leaves_no_cache(store, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []   # no cache, no half-built folder
     monkeypatch.undo()
     assert (build_cache(wh, fs, vocab, cfg, root=tmp_path, chunk_images=5) / "meta.json").exists()
+
+
+def test_a_build_killed_outright_is_cleared_after_the_grace_period(store, tmp_path):
+    wh, fs, vocab, cfg, _ = store
+    dead, running = tmp_path / ".building-dead", tmp_path / ".building-running"
+    for folder in (dead, running):
+        folder.mkdir()
+        (folder / "tokens.bin").write_bytes(b"half")
+    old = time.time() - feature_cache.ORPHAN_GRACE_S - 60
+    os.utime(dead, (old, old))
+    build_cache(wh, fs, vocab, cfg, root=tmp_path)
+    assert not dead.exists() and running.exists()
 
 
 def test_other_tokenization_settings_are_refused(store, tmp_path):
