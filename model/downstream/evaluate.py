@@ -26,7 +26,7 @@ from model.downstream.retrieval import (
 )
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
-from model.training.checkpoint import load_mvp
+from model.training.checkpoint import load_checkpoint, load_mvp
 from model.training.config import TrainConfig
 from model.training.data import PretrainData
 from model.training.diagnostics import other_image
@@ -166,12 +166,6 @@ def itm_heldout(model: MVP, emb: SplitEmbeddings, seed: int = 0,
             "itm_p_match_random_negative": p[n_text:].mean().item()}
 
 
-def majority_word(data: PretrainData) -> int:
-    """The most frequent caption word token of `data` ([CLS] excluded)."""
-    tokens = data.tokens[data.tokens != data.cfg.cls_id]
-    return int(np.bincount(tokens).argmax())
-
-
 def _masked_item(item: dict, task: PretrainTask, seed: int) -> tuple[dict, torch.Tensor]:
     """One caption masked by the training rule with a generator of (seed, caption id) alone:
     the positions do not depend on batching or on the order of the split."""
@@ -194,7 +188,7 @@ def mlm_accuracy(model: MVP, data: PretrainData, seed: int = 0, mask_prob: float
     training split's) on the same positions."""
     device = _device(model)
     if majority_token is None:
-        majority_token = majority_word(data)
+        majority_token = data.majority_word()
     # the task's random-replacement ranges, so the masks follow the training rule exactly
     task = PretrainTask(model, TrainConfig(mask_prob=mask_prob))
     correct = shuffled = baseline = total = 0
@@ -238,10 +232,14 @@ def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: s
     """Retrieval and MLM metrics of a checkpoint (path or loaded dict) or model on `split`.
     The feature set and vocabulary default to the ones the model was built for. A stage-1
     checkpoint gets the dual-encoder metrics only."""
+    recorded = None   # the train split's majority word, as its training run recorded it
     if isinstance(checkpoint_or_model, nn.Module):
         model, stage = getattr(checkpoint_or_model, "model", checkpoint_or_model), None
     else:
-        model, stage = load_mvp(checkpoint_or_model)
+        state = (checkpoint_or_model if isinstance(checkpoint_or_model, dict)
+                 else load_checkpoint(checkpoint_or_model))
+        model, stage = load_mvp(state)
+        recorded = (state.get("data_position") or {}).get("majority_word")
     if device is not None:
         model.to(device)
     cross_encoder_trained = stage != "stage1"
@@ -257,8 +255,10 @@ def evaluate(checkpoint_or_model, warehouse, split: str = "test", feature_set: s
     out.update(evaluate_retrieval(model, data, k_text, k_image, batch_size,
                                   rerank_itm=cross_encoder_trained))
     if cross_encoder_trained:
-        train = PretrainData(wh, spec.id, vocab, cfg, split="train")
-        majority = majority_word(train if len(train) else data)
+        majority = recorded
+        if majority is None:   # a checkpoint from before it was recorded
+            train = PretrainData(wh, spec.id, vocab, cfg, split="train")
+            majority = (train if len(train) else data).majority_word()
         out.update(mlm_accuracy(model, data, mlm_seed, mask_prob, majority, batch_size))
     return out
 

@@ -114,6 +114,10 @@ class PretrainData(Dataset):
     def __len__(self) -> int:
         return len(self.caption_ids)
 
+    def majority_word(self) -> int:
+        """The most frequent caption word token ([CLS] excluded): MLM's majority baseline."""
+        return int(np.bincount(self.tokens[self.tokens != self.cfg.cls_id]).argmax())
+
     def __getitem__(self, i: int) -> dict:
         t0, t1 = self.token_offsets[i:i + 2]
         c0, c1 = self.concept_offsets[i:i + 2]

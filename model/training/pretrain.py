@@ -124,7 +124,10 @@ def pretrain(warehouse, stage: str, config: str = DEFAULT_PRESET, feature_set: s
     trainer = Trainer(PretrainTask(MVP(cfg), tcfg), tcfg, device=device)
     torch.manual_seed(tcfg.seed + distributed.rank())  # dropout: each rank its own
     # the checkpoint's data position, so a resumed run picks up the data order and its MLflow run
-    position = {"epoch": 0, "index": 0, "mlflow_run_id": None}
+    # majority_word: the train split's most frequent word, MLM's baseline in evaluation, so
+    # that evaluating never reads the whole train split again
+    position = {"epoch": 0, "index": 0, "mlflow_run_id": None,
+                "majority_word": data.majority_word()}
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: no checkpoint {ckpt}")

@@ -11,7 +11,6 @@ from model.downstream.evaluate import (
     evaluate,
     itm_heldout,
     itm_scorer,
-    majority_word,
     mlm_accuracy,
     results_rows,
 )
@@ -67,7 +66,7 @@ def test_mlm_accuracy_is_scored_on_the_same_positions_as_the_baseline(built):
     _, model, data, _ = built
     first = mlm_accuracy(model, data, seed=3)
     assert first == mlm_accuracy(model, data, seed=3, batch_size=7)  # same masks, any batching
-    assert first["mlm_majority_token"] == majority_word(data)
+    assert first["mlm_majority_token"] == data.majority_word()
     n_words = int(sum((data.tokens != model.cfg.cls_id)))
     assert 0 < first["mlm_masked_tokens"] < 0.4 * n_words          # ~15% of the words
     # a head that always says the majority token scores exactly the baseline

@@ -133,3 +133,24 @@ def test_a_variant_and_retrieval_fine_tuning(built, tmp_path):
                   tracking_uri=uri, init_from=out["checkpoint"])
     assert set(ft["final"]) >= {"vsc", "itm"} and not {"mcr", "mlm", "wpg"} & set(ft["final"])
     assert ft["checkpoint"] == str(tmp_path / "r" / "retrieval" / "last.pt")
+
+
+@pytest.mark.slow
+def test_evaluation_takes_the_majority_word_training_recorded(built, tmp_path, monkeypatch):
+    from model.downstream import evaluate as evaluation
+    from model.training.data import PretrainData
+    wh, fs, vocab, _ = built
+    run = pretrain(wh, "joint", config="tiny", steps=2, out_dir=tmp_path,
+                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", diagnose_every=0)
+    recorded = load_checkpoint(run["checkpoint"])["data_position"]["majority_word"]
+    cfg = evaluation.load_mvp(run["checkpoint"])[0].cfg
+    assert recorded == PretrainData(wh, fs, vocab, cfg, split="train").majority_word()
+    splits = []
+
+    class Recording(PretrainData):
+        def __init__(self, *args, split="train", **kwargs):
+            splits.append(split)
+            super().__init__(*args, split=split, **kwargs)
+    monkeypatch.setattr(evaluation, "PretrainData", Recording)
+    out = evaluation.evaluate(run["checkpoint"], wh, split=None, k_text=4, k_image=2)
+    assert out["mlm_majority_token"] == recorded and splits == [None]   # no train split read
