@@ -88,6 +88,19 @@ def mlm(token_logits: torch.Tensor, token_labels: torch.Tensor,
     return _masked_ce(token_logits, token_labels)
 
 
+def xmm(word_logits: torch.Tensor, word_labels: torch.Tensor, region_predicted: torch.Tensor,
+        region_target: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-modality reconstruction (SIMLA): masked words recovered with the whole
+    image (CE, as mlm) and masked regions recovered with the whole caption (squared error of
+    their fused states against the regions' own input embeddings, taken without gradient); the
+    mean of the two.
+
+    word_logits: [N, V] at the masked words, word_labels: [N]; region_predicted, region_target:
+    [M, hidden] at the masked regions.
+    """
+    return (mlm(word_logits, word_labels) + mamo(region_predicted, region_target)) / 2
+
+
 NEGATIVE_MODES = ("hard", "sampled", "random")
 
 

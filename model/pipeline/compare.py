@@ -47,8 +47,10 @@ VARIANTS = (
     Variant("no-wpg", (_STAGE1, Stage("stage2", 0.5, {"wpg": 0}))),
     Variant("no-hard-negatives", (_STAGE1, Stage("stage2", 0.5, {"negatives": "random"}))),
     Variant("albef", (Stage("albef", 1.0, _NO_CONCEPTS),)),   # ITC + ITM + MLM, ALBEF-style
-    # SIMLA's keyword prediction (PSL) beside MVP's losses in both stages
-    Variant("simla-psl", (Stage("stage1", 0.5, {"psl": 1.0}), Stage("stage2", 0.5, {"psl": 1.0}))),
+    # SIMLA: keyword prediction (PSL) in both stages, cross-modality reconstruction (XMM) with
+    # the cross encoder, beside MVP's losses
+    Variant("simla", (Stage("stage1", 0.5, {"psl": 1.0}),
+                      Stage("stage2", 0.5, {"psl": 1.0, "xmm": 1.0}))),
     # MAMO's joint masking: regions masked with the text, regressing their unmasked states
     Variant("mamo", (_STAGE1, Stage("stage2", 0.5, {"mamo": 1.0}))),
     # DiMBERT's attention: text and regions with their own q/k/v in the cross encoder

@@ -38,6 +38,8 @@ class TrainConfig:
     #                            losses when > 0 (model/losses.py psl)
     mamo: float = 0.0          # MAMO's masked region modelling, added to a stage with MLM when > 0:
     #                            regions are then masked with the text (joint masking)
+    xmm: float = 0.0           # SIMLA's symmetric cross-modality reconstruction, added to a stage
+    #                            with MLM when > 0: one side masked, the other whole
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
     #                            weight); off by default: not shown to help
     concepts: bool = True      # false: no phrase concepts in the text, no tags in the image
@@ -87,8 +89,8 @@ class TrainConfig:
         if self.text_mcr and "mcr" in stage:
             stage += ("text_mcr",)
         stage += ("psl",)   # only with a weight: it is 0 unless set
-        if "mlm" in stage:   # MAMO masks regions in MLM's masked pass
-            stage += ("mamo",)
+        if "mlm" in stage:   # MAMO and XMM mask regions beside MLM's masked words
+            stage += ("mamo", "xmm")
         return tuple(k for k in stage if self.weight(k) > 0
                      and (self.concepts or k not in CONCEPT_LOSSES))
 
@@ -98,7 +100,7 @@ class TrainConfig:
 
 def _validate(c: TrainConfig) -> None:
     require(c.stage in STAGES, f"stage must be one of {STAGES}, got {c.stage!r}")
-    for name in LOSSES + ("psl", "mamo", "lr", "weight_decay", "clip_norm"):
+    for name in LOSSES + ("psl", "mamo", "xmm", "lr", "weight_decay", "clip_norm"):
         v = getattr(c, name)
         require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
              f"{name} must be a non-negative number, got {v!r}")

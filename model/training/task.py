@@ -28,6 +28,7 @@ REACHES = {
     "wpg": _TEXT + _VISUAL + ("cross_encoder",),
     "psl": _VISUAL + ("mcr_transform",),
     "mamo": _TEXT + _VISUAL + ("cross_encoder",),
+    "xmm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
 }
 
 
@@ -74,11 +75,14 @@ class PretrainTask(nn.Module):
             regions, masked_regions = mask_regions(batch.visual.regions,
                                                    batch.visual.region_mask, generator, p)
             m_image = dataclasses.replace(m_image, regions=regions)
+        if "xmm" in need:   # its own region draw, after every other: the rest stays as it was
+            xmm_regions, xmm_masked = mask_regions(batch.visual.regions,
+                                                   batch.visual.region_mask, generator, p)
 
         # ---- clean pass: VSC, and the similarity that picks ITM's negatives ----
         text_ids, text_mask, concept_start = self.text_input(batch, batch.token_ids,
                                                              batch.concept_ids)
-        if need & {"vsc", "itm", "wpg", "psl", "mamo"}:
+        if need & {"vsc", "itm", "wpg", "psl", "mamo", "xmm"}:
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
@@ -96,7 +100,7 @@ class PretrainTask(nn.Module):
         if "mcr" in need:
             sel = tag_labels != IGNORE  # score only masked positions: the word vocabulary is wide
             out["mcr"] = losses.mcr(m.mcr_logits(m_visual.tag_hidden[sel]), tag_labels[sel])
-        if need & {"text_mcr", "mlm", "mamo"}:
+        if need & {"text_mcr", "mlm", "mamo", "xmm"}:
             m_text = m.encode_text(*self.text_input(batch, m_tokens, m_concepts)[:2])
         if "text_mcr" in need:
             C = batch.concept_ids.shape[1]
@@ -131,6 +135,15 @@ class PretrainTask(nn.Module):
             words = m_fused.text_hidden[:, :concept_start]
             sel = token_labels != IGNORE
             out["mlm"] = losses.mlm(m.mlm_logits(words[sel]), token_labels[sel])
+        if "xmm" in need:   # masked words with the whole image, masked regions with the caption
+            words = m.fuse(m_text, visual).text_hidden[:, :concept_start]
+            sel = token_labels != IGNORE
+            seen = m.encode_visual(dataclasses.replace(batch.visual, regions=xmm_regions))
+            with_caption = m.fuse(text, seen)
+            v = batch.visual
+            own = m.region_embed(torch.cat([v.regions, v.geometry], dim=-1).to(words.dtype))
+            out["xmm"] = losses.xmm(m.mlm_logits(words[sel]), token_labels[sel],
+                                    with_caption.region_hidden[xmm_masked], own[xmm_masked])
         if "mamo" in need:   # the masked regions' fused states regress the unmasked pass's
             out["mamo"] = losses.mamo(m_fused.region_hidden[masked_regions],
                                       pos.region_hidden[masked_regions])

@@ -19,7 +19,7 @@ LOSSES = {"mvp-sequential-stage1": "vsc,mcr", "mvp-sequential-stage2": "vsc,mcr,
           "no-wpg-stage2": "vsc,mcr,itm,mlm",
           "no-hard-negatives-stage2": "vsc,mcr,itm,mlm,wpg",
           "albef-albef": "vsc,itm,mlm",
-          "simla-psl-stage1": "vsc,mcr,psl", "simla-psl-stage2": "vsc,mcr,itm,mlm,wpg,psl",
+          "simla-stage1": "vsc,mcr,psl", "simla-stage2": "vsc,mcr,itm,mlm,wpg,psl,xmm",
           "dimbert-stage1": "vsc,mcr", "dimbert-stage2": "vsc,mcr,itm,mlm,wpg",
           "mamo-stage2": "vsc,mcr,itm,mlm,wpg,mamo"}
 
@@ -65,8 +65,8 @@ def test_every_variant_trains_its_losses_under_one_parent(compared):
     assert trained["mvp-sequential-stage2"].data.params["train.negatives"] == "hard"
     assert trained["albef-albef"].data.params["train.concepts"] == "False"
     assert trained["albef-albef"].data.params["train.negatives"] == "sampled"
-    assert trained["simla-psl-stage2"].data.params["train.psl"] == "1.0"
-    assert "psl" in trained["simla-psl-stage1"].data.metrics
+    assert trained["simla-stage2"].data.params["train.xmm"] == "1.0"
+    assert "psl" in trained["simla-stage1"].data.metrics
     dimbert = load_checkpoint(out["variants"]["dimbert"]["steps"]["dimbert-stage2"]["checkpoint"])
     assert dimbert["model_config"]["disentangled_fusion"] is True
     assert any(".qkv_second." in k for k in dimbert["model"])

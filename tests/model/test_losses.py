@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model.losses import itm, itm_negatives, mamo, mcr, mlm, psl, vsc, wpg
+from model.losses import itm, itm_negatives, mamo, mcr, mlm, psl, vsc, wpg, xmm
 
 R2 = math.sqrt(0.5)  # cos 45°
 
@@ -54,6 +54,19 @@ def test_mamo_regresses_the_unmasked_states_without_moving_them():
     assert target.grad is None and predicted.grad.abs().sum() > 0   # the target is a teacher
     empty = torch.zeros(0, 2, requires_grad=True)
     assert mamo(empty, empty).item() == 0.0
+
+
+def test_xmm_is_the_mean_of_word_and_region_reconstruction():
+    word_logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    word_labels = torch.tensor([0, 2])
+    words = ((-2 + lse(2, 0, -1)) + (-3 + lse(0.5, 0.5, 3))) / 2
+    predicted = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    target = torch.tensor([[0.5, 2.0], [1.0, 1.0]], requires_grad=True)
+    regions = (0.25 + 0 + 1 + 4) / 4
+    loss = xmm(word_logits, word_labels, predicted, target)
+    assert loss.item() == pytest.approx((words + regions) / 2, rel=1e-6)
+    loss.backward()
+    assert target.grad is None   # the regions' own embeddings are the target, not moved by it
 
 
 def test_mcr_masked_positions_only():

@@ -30,6 +30,8 @@ VARIANTS = [   # (stage, train overrides, losses computed)
     ("albef", {"mamo": 1.0}, {"vsc", "itm", "mlm", "mamo"}),
     ("joint", {"mamo": 1.0, "mlm": 0}, {"vsc", "mcr", "itm", "wpg", "mamo"}),
     ("stage1", {"mamo": 1.0}, {"vsc", "mcr"}),                  # no fusion: nothing to mask
+    ("stage2", {"xmm": 1.0}, {"vsc", "mcr", "itm", "mlm", "wpg", "xmm"}),
+    ("joint", {"xmm": 1.0, "mlm": 0, "itm": 0, "wpg": 0}, {"vsc", "mcr", "xmm"}),
 ]
 
 
@@ -50,7 +52,7 @@ def test_each_variant_computes_its_losses_and_trains_exactly_what_they_reach(sta
     assert all(named[n].grad.abs().sum() > 0 for n in reached if n.endswith(".weight")
                and "ln" not in n), sorted(n for n in reached if not named[n].grad.abs().sum())
     fusion = {n for n in named if n.startswith("model.cross_encoder.")}
-    assert (fusion <= reached) == bool(expected & {"itm", "mlm", "wpg"})
+    assert (fusion <= reached) == bool(expected & {"itm", "mlm", "wpg", "mamo", "xmm"})
 
 
 @pytest.mark.parametrize("stage", ["stage1", "joint"])
