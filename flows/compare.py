@@ -27,7 +27,8 @@ def run_task(kind: str, label: str, **kw) -> dict:
 def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
                  budget: int = 600, vqa_steps: int = 200, variants: list[str] | None = None,
                  split: str | None = "test", k_text: int = K_TEXT, k_image: int = K_IMAGE,
-                 out_dir: str = "runs/compare", tracking_uri: str | None = None) -> dict:
+                 out_dir: str = "runs/compare", tracking_uri: str | None = None,
+                 seeds: list[int] | None = None) -> dict:
     """Pre-training variants side by side, each scored on `split`.
 
     Args:
@@ -42,16 +43,22 @@ def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
         out_dir: where checkpoints and results.json go
         tracking_uri: MLflow tracking URI (none: $MLFLOW_TRACKING_URI, else mlflow.db in the
             project folder)
+        seeds: pre-training seeds, each variant run once per seed; the table then gives
+            mean ± sd (none: the config's seed, once)
     """
     out = cmp.compare(warehouse, root=out_dir, config=config, budget=budget,
                       vqa_steps=vqa_steps, variants=variants, split=split, k_text=k_text,
                       k_image=k_image, tracking_uri=tracking_uri, call=run_task,
-                      run_name=flow_run.name)
+                      run_name=flow_run.name, seeds=seeds)
     columns, rows = cmp.results_table(out)
     create_table_artifact(table=[dict(zip(columns, r)) for r in rows], key="mvp-compare",
                           description=f"mvp-compare: {split} split, {budget} pre-training steps "
                                       f"of batch {out['settings']['batch_size']}, "
                                       f"{vqa_steps} VQA steps ({config})")
     text = format_table(columns, rows)
+    if seeds and len(seeds) > 1:
+        spread = out["beyond_spread"]
+        text += "\n" + ("\n".join(spread) if spread else
+                         f"no variant differs from {rows[0][0]} by more than the seed spread")
     print("\n" + text)
     return {**out, "table": text}

@@ -16,6 +16,7 @@ from model.downstream.retrieval import K_IMAGE, K_TEXT
 from model.pipeline import steps as pipeline
 from model.pipeline.cache import run_once
 from model.pipeline.report import pipeline_run, vqa_datasets
+from model.pipeline.seeds import aggregate, beyond_spread
 from model.training.checkpoint import load_checkpoint, load_mvp
 from model.training.config import load_train_config, schedule_for
 from model.training.data import PretrainData
@@ -73,12 +74,16 @@ def stage_steps(v: Variant, budget: int) -> list[int]:
     return steps + [budget - sum(steps)]
 
 
-def step_name(v: Variant, k: int) -> str:
+def step_name(v: Variant, k: int, seed: int | None = None) -> str:
     """Name (cache folder and MLflow run) of stage k: that of the first variant of VARIANTS with
     the same stages up to k, so identical leading stages are one step (no-wpg continues
     mvp-sequential's stage 1, and differs from it only in what it ablates)."""
     owner = next((o for o in VARIANTS if o.stages[:k + 1] == v.stages[:k + 1]), v)
-    return f"{owner.name}-{v.stages[k].stage}"
+    return f"{owner.name}-{v.stages[k].stage}{_seeded(seed)}"
+
+
+def _seeded(seed: int | None) -> str:
+    return "" if seed is None else f"-seed{seed}"
 
 
 def stage_overrides(stage: Stage, config: str, steps: int) -> dict:
@@ -158,22 +163,25 @@ def run_step(kind: str, label: str, **kw) -> dict:
 
 def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps: int,
                 tracking: dict | None = None, split: str = "test", k_text: int = K_TEXT,
-                k_image: int = K_IMAGE, call: Callable[..., dict] = run_step) -> dict:
-    """Pre-train `v` for `budget` steps, then score it. Returns {"variant", "pretraining",
-    "steps" (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
+                k_image: int = K_IMAGE, call: Callable[..., dict] = run_step,
+                seed: int | None = None) -> dict:
+    """Pre-train `v` for `budget` steps, then score it. `seed` (default: the config's) seeds
+    pre-training: model init, masks, data order. Returns {"variant", "pretraining", "steps"
+    (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
     common = {"root": str(root), "warehouse": str(warehouse)}
+    seeded = {} if seed is None else {"seed": seed}
     done, trained = {}, None
     for k, (stage, n) in enumerate(zip(v.stages, stage_steps(v, budget))):
-        name = step_name(v, k)
+        name = step_name(v, k, seed)
         trained = call("train", name, stage=stage.stage, config=config, steps=n, init=trained,
-                       overrides=stage_overrides(stage, config, n), name=name, tracking=tracking,
-                       model_overrides=stage.model, **common)
+                       overrides={**stage_overrides(stage, config, n), **seeded}, name=name,
+                       tracking=tracking, model_overrides=stage.model, **common)
         done[name] = trained
-    retrieval = call("evaluate", f"{v.name}-evaluate", trained=trained, split=split,
-                     k_text=k_text, k_image=k_image, **common)["metrics"]
+    retrieval = call("evaluate", f"{v.name}{_seeded(seed)}-evaluate", trained=trained,
+                     split=split, k_text=k_text, k_image=k_image, **common)["metrics"]
     vqa = {}
     if vqa_steps > 0:
-        name = f"{v.name}-vqa"
+        name = f"{v.name}{_seeded(seed)}-vqa"
         # every variant gets the same inputs here (question + tags): fine-tuning teaches their use
         tuned = call("vqa", name, init=trained, config=config, steps=vqa_steps, eval_split=None,
                      name=name, tracking=tracking, **common)
@@ -187,29 +195,38 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
 def compare(warehouse, root="runs/compare", config: str = DEFAULT_PRESET, budget: int = 600,
             vqa_steps: int = 200, variants: list[str] | None = None, split: str = "test",
             k_text: int = K_TEXT, k_image: int = K_IMAGE, tracking_uri: str | None = None,
-            call: Callable[..., dict] = run_step, run_name: str = "compare") -> dict:
+            call: Callable[..., dict] = run_step, run_name: str = "compare",
+            seeds: list[int] | None = None) -> dict:
     """Every variant (default: all of VARIANTS) at `budget` pre-training steps, scored on
     `split`; the results also go to <root>/results.json and as metrics to the parent run.
-    Returns {"settings", "variants" (name -> run_variant result), "chance"}."""
+    With several `seeds` each variant runs once per seed and its metrics are means (sds beside
+    them, seeds.aggregate). Returns {"settings", "variants" (name -> run_variant result, or
+    its aggregate over the seeds), "chance", "beyond_spread" (sentences)}."""
     chosen = [variant(n) for n in (variants or VARIANT_NAMES)]
     settings = {"flow": "mvp-compare", "warehouse": str(warehouse), "config": config,
                 "budget": budget, "batch_size": load_train_config(config).batch_size,
                 "vqa_steps": vqa_steps, "split": split,
-                "variants": ",".join(v.name for v in chosen)}
+                "variants": ",".join(v.name for v in chosen),
+                "seeds": ",".join(map(str, seeds or [])) or "config"}
     with pipeline_run(tracking_uri, settings, experiment="mvp-compare",
                       run_name=run_name) as tracking:
-        results = {v.name: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
-                                       split, k_text, k_image, call) for v in chosen}
-        first = next(iter(results.values()))
+        runs = {v.name: {s: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
+                                        split, k_text, k_image, call, s)
+                         for s in (seeds or [None])} for v in chosen}
+        results = {name: per[None] if seeds is None else aggregate(per)
+                   for name, per in runs.items()}
+        first = next(iter(next(iter(runs.values())).values()))
         chance = {"t2i_r1": first["retrieval"]["chance_t2i_r1"],
                   "i2t_r1": first["retrieval"]["chance_i2t_r1"], "vqa": {}}
         if vqa_steps > 0:
-            tuned = first["steps"][f"{first['variant']}-vqa"]
+            tuned = next(step for name, step in first["steps"].items() if name.endswith("-vqa"))
             chance["vqa"] = {d: call("vqa-chance", f"chance-{d}", warehouse=str(warehouse),
                                      trained=tuned, dataset=d, split=split)
                              for d in first["vqa"]}
         out = {"settings": settings, "parent_run_id": tracking["parent_run_id"],
-               "variants": results, "chance": chance}
+               "variants": results, "chance": chance,
+               "beyond_spread": beyond_spread(results, chosen[0].name,
+                                              [k for _, k in TABLE_METRICS])}
         _log_metrics(tracking, out)
     Path(root).mkdir(parents=True, exist_ok=True)
     (Path(root) / "results.json").write_text(json.dumps(out, indent=1, default=str))
@@ -235,11 +252,15 @@ def results_table(out: dict) -> tuple[list[str], list[tuple]]:
     columns = (["variant", "pre-training"] + [c for c, _ in TABLE_METRICS]
                + [f"VQA {d}" for d in datasets])
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}"
+    def pct(x: float | None, sd: float | None = None) -> str:
+        if x is None:
+            return "-"
+        return f"{100 * x:.1f}" if sd is None else f"{100 * x:.1f} ± {100 * sd:.1f}"
 
-    rows = [(name, r["pretraining"], *(pct(r["retrieval"].get(k)) for _, k in TABLE_METRICS),
-             *(pct(r["vqa"][d]["vqa_acc"]) for d in datasets))
+    rows = [(name, r["pretraining"],
+             *(pct(r["retrieval"].get(k), r.get("retrieval_sd", {}).get(k))
+               for _, k in TABLE_METRICS),
+             *(pct(r["vqa"][d]["vqa_acc"], r.get("vqa_sd", {}).get(d)) for d in datasets))
             for name, r in out["variants"].items()]
     c = out["chance"]
     rows.append(("chance", "uniform ranking; VQA: majority answer",

@@ -123,3 +123,21 @@ def test_rerun_of_the_flow_trains_nothing(compared):
     trained, vqa = _children(compared["uri"], again["parent_run_id"])
     assert trained == {} and vqa == []
     assert results_table(again) == results_table(compared["first"])
+
+
+def test_seeds_give_means_and_spreads(compared):
+    kw = {**compared["kw"], "root": compared["kw"]["root"].parent / "seeded"}
+    out = compare(compared["wh"], **kw, variants=["mvp-joint", "albef"], seeds=[0, 1])
+    joint = out["variants"]["mvp-joint"]
+    assert set(joint["seeds"]) == {0, 1}
+    steps = [list(joint["seeds"][s]["steps"]) for s in (0, 1)]
+    assert steps == [["mvp-joint-joint-seed0", "mvp-joint-seed0-vqa"],
+                     ["mvp-joint-joint-seed1", "mvp-joint-seed1-vqa"]]
+    per_seed = [joint["seeds"][s]["retrieval"]["t2i_r1"] for s in (0, 1)]
+    assert joint["retrieval"]["t2i_r1"] == pytest.approx(sum(per_seed) / 2)
+    finals = [joint["seeds"][s]["steps"][f"mvp-joint-joint-seed{s}"]["final"]["loss"]
+              for s in (0, 1)]
+    assert finals[0] != finals[1]                     # the seeds really trained differently
+    columns, rows = results_table(out)
+    assert all("±" in cell for cell in rows[0][2:])   # every number of a variant: mean ± sd
+    assert isinstance(out["beyond_spread"], list)
