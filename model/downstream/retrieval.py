@@ -7,6 +7,10 @@ from typing import Callable
 import torch
 
 KS = (1, 5, 10)
+# Scores this close count as tied: identical captions (templated data repeats them) score the
+# same image equally in exact arithmetic, but a matmul's last bits change with its blocking and
+# thread count, and a tie must not flip with them.
+TIE = 1e-5
 K_TEXT, K_IMAGE = 128, 64   # the paper's re-ranking depth: captions per image, images per caption
 
 
@@ -31,13 +35,13 @@ def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
 
     # t2i: images other than the gold one scoring >= the gold score
     gold = sim[rows, text_image]
-    t2i_rank = (sim >= gold[:, None]).sum(1) - 1
+    t2i_rank = (sim >= gold[:, None] - TIE).sum(1) - 1
 
     # i2t: the image's best-scoring caption against every caption of another image
     is_gold = torch.zeros(n_text, n_image, dtype=torch.bool, device=sim.device)
     is_gold[rows, text_image] = True
     best_gold = i2t_sim.masked_fill(~is_gold, float("-inf")).max(0).values      # [n_image]
-    i2t_rank = ((i2t_sim >= best_gold[None, :]) & ~is_gold).sum(0)
+    i2t_rank = ((i2t_sim >= best_gold[None, :] - TIE) & ~is_gold).sum(0)
     i2t_rank = i2t_rank[is_gold.any(0)]
 
     out = {}
@@ -70,11 +74,11 @@ def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image:
     for rows, sim, own, local in chunks():
         gold = sim[local, own]
         best_gold.scatter_reduce_(0, own, gold, "amax")
-        t2i_rank[rows] = (sim >= gold[:, None]).sum(1) - 1
+        t2i_rank[rows] = (sim >= gold[:, None] - TIE).sum(1) - 1
     # pass 2 (the same products again, not kept between passes): captions of other images
     i2t_rank = torch.zeros(n_image, dtype=torch.long, device=text_g.device)
     for _, sim, own, local in chunks():
-        beats = sim >= best_gold[None, :]
+        beats = sim >= best_gold[None, :] - TIE
         beats[local, own] = False                          # an image's own captions never count
         i2t_rank += beats.sum(0)
     i2t_rank = i2t_rank[torch.isfinite(best_gold)]       # images with a caption

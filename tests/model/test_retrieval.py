@@ -47,6 +47,22 @@ def test_ties_count_against_the_gold_item():
     assert recall_at_k(sim, TEXT_IMAGE, ks=(1,))["t2i_r1"] == pytest.approx(3 / 4)
 
 
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_scores_a_rounding_apart_are_ties_whichever_way_the_rounding_went(direction):
+    # caption 1 repeats caption 0's text but belongs to image 1; a matmul gave its score on
+    # image 0 one float32 ulp above or below caption 0's: either way a tie, counted against
+    # image 0 (i2t), and caption 0's other image ties its gold one likewise (t2i)
+    sim = torch.tensor([[0.5, 0.5], [0.5, 0.9], [0.1, 0.9]])
+    step = torch.tensor(direction)
+    sim[1, 0] = torch.nextafter(sim[1, 0], step)
+    sim[0, 1] = torch.nextafter(sim[0, 1], step)
+    text_image = torch.tensor([0, 1, 1])
+    for got in (recall_at_k(sim, text_image),
+                recall_at_k_chunked(sim, torch.eye(2), text_image, chunk=1)):
+        assert got["t2i_r1"] == pytest.approx(2 / 3)   # caption 0 ties: a miss
+        assert got["i2t_r1"] == pytest.approx(0.5)     # image 0 tied by caption 1: a miss
+
+
 def test_image_without_captions_is_left_out_of_i2t():
     sim = torch.cat([SIM, torch.full((4, 1), 5.0)], dim=1)   # image 3: top of every row, no caption
     r = recall_at_k(sim, TEXT_IMAGE, ks=(1,))
