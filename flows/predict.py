@@ -33,7 +33,7 @@ def predict_flow(task: Literal["vqa"], model: str, warehouse: str = WAREHOUSE,
         out: the results file written ([{"question_id": int, "answer": str}])
     """
     from model.serving.source import is_local, resolve_model
-    checkpoint = model if is_local(model) else resolve_model(model)["vqa_checkpoint"]
+    checkpoint = model if is_local(model) else resolve_model(model)["heads"].get("vqa")
     if checkpoint is None:
         raise ValueError(f"{model} holds no fine-tuned VQA checkpoint")
     report = vqa_results_task(checkpoint, warehouse, split, out, dataset)

@@ -38,6 +38,15 @@ class VisualInputs(TensorBatch):
 
 
 @dataclass
+class SentenceBatch(TensorBatch):
+    """One sentence about one image per row (a question, a hypothesis, an expression): what a
+    fine-tuned head reads, from the warehouse or from a serving request alike."""
+    token_ids: torch.Tensor       # [B, L] long: [CLS] sentence concepts [SEP] tags [SEP], pad_id
+    token_mask: torch.Tensor      # [B, L] bool
+    visual: VisualInputs
+
+
+@dataclass
 class PretrainBatch(TensorBatch):
     """Words and concepts kept apart, so that masking can hide a concept whenever a word in it is
     masked (model/masking.py); `assemble_text` then builds the model input."""

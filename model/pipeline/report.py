@@ -100,7 +100,7 @@ def _register(client, name: str, key: str, metric: str, trained: dict, metrics: 
     if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
         with mlflow.start_run(run_id=trained["vqa"]["run_id"]):
             model_uri = log_pyfunc(pre["checkpoint"], warehouse,
-                                   vqa_checkpoint=trained["vqa"]["checkpoint"]).model_uri
+                                   head_checkpoints={"vqa": trained["vqa"]["checkpoint"]}).model_uri
     else:
         model_uri = base["model_uri"]
     return register(model_uri, name, lineage(warehouse, base["checkpoint"]), metric,

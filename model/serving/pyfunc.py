@@ -1,5 +1,6 @@
 """The MVP model as an MLflow pyfunc that serves real requests: an image (and optionally a caption,
-a question, region labels, boxes) in; embeddings, match scores and an answer out.
+a question, a hypothesis, a referring expression, region labels, boxes) in; embeddings, match
+scores and, where the package holds the task heads, an answer, an entailment label and a box out.
 
     info = log_pyfunc("runs/pretrain/stage2/last.pt", "runs/demo/warehouse")   # inside a run
     mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image_path": ["cat.png"]}))
@@ -26,8 +27,9 @@ from features.extract import backbone_for_feature_set, encode_image
 from features.feature_sets import FeatureSetSpec, require_feature_set
 from model.batch import VisualInputs, pad_rows
 from model.config import ModelConfig
+from model.downstream.tasks import TASKS
 from model.mvp import MVP
-from model.serving import vqa_hook
+from model.serving import heads
 from model.text import readable, tag_sequence, text_batch
 from model.training import concepts
 from model.training.checkpoint import load_checkpoint, load_weights, save_weights_only
@@ -54,6 +56,8 @@ INPUT_SCHEMA = Schema([
     ColSpec("string", "text", required=False),       # a caption to embed and match (cut to what the
     #                                                     model reads)
     ColSpec("string", "question", required=False),   # answered when the package has a VQA head
+    ColSpec("string", "hypothesis", required=False),  # judged when it has an entailment head
+    ColSpec("string", "expression", required=False),  # located when it has a referring head
 ])
 OUTPUT_SCHEMA = Schema([   # one row per request row; a row with an `error` has only that
     ColSpec(Array("float"), "image_embedding", required=False),   # g_v, a unit vector
@@ -65,6 +69,11 @@ OUTPUT_SCHEMA = Schema([   # one row per request row; a row with an `error` has 
     ColSpec("long", "n_regions", required=False),
     ColSpec("string", "box_source", required=False),   # "given" | "grid"
     ColSpec("string", "answer", required=False),       # null without a VQA head or question
+    ColSpec("string", "entailment", required=False),   # entailment | neutral | contradiction
+    # the probability of each of those three labels, in that order
+    ColSpec(Array("double"), "entailment_probs", required=False),
+    ColSpec(Array("double"), "box", required=False),   # [x1, y1, x2, y2] pixels of the region
+    ColSpec("double", "box_score", required=False),    # the expression refers to (and its score)
     # null, or one line saying why this row has no answer ("row 2: text must be a string")
     ColSpec("string", "error", required=False),
 ])
@@ -99,7 +108,8 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         # FeatureSetMismatch unless the weights hash, width and size are the recorded ones
         self.backbone = backbone_for_feature_set(self.spec, art.get("backbone_weights"))
         self.vocabulary = concepts.ConceptVocabulary.read(art["vocabulary"])
-        self.vqa = vqa_hook.load(art.get("vqa_checkpoint"))
+        self.heads = {t.column: served for t in heads.HEADS
+                      if (served := heads.load(t, art.get(heads.artifact(t)))) is not None}
         root = os.environ.get(IMAGE_ROOT_ENV)
         self.image_root = Path(root).resolve() if root else None   # None: image bytes only
         self.time_budget = float(os.environ.get(TIME_BUDGET_ENV, DEFAULT_TIME_BUDGET_S))
@@ -126,7 +136,9 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         out = pd.DataFrame({
             "image_embedding": none, "text_embedding": none, "cosine": np.full(n, np.nan),
             "match_score": np.full(n, np.nan), "concepts": none, "n_regions": none,
-            "box_source": none, "answer": none, "error": pd.Series(errors, dtype=object)},
+            "box_source": none, "answer": none, "entailment": none, "entailment_probs": none,
+            "box": none, "box_score": np.full(n, np.nan),
+            "error": pd.Series(errors, dtype=object)},
             columns=OUTPUT_SCHEMA.input_names())
         good = [k for k, p in enumerate(parsed) if p is not None]
         for start in range(0, len(good), BATCH_ROWS):   # memory bounded however many rows
@@ -143,7 +155,9 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
 
     def _row(self, row: dict) -> "_Row":
         """A request row checked and decoded, or RowError naming what is wrong with it."""
-        text, question = _string(row, "text"), _string(row, "question")
+        text = _string(row, "text")
+        sentences = {h.column: readable(v, self.cfg) for h in heads.HEADS
+                     if (v := _string(row, h.column))}
         tags = _value(row, "tags")
         if tags is not None and (isinstance(tags, (str, bytes)) or not hasattr(tags, "__iter__")
                                  or not all(isinstance(t, str) for t in tags)):
@@ -153,7 +167,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
             # cut to what the model can read before NLTK and BPE see it; encoded as training captions
             text=self.vocabulary.encode(readable(text, self.cfg), self.cfg)
             if text else None,
-            question=readable(question, self.cfg) if question else None)
+            sentences=sentences)
 
     def _answer(self, rows: list["_Row"], at: list[int], out: pd.DataFrame) -> None:
         """Fill rows `at` of `out` with the answers for `rows`."""
@@ -179,14 +193,17 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
                 out.at[k, "cosine"] = float(cosine[i])
                 out.at[k, "match_score"] = float(p_match[i])
                 out.at[k, "concepts"] = encoded[i].concepts
-        asked = [j for j, r in enumerate(rows) if r.question is not None]
-        if asked and self.vqa is not None:
-            sel = torch.tensor(asked)
-            questions = [rows[j].question for j in asked]
-            concepts = [self.vocabulary.encode(q, self.cfg).concept_ids for q in questions]
-            answers = self.vqa.answer(questions, concepts, visual_inputs.take(sel))
-            for j, a in zip(asked, answers):
-                out.at[at[j], "answer"] = a
+        for column, head in self.heads.items():
+            asked = [j for j, r in enumerate(rows) if column in r.sentences]
+            if not asked:
+                continue
+            sentences = [rows[j].sentences[column] for j in asked]
+            concept_ids = [self.vocabulary.encode(s, self.cfg).concept_ids for s in sentences]
+            cells = head.respond(sentences, concept_ids, visual_inputs.take(torch.tensor(asked)),
+                                 [images[j].boxes for j in asked])
+            for j, row_cells in zip(asked, cells):
+                for name, value in row_cells.items():
+                    out.at[at[j], name] = value
 
     def _image(self, row: dict):
         from PIL import Image
@@ -246,7 +263,7 @@ class _Row:
     image: object            # features.extract.EncodedImage
     tags: list
     text: object             # model.text.EncodedText or None
-    question: str | None
+    sentences: dict          # request column of a task head -> its text (questions, ...)
 
 
 def _value(row: dict, key: str):
@@ -299,14 +316,16 @@ def packaged_weights(spec) -> str | None:
 
 
 def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str | None = None,
-               artifact_path: str = "model", vqa_checkpoint=None, input_example=None,
-               backbone_weights=None, registered_model_name: str | None = None):
+               artifact_path: str = "model", head_checkpoints: dict | None = None,
+               input_example=None, backbone_weights=None,
+               registered_model_name: str | None = None):
     """Log the served model to the active MLflow run (or a new one) and return its ModelInfo.
     `feature_set`/`vocab` default to the ones the checkpoint's config was built for.
     `backbone_weights`: the backbone checkpoint file when the feature set was extracted from a
     local file (its hash must be the recorded one; a seeded random init needs none). The package
     holds all it needs (weights-only checkpoints, feature-set record, concept vocabulary, backbone
-    weights, an optional VQA checkpoint), and loading it runs only the project's code (CODE)."""
+    weights, optional task-head checkpoints: `head_checkpoints` {"vqa" | "ve" | "refexp": file}),
+    and loading it runs only the project's code (CODE)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     state = load_checkpoint(checkpoint)
     state_cfg = state["model_config"]
@@ -335,13 +354,14 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
                 raise ValueError(f"{backbone_weights} is not the backbone of feature set "
                                  f"{spec.id} (weights hash differs)")
             artifacts["backbone_weights"] = str(backbone_weights)
-        if vqa_checkpoint is not None:
-            vqa_hook.require()
-            vqa_cfg = load_checkpoint(vqa_checkpoint)["model_config"]
-            if vqa_cfg.get("feature_set") != spec.id:
-                raise ValueError(f"the VQA checkpoint was built for feature set "
-                                 f"{vqa_cfg.get('feature_set')}, the package serves {spec.id}")
-            artifacts["vqa_checkpoint"] = str(vqa_checkpoint)
+        for name, head_checkpoint in (head_checkpoints or {}).items():
+            task = TASKS[name]
+            heads.require(task)
+            head_cfg = load_checkpoint(head_checkpoint)["model_config"]
+            if head_cfg.get("feature_set") != spec.id:
+                raise ValueError(f"the {name} checkpoint was built for feature set "
+                                 f"{head_cfg.get('feature_set')}, the package serves {spec.id}")
+            artifacts[heads.artifact(task)] = str(head_checkpoint)
         return mlflow.pyfunc.log_model(
             # models-from-code: the package holds CODE, not a CloudPickle of a Python object
             name=artifact_path, python_model=str(CODE), artifacts=artifacts,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from model.serving.heads import HEADS, artifact
+
 
 def is_local(model: str) -> bool:
     """Whether `model` names a checkpoint file rather than an MLflow model URI."""
@@ -17,7 +19,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> dict:
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint {model}")
-        return {"checkpoint": str(path), "vqa_checkpoint": None, "source": model}
+        return {"checkpoint": str(path), "heads": {}, "source": model}
     import mlflow
 
     from model.training.tracking import tracking_uri as resolve_uri
@@ -32,5 +34,6 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> dict:
 
     if path_of("checkpoint") is None:
         raise ValueError(f"{model} is not an mvp serving package (no checkpoint artifact)")
-    return {"checkpoint": path_of("checkpoint"), "vqa_checkpoint": path_of("vqa_checkpoint"),
-            "source": model}
+    packaged = {t.name: path_of(artifact(t)) for t in HEADS}
+    return {"checkpoint": path_of("checkpoint"), "source": model,
+            "heads": {name: path for name, path in packaged.items() if path}}

@@ -82,8 +82,9 @@ def _serving_loader(store, tmp_path, path):
 
 
 def _serving_vqa_head(store, tmp_path, path):
-    from model.serving import vqa_hook
-    vqa_hook.load(path)
+    from model.downstream.tasks import TASKS
+    from model.serving import heads
+    heads.load(TASKS["vqa"], path)
 
 
 def _log_serving_package(store, tmp_path, path):

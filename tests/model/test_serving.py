@@ -2,6 +2,7 @@
 pre-training data path feeds the model, it loads through mlflow.pyfunc and through the
 `mlflow models predict` CLI offline, and a package without a VQA head answers nothing."""
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ import yaml
 from helpers import training_view
 
 from model.batch import assemble_text
+from model.downstream.tasks import TASKS
 from model.mvp import MVP
-from model.serving import vqa_hook
+from model.serving import heads
 from model.serving.pyfunc import log_pyfunc
 from model.training.concepts import ConceptVocabulary
 from warehouse.catalog import connect
@@ -106,14 +108,15 @@ def test_a_row_without_image_is_refused(served):
     assert out["image_embedding"][0] is None
 
 
-def test_vqa_hook_when_model_vqa_is_absent(served, monkeypatch):
-    monkeypatch.setattr(vqa_hook, "MODULE", "model.no_such_vqa_module")
-    assert not vqa_hook.available() and vqa_hook.load(None) is None
-    with pytest.raises(ModuleNotFoundError, match="load_vqa and answer"):
-        vqa_hook.load("vqa.pt")
+def test_a_head_whose_module_is_absent(served, monkeypatch):
+    absent = dataclasses.replace(TASKS["vqa"], module="model.no_such_vqa_module")
+    monkeypatch.setitem(TASKS, "vqa", absent)
+    assert not heads.available(absent) and heads.load(absent, None) is None
+    with pytest.raises(ModuleNotFoundError, match="load_vqa and serve"):
+        heads.load(absent, "vqa.pt")
     checkpoint = served["tmp"] / "runs" / "joint" / "last.pt"
-    with mlflow.start_run(), pytest.raises(ModuleNotFoundError, match="load_vqa and answer"):
-        log_pyfunc(checkpoint, served["wh"], vqa_checkpoint=checkpoint)
+    with mlflow.start_run(), pytest.raises(ModuleNotFoundError, match="load_vqa and serve"):
+        log_pyfunc(checkpoint, served["wh"], head_checkpoints={"vqa": checkpoint})
 
 
 def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
@@ -136,7 +139,7 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     torch.save({"model": vqa_model.state_dict(), "model_config": cfg.to_dict()}, checkpoint)
     with mlflow.start_run():
         info = log_pyfunc(served["tmp"] / "runs" / "joint" / "last.pt", served["wh"],
-                          vqa_checkpoint=checkpoint)
+                          head_checkpoints={"vqa": checkpoint})
     pyfunc = mlflow.pyfunc.load_model(info.model_uri)
 
     with connect(served["wh"]) as con:
@@ -158,6 +161,6 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     tags = data.images.tag_words(int(data.image_of[0])).tolist()
     vocabulary = ConceptVocabulary.from_warehouse(Warehouse(served["wh"]), cfg.vocab_version)
     concepts = vocabulary.encode(data.questions[0], cfg).concept_ids
-    assert vqa_hook.question_tokens(data.questions[0], tags, cfg, concepts) == \
+    assert heads.question_tokens(data.questions[0], tags, cfg, concepts) == \
         data.tokens[0].tolist()
     assert any(any(t >= cfg.concept_offset for t in row) for row in data.tokens)  # concepts in

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.batch import TensorBatch, VisualInputs
+from model.batch import SentenceBatch
 from model.config import ModelConfig
 from model.downstream.sentences import SentenceImageData
 from model.downstream.vqa.metrics import vqa_score
@@ -16,10 +16,7 @@ MAX_ANSWERS = 3129   # the paper's answer vocabulary
 
 
 @dataclass
-class VQABatch(TensorBatch):
-    token_ids: torch.Tensor     # [B, L] long: [CLS] question [SEP] tags [SEP], then pad_id
-    token_mask: torch.Tensor    # [B, L] bool
-    visual: VisualInputs
+class VQABatch(SentenceBatch):
     image_index: torch.Tensor   # [B] long: row of the image in data.images
     targets: torch.Tensor       # [B, n_answers] float: soft score of each vocabulary answer
     index: torch.Tensor         # [B] long: row of the question in the dataset

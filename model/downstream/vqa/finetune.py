@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from model.batch import SentenceBatch
 from model.config import ModelConfig
 from model.downstream.head_finetune import HeadTask, fine_tuned, finetune_head, load_head
 from model.downstream.vqa.data import VQABatch, VQAData
@@ -47,7 +48,7 @@ class VQAModel(nn.Module):
     def cfg(self) -> ModelConfig:   # Trainer.save records it as the checkpoint's model_config
         return self.mvp.cfg
 
-    def logits(self, batch: VQABatch) -> torch.Tensor:
+    def logits(self, batch: SentenceBatch) -> torch.Tensor:
         """[B, n_answers]."""
         m = self.mvp
         text = m.encode_text(batch.token_ids, batch.token_mask)
@@ -79,12 +80,17 @@ def load_vqa(checkpoint: str | Path | dict) -> VQAModel:
 
 
 @torch.no_grad()
-def answer(model: VQAModel, batch: VQABatch) -> list[str]:
+def answer(model: VQAModel, batch: SentenceBatch) -> list[str]:
     """The highest-scoring vocabulary answer of each question of the batch."""
     model.eval()
     device = next(model.parameters()).device
     best = model.logits(batch.to(device)).argmax(1).tolist()
     return [model.answer_vocab[k] for k in best]
+
+
+def serve(model: VQAModel, inputs: SentenceBatch, boxes) -> list[dict]:
+    """Serving's cells (model/serving/heads.py): the answer to each question."""
+    return [{"answer": a} for a in answer(model, inputs)]
 
 
 def predict(model: VQAModel, data: VQAData, batch_size: int = 64) -> list[str]:
