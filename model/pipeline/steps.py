@@ -1,5 +1,5 @@
 """The steps of the end-to-end pipeline, without Prefect (flows/pipeline.py orchestrates them):
-pre-train, fine-tune for retrieval and VQA, evaluate, register; each a cached step
+pre-train, fine-tune for retrieval and each downstream task, evaluate, register; each a cached step
 (model/pipeline/cache.py) keyed by its data, config, budget, code and upstream step."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from model.config import config_file
 from model.downstream.evaluate import evaluate
 from model.downstream.retrieval import K_IMAGE, K_TEXT
+from model.downstream.tasks import TASKS
 from model.pipeline.cache import run_once
 from model.serving.pyfunc import log_to_run
 from model.training.config import schedule_for
@@ -57,20 +58,23 @@ def stage_step(root, warehouse, stage: str, config: str, steps: int, init: dict 
     return run_once(root, name, inputs, run)
 
 
-def vqa_step(root, warehouse, init: dict, config: str, steps: int, dataset: str | None = None,
-             train_split: str = "train", eval_split: str = "val", name: str = "vqa",
-             batch_size: int | None = None, tracking: dict | None = None) -> dict:
-    """Fine-tune the VQA head and model from a pre-training step's checkpoint."""
-    from model.downstream.vqa.finetune import finetune_vqa
-    inputs = {"step": "vqa", "config": config_state(config), "steps": steps, "dataset": dataset,
+def head_step(root, warehouse, task: str, init: dict, config: str, steps: int,
+              dataset: str | None = None, train_split: str = "train", eval_split: str = "val",
+              name: str | None = None, batch_size: int | None = None,
+              tracking: dict | None = None) -> dict:
+    """Fine-tune a downstream task's head and model (model/downstream/tasks.py: vqa, ve,
+    refexp) from a pre-training step's checkpoint."""
+    finetune = TASKS[task].function("finetune")
+    name = name or task
+    inputs = {"step": task, "config": config_state(config), "steps": steps, "dataset": dataset,
               "splits": [train_split, eval_split], "init": init["folder"], "batch": batch_size,
               "data": data_state(warehouse), "code": code_version()}
 
     def run(folder: Path) -> dict:
-        r = finetune_vqa(warehouse, init["checkpoint"], config=config, steps=steps,
-                         dataset=dataset, out_dir=folder, train_split=train_split,
-                         eval_split=eval_split, batch_size=batch_size, run_name=name,
-                         resume=(folder / "vqa" / "last.pt").exists(), **(tracking or {}))
+        r = finetune(warehouse, init["checkpoint"], config=config, steps=steps,
+                     dataset=dataset, out_dir=folder, train_split=train_split,
+                     eval_split=eval_split, batch_size=batch_size, run_name=name,
+                     resume=(folder / task / "last.pt").exists(), **(tracking or {}))
         return {"checkpoint": r["checkpoint"], "run_id": r["run_id"], "eval": r["eval"],
                 "baselines": r.get("baselines"), "files": [r["checkpoint"]]}
 
@@ -90,15 +94,16 @@ def evaluate_step(root, warehouse, trained: dict, split: str = "test", k_text: i
     return run_once(root, f"eval-{Path(trained['folder']).name}-{split}", inputs, run)
 
 
-def vqa_evaluate_step(root, warehouse, trained: dict, split: str = "test",
-                      dataset: str | None = None) -> dict:
-    from model.downstream.vqa.finetune import evaluate_vqa
-    inputs = {"step": "evaluate-vqa", "split": split, "dataset": dataset,
+def head_evaluate_step(root, warehouse, task: str, trained: dict, split: str = "test",
+                       dataset: str | None = None) -> dict:
+    """A fine-tuned downstream task's report on a split (and dataset)."""
+    evaluate_head = TASKS[task].function("evaluate")
+    inputs = {"step": f"evaluate-{task}", "split": split, "dataset": dataset,
               "model": trained["folder"], "data": data_state(warehouse), "code": code_version()}
 
     def run(folder: Path) -> dict:
-        return {"metrics": evaluate_vqa(trained["checkpoint"], warehouse, split=split,
-                                        dataset=dataset)}
+        return {"metrics": evaluate_head(trained["checkpoint"], warehouse, split=split,
+                                         dataset=dataset)}
 
     return run_once(root, f"eval-{Path(trained['folder']).name}-{dataset or 'all'}-{split}",
                     inputs, run)

@@ -80,6 +80,8 @@ def plan(ctx: SourceContext, warehouse: str,
     params = {"dataset": ctx.dataset, "source": str(ctx.source), "split": ctx.split,
               "image_root": str(ctx.image_root) if ctx.image_root else None,
               "n_images": ctx.n_images, "seed": ctx.seed, "max_image_pixels": max_image_pixels}
+    if hasattr(reader, "GENERATOR_VERSION"):  # a generator's output is defined by its code
+        params["generator_version"] = reader.GENERATOR_VERSION
     fingerprint = hashlib.sha256(repr((sorted(params.items()),
                                        [i["sha256"] for i in inputs])).encode()).hexdigest()
     done = None

@@ -22,6 +22,7 @@ SIZES = {"small": (14, 22), "large": (28, 40)}  # side length range in pixels
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 CHUNK = 500
 DEFAULT_N_IMAGES = 1000
+GENERATOR_VERSION = 2   # bumped when a scene yields other rows: a rerun then adds them
 # Entailment and referring rows draw from their own stream (seeded with this tag), so adding them
 # left every image, region, caption and question of a seed as it was
 LABELS_STREAM = "entailment+referring"
