@@ -1,8 +1,9 @@
 """Prefect flow `mvp-pipeline`: the whole product on one warehouse, each step a task: data (shapes
 + easy-vqa, concepts, features) -> pretrain (stage1 -> stage2, or joint) -> fine-tune (retrieval,
-VQA) -> evaluate (val decides promotion, test is reported) -> register (challengers; champion if
-better). A rerun skips what is done (model steps are cached by their inputs' fingerprint,
-model/pipeline/cache.py); its MLflow runs nest under one parent run named after the flow run."""
+VQA, visual entailment, referring expressions) -> evaluate (val decides promotion, test is
+reported) -> register (challengers; champion if better). A rerun skips what is done (model
+steps are cached by their inputs' fingerprint, model/pipeline/cache.py); its MLflow runs nest
+under one parent run named after the flow run."""
 from __future__ import annotations
 
 from typing import Literal
@@ -26,9 +27,9 @@ def train_task(**kw) -> dict:
     return steps.stage_step(**kw)
 
 
-@task(name="finetune-vqa", cache_policy=NONE)
-def vqa_task(**kw) -> dict:
-    return steps.vqa_step(**kw)
+@task(name="finetune", task_run_name="finetune-{task}", cache_policy=NONE)
+def head_task(task: str, **kw) -> dict:
+    return steps.head_step(task=task, **kw)
 
 
 @task(name="evaluate", cache_policy=NONE)
@@ -36,9 +37,9 @@ def evaluate_task(**kw) -> dict:
     return steps.evaluate_step(**kw)
 
 
-@task(name="evaluate-vqa", cache_policy=NONE)
-def vqa_evaluate_task(**kw) -> dict:
-    return steps.vqa_evaluate_step(**kw)
+@task(name="evaluate-head", task_run_name="evaluate-{task}", cache_policy=NONE)
+def head_evaluate_task(task: str, **kw) -> dict:
+    return steps.head_evaluate_step(task=task, **kw)
 
 
 @task(name="register", cache_policy=NONE)
@@ -61,7 +62,8 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
                   min_count: int = 20, config: str = DEFAULT_PRESET,
                   schedule: Literal["sequential", "joint"] = "sequential",
                   batch_size: int | None = 32, stage1_steps: int = 200, stage2_steps: int = 120,
-                  retrieval_steps: int = 40, vqa_steps: int = 80, k_text: int = 16,
+                  retrieval_steps: int = 40, vqa_steps: int = 80, ve_steps: int = 80,
+                  refexp_steps: int = 80, k_text: int = 16,
                   k_image: int = 8, out_dir: str = "runs/pipeline", register: bool = True,
                   tracking_uri: str | None = None) -> dict:
     """Defaults: the CPU demo (10 minutes on 2 cores with the install). On a GPU, raise the steps,
@@ -79,7 +81,9 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
         stage1_steps: stage-1 steps (joint: stage1 + stage2 steps in one stage)
         stage2_steps: stage-2 steps
         retrieval_steps: retrieval fine-tuning steps
-        vqa_steps: VQA fine-tuning steps
+        vqa_steps: VQA fine-tuning steps (0: no VQA)
+        ve_steps: visual-entailment fine-tuning steps (0: none)
+        refexp_steps: referring-expression fine-tuning steps (0: none)
         k_text: captions re-ranked per image
         k_image: images re-ranked per caption
         out_dir: where checkpoints and cached steps go
@@ -109,8 +113,10 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
         else:
             pre = train_task(stage="joint", steps=stage1_steps + stage2_steps, **batch, **common)
         ret = train_task(stage="retrieval", steps=retrieval_steps, init=pre, **batch, **common)
-        vqa = vqa_task(init=pre, steps=vqa_steps, batch_size=batch_size, **common)
-        for name, r in (("pre-training", pre), ("retrieval", ret), ("vqa", vqa)):
+        heads = {t: head_task(task=t, init=pre, steps=n, batch_size=batch_size, **common)
+                 for t, n in (("vqa", vqa_steps), ("ve", ve_steps), ("refexp", refexp_steps))
+                 if n > 0}
+        for name, r in (("pre-training", pre), ("retrieval", ret), *heads.items()):
             _log(f"{name}: {'cached, skipped' if r['cached'] else 'trained'} ({r['folder']})")
 
         ev = {"root": out_dir, "warehouse": warehouse}
@@ -120,15 +126,19 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
                                            k_image=k_image, **ev)["metrics"],
                 "retrieval": evaluate_task(trained=ret, split=split, k_text=k_text,
                                            k_image=k_image, **ev)["metrics"],
-                "vqa": {d: vqa_evaluate_task(trained=vqa, split=split, dataset=d, **ev)["metrics"]
-                        for d in report.vqa_datasets(warehouse, vqa, split)},
+                **({"vqa": {d: head_evaluate_task(task="vqa", trained=heads["vqa"], split=split,
+                                                  dataset=d, **ev)["metrics"]
+                            for d in report.vqa_datasets(warehouse, heads["vqa"], split)}}
+                   if "vqa" in heads else {}),
+                **{t: head_evaluate_task(task=t, trained=heads[t], split=split, **ev)["metrics"]
+                   for t in heads if t != "vqa"},
             } for split in ("val", "test")}
 
         registered = {}
         if register:
-            registered = register_task(warehouse=warehouse, pre=pre, ret=ret, vqa=vqa,
+            registered = register_task(warehouse=warehouse, pre=pre, ret=ret, heads=heads,
                                        val=results["val"], tracking=tracking)
-        pictures_task(warehouse=warehouse, trained={"stage2": pre, "retrieval": ret, "vqa": vqa},
+        pictures_task(warehouse=warehouse, trained={"stage2": pre, "retrieval": ret, **heads},
                       tracking=tracking)
         columns, rows = report.results_table(results["test"])
         report.log_results(tracking, results)

@@ -35,3 +35,21 @@ TASKS = {t.name: t for t in (
                    "expression", "load_refexp", "finetune_refexp", "evaluate_refexp",
                    "refexp_acc", "mvp-refexp"),
 )}
+
+
+def flat_metrics(task: str, report: dict) -> dict:
+    """A task's report as flat named numbers for a table or MLflow: its numbers, and one level of
+    per-class numbers, each named after the task ("ve_acc", "ve_chance", "ve_by_label_neutral")."""
+    def name(key: str) -> str:
+        return key if key.startswith(task) else f"{task}_{key}"
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    out = {}
+    for key, value in report.items():
+        if number(value):
+            out[name(key)] = value
+        elif isinstance(value, dict):
+            out.update({f"{name(key)}_{sub}": v for sub, v in value.items() if number(v)})
+    return out

@@ -3,6 +3,7 @@ two stages, the authors' joint schedule, the multi-level alignment taken apart),
 same way on a held-out split: zero-shot retrieval, and VQA after fine-tuning."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +153,10 @@ def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_t
 # What `compare` runs, by kind, each a cached pipeline step (a rerun redoes nothing done); a
 # Prefect flow passes its own `call` to run each as a task.
 STEPS: dict[str, Callable[..., dict]] = {
-    "train": pipeline.stage_step, "evaluate": evaluate_as_trained, "vqa": pipeline.vqa_step,
-    "evaluate-vqa": pipeline.vqa_evaluate_step, "vqa-chance": vqa_chance}
+    "train": pipeline.stage_step, "evaluate": evaluate_as_trained,
+    "vqa": functools.partial(pipeline.head_step, task="vqa"),
+    "evaluate-vqa": functools.partial(pipeline.head_evaluate_step, task="vqa"),
+    "vqa-chance": vqa_chance}
 
 
 def run_step(kind: str, label: str, **kw) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 
+from model.downstream.tasks import TASKS
 from model.training import tracking as mlt
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
@@ -15,10 +16,11 @@ from warehouse.text_table import format_table
 from warehouse.version import code_version
 
 EXPERIMENT = "mvp-pipeline"
-# name -> (which trained model, metric on the val split that decides promotion)
+# name -> (which trained model, metric on the val split that decides promotion); the downstream
+# tasks' packages add their head to the pre-trained model's
 REGISTERED = {"mvp-pretrained": ("pre", "rsum"),
               "mvp-retrieval": ("ret", "rerank_rsum"),
-              "mvp-vqa": ("vqa", "vqa_acc")}
+              **{t.registered: (t.name, t.metric) for t in TASKS.values()}}
 
 
 @contextmanager
@@ -67,19 +69,24 @@ def lineage(warehouse, checkpoint: str) -> dict:
             "git_commit": code_version()}
 
 
-def register_and_promote(warehouse, pre: dict, ret: dict, vqa: dict, val: dict,
+def register_and_promote(warehouse, pre: dict, ret: dict, heads: dict, val: dict,
                          tracking: dict) -> dict:
-    """Register each model's serving package (logged by its training run; the VQA package, which
-    adds the answer head, is logged here into the VQA run) as `challenger`, and promote it to
-    `champion` only when its val metric beats the champion's."""
+    """Register each model's serving package (logged by its training run; a downstream task's
+    package, which adds its head, is logged here into the task's run) as `challenger`, and
+    promote it to `champion` only when its val metric beats the champion's. `heads`: the
+    fine-tuned downstream steps by task name; a task not run is not registered."""
     from model.serving.registry import metric_tag, promote
-    trained = {"pre": pre, "ret": ret, "vqa": vqa}
+    trained = {"pre": pre, "ret": ret, **heads}
     metrics = {"pre": val["zero-shot"], "ret": val["retrieval"],
-               "vqa": {"vqa_acc": _mean_vqa(val["vqa"])}}
+               **{name: val[name] for name in heads if name != "vqa"}}
+    if "vqa" in heads:
+        metrics["vqa"] = {"vqa_acc": _mean_vqa(val["vqa"])}
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     client = mlflow.MlflowClient(tracking["tracking_uri"])
     out = {}
     for name, (key, metric) in REGISTERED.items():
+        if key not in trained:
+            continue
         version = _registered_from(client, name, trained[key]["folder"])
         if version is None:
             version = _register(client, name, key, metric, trained, metrics[key], warehouse)
@@ -96,11 +103,11 @@ def _register(client, name: str, key: str, metric: str, trained: dict, metrics: 
     from model.serving.pyfunc import log_pyfunc
     from model.serving.registry import register
     pre = trained["pre"]
-    base = pre if key == "vqa" else trained[key]  # the VQA package serves embeddings too
-    if key == "vqa":  # pre-training logged its package; the VQA one adds the answer head
-        with mlflow.start_run(run_id=trained["vqa"]["run_id"]):
+    base = pre if key in TASKS else trained[key]  # a task's package serves embeddings too
+    if key in TASKS:  # pre-training logged its package; the task's adds its head
+        with mlflow.start_run(run_id=trained[key]["run_id"]):
             model_uri = log_pyfunc(pre["checkpoint"], warehouse,
-                                   head_checkpoints={"vqa": trained["vqa"]["checkpoint"]}).model_uri
+                                   head_checkpoints={key: trained[key]["checkpoint"]}).model_uri
     else:
         model_uri = base["model_uri"]
     return register(model_uri, name, lineage(warehouse, base["checkpoint"]), metric,
@@ -178,9 +185,19 @@ def results_table(test: dict) -> tuple[list[str], list[tuple]]:
                      f"{pct(m, 'mlm_accuracy')} (majority {pct(m, 'mlm_majority_baseline')})",
                      pct(m, "mlm_accuracy_shuffled_image"),
                      f"{pct(m, 'itm_acc_positive')} / {pct(m, 'itm_acc_random_negative')}"))
-    for dataset, m in test["vqa"].items():
+    blank = [""] * (len(RESULT_COLUMNS) - 1)
+    for dataset, m in test.get("vqa", {}).items():
         rows.append((f"vqa {dataset}: accuracy {100 * m['vqa_acc']:.1f} on "
-                     f"{m['n_questions']} questions", *[""] * (len(RESULT_COLUMNS) - 1)))
+                     f"{m['n_questions']} questions", *blank))
+    if "ve" in test:
+        m = test["ve"]
+        rows.append((f"ve: accuracy {100 * m['ve_acc']:.1f} (chance {100 * m['chance']:.1f}, "
+                     f"best constant {100 * m['best_constant']:.1f}) on {m['n_hypotheses']} "
+                     "hypotheses", *blank))
+    if "refexp" in test:
+        m = test["refexp"]
+        rows.append((f"refexp: accuracy at IoU >= 0.5 {100 * m['refexp_acc']:.1f} (chance "
+                     f"{100 * m['chance']:.1f}) on {m['n_expressions']} expressions", *blank))
     return RESULT_COLUMNS, rows
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {"n_images": 24, "easy_vqa_images": 0, "backbone": "mvp-tiny", "min_count": 2,
         "config": "tiny", "stage1_steps": 3, "stage2_steps": 3, "retrieval_steps": 2,
-        "vqa_steps": 3, "k_text": 8, "k_image": 4}
+        "vqa_steps": 3, "ve_steps": 3, "refexp_steps": 3, "k_text": 8, "k_image": 4}
 
 
 def _wait_for(proc: subprocess.Popen, text: str, log: Path, timeout: float = 240) -> None:
@@ -89,7 +89,7 @@ def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, 
     assert "COMPLETED" in out.upper(), out[-3000:]
 
     client = mlflow.MlflowClient(services["mlflow"])
-    for name in ("mvp-pretrained", "mvp-retrieval", "mvp-vqa"):
+    for name in ("mvp-pretrained", "mvp-retrieval", "mvp-vqa", "mvp-ve", "mvp-refexp"):
         champion = client.get_model_version_by_alias(name, "champion")
         assert champion.tags["feature_set"] and champion.tags["git_commit"]
         assert champion.tags["promotion"] == "promoted"
@@ -97,9 +97,11 @@ def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, 
         [client.get_experiment_by_name("mvp-pipeline").experiment_id])
     parents = [r for r in pipeline_runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name for r in pipeline_runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parents) == 1 and {"stage1", "stage2", "retrieval", "vqa"} <= children
+    assert len(parents) == 1 and {"stage1", "stage2", "retrieval", "vqa", "ve",
+                                                   "refexp"} <= children
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "pictures")} == {
-        "pictures/loss_curves.png", "pictures/retrieval_examples.png", "pictures/grounding.png"}
+        "pictures/loss_curves.png", "pictures/retrieval_examples.png", "pictures/grounding.png",
+        "pictures/referring.png"}
 
     mlflow.set_tracking_uri(services["mlflow"])
     monkeypatch.setenv("MVP_SERVING_IMAGE_ROOT", str(tmp_path))   # image_path is read under it
@@ -110,6 +112,16 @@ def test_deployed_pipeline_registers_a_champion_that_serves(services, tmp_path, 
     assert len(answer) == 2 and len(answer["image_embedding"][0]) == len(
         answer["text_embedding"][0])
     assert all(0.0 <= s <= 1.0 for s in answer["match_score"])
+    # the task heads' packages answer their own requests: a label with its probabilities, a box
+    request = pd.DataFrame({"image_path": [str(image)], "boxes": [[[2.0, 2.0, 30.0, 20.0],
+                                                                    [32.0, 20.0, 60.0, 44.0]]],
+                            "hypothesis": ["there is a red square"],
+                            "expression": ["the red square"]})
+    judged = mlflow.pyfunc.load_model("models:/mvp-ve@champion").predict(request)
+    assert judged["entailment"][0] in ("entailment", "neutral", "contradiction")
+    assert sum(judged["entailment_probs"][0]) == pytest.approx(1.0, abs=1e-4)
+    located = mlflow.pyfunc.load_model("models:/mvp-refexp@champion").predict(request)
+    assert list(located["box"][0]) in request["boxes"][0] and located["error"][0] is None
 
     # Ctrl-C stops all three services
     proc = services["process"]
