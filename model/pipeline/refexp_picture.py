@@ -13,7 +13,7 @@ from PIL import Image  # noqa: E402
 
 from model.downstream.refexp.data import ReferringData  # noqa: E402
 from model.downstream.refexp.finetune import ReferringModel, refer  # noqa: E402
-from model.pipeline.pictures import DPI, GROUNDING, _image_paths, _save, _wrap  # noqa: E402
+from model.pipeline.pictures import DPI, GROUNDING, image_files, save_png, wrap  # noqa: E402
 from warehouse.catalog import connect  # noqa: E402
 
 CHOSEN, GOLD = "tab:orange", "tab:green"
@@ -29,7 +29,7 @@ def referring_picture(model: ReferringModel, data: ReferringData, index: int, pa
     row = int(data.image_of[index])
     with connect(warehouse) as con:
         image_id = str(data.images.regions.image_ids[row])
-        image = Image.open(_image_paths(con, [image_id])[0]).convert("RGB")
+        image = Image.open(image_files(con, [image_id])[0]).convert("RGB")
     w, h = image.size
     fig, ax = plt.subplots(figsize=GROUNDING, dpi=DPI)
     ax.imshow(image)
@@ -41,6 +41,6 @@ def referring_picture(model: ReferringModel, data: ReferringData, index: int, pa
         ax.add_patch(Rectangle((x1 * w, y1 * h), (x2 - x1) * w, (y2 - y1) * h, fill=False,
                                edgecolor=colour, linewidth=2.5, linestyle=style, label=label))
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
-    ax.set_title(_wrap(f'"{data.expressions[index]}"', 70), fontsize=10)
+    ax.set_title(wrap(f'"{data.expressions[index]}"', 70), fontsize=10)
     ax.axis("off")
-    return _save(fig, path)
+    return save_png(fig, path)
