@@ -44,7 +44,7 @@ MVP = str(Path(PY).parent / "mvp")
 # feature_set) is part of the key, it is deterministic for the same input warehouse
 KEYS = {
     "images": ["id"], "captions": ["id"], "regions": ["region_id"], "questions": ["id"],
-    "relations": ["id"], "rejects": ["id"], "feature_sets": ["id"],
+    "relations": ["id"], "entailment": ["id"], "referring": ["id"], "rejects": ["id"], "feature_sets": ["id"],
     "region_features": ["feature_set", "region_id"], "image_features": ["feature_set", "image_id"],
     "concepts": ["vocab", "id"],
     "caption_concepts": ["vocab", "caption_id", "concept_id", "token_start", "token_end"],

@@ -37,19 +37,21 @@ def rejects_by_reason(con: duckdb.DuckDBPyConnection, dataset: str | None = None
         "GROUP BY ALL ORDER BY n DESC, reason", [dataset, dataset]).fetchall()
 
 
+# the per-image tables dataset_summary counts, in its column order (after images)
+SUMMARY_TABLES = ("captions", "regions", "questions", "entailment", "referring")
+
+
 def dataset_summary(con: duckdb.DuckDBPyConnection) -> list[tuple]:
-    """Per dataset: images, captions, regions, questions."""
-    return con.execute("""
-        WITH i AS (SELECT dataset, count(*) n FROM images GROUP BY ALL),
-             c AS (SELECT i.dataset, count(*) n FROM captions c JOIN images i
-                     ON c.image_id = i.id GROUP BY ALL),
-             r AS (SELECT i.dataset, count(*) n FROM regions r JOIN images i
-                     ON r.image_id = i.id GROUP BY ALL),
-             q AS (SELECT i.dataset, count(*) n FROM questions q JOIN images i
-                     ON q.image_id = i.id GROUP BY ALL)
-        SELECT i.dataset, i.n, coalesce(c.n, 0), coalesce(r.n, 0), coalesce(q.n, 0)
-        FROM i LEFT JOIN c USING (dataset) LEFT JOIN r USING (dataset)
-        LEFT JOIN q USING (dataset) ORDER BY i.dataset""").fetchall()
+    """Per dataset: images, then the rows of each SUMMARY_TABLES table on its images."""
+    counts = "".join(f""",
+             n_{t} AS (SELECT i.dataset, count(*) n FROM {t} x JOIN images i
+                     ON x.image_id = i.id GROUP BY ALL)""" for t in SUMMARY_TABLES)
+    columns = "".join(f", coalesce(n_{t}.n, 0)" for t in SUMMARY_TABLES)
+    joins = " ".join(f"LEFT JOIN n_{t} USING (dataset)" for t in SUMMARY_TABLES)
+    return con.execute(f"""
+        WITH i AS (SELECT dataset, count(*) n FROM images GROUP BY ALL){counts}
+        SELECT i.dataset, i.n{columns}
+        FROM i {joins} ORDER BY i.dataset""").fetchall()
 
 
 def top_labels(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple]:

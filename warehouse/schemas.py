@@ -62,6 +62,28 @@ RELATIONS = pa.schema([            # Visual Genome relationships between annotat
     ("ingest_id", pa.string()),
 ])
 
+ENTAILMENT_LABELS = ("entailment", "neutral", "contradiction")  # the class order models use
+
+ENTAILMENT = pa.schema([           # visual entailment (SNLI-VE, shapes): a hypothesis about an image
+    ("id", pa.string()),
+    ("image_id", pa.string()),
+    ("dataset", pa.string()),
+    ("hypothesis", pa.string()),
+    ("label", pa.string()),         # one of ENTAILMENT_LABELS
+    ("split", pa.string()),
+    ("ingest_id", pa.string()),
+])
+
+REFERRING = pa.schema([            # referring expressions (RefCOCO/+/g, shapes): one per expression
+    ("id", pa.string()),
+    ("image_id", pa.string()),
+    ("dataset", pa.string()),
+    ("region_id", pa.string()),     # regions.region_id of the object referred to (its box)
+    ("expression", pa.string()),
+    ("split", pa.string()),
+    ("ingest_id", pa.string()),
+])
+
 REJECTS = pa.schema([
     ("id", pa.string()),            # hash of (dataset, source file, record reference, reason)
     ("dataset", pa.string()),
@@ -157,6 +179,8 @@ TABLES: dict[str, pa.Schema] = {
     "regions": REGIONS,
     "questions": QUESTIONS,
     "relations": RELATIONS,
+    "entailment": ENTAILMENT,
+    "referring": REFERRING,
     "rejects": REJECTS,
     "feature_sets": FEATURE_SETS,
     "region_features": REGION_FEATURES,
@@ -170,10 +194,10 @@ TABLES: dict[str, pa.Schema] = {
 # Primary keys of the ingested tables (feature-store tables are keyed by their build: a feature
 # set or vocabulary id plus the row's subject).
 KEYS = {"images": "id", "captions": "id", "regions": "region_id", "questions": "id",
-        "relations": "id", "rejects": "id"}
+        "relations": "id", "entailment": "id", "referring": "id", "rejects": "id"}
 
 # Tables whose rows belong to an image: an image_id that is neither in the warehouse nor accepted
 # in the same ingest makes the row a reject.
-IMAGE_CHILDREN = ("captions", "regions", "questions", "relations")
+IMAGE_CHILDREN = ("captions", "regions", "questions", "relations", "entailment", "referring")
 
 REGION_SOURCES = ("annotation", "detector", "grid")

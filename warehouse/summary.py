@@ -8,9 +8,10 @@ from warehouse.catalog import connect, table_counts
 def summary_text(warehouse: str) -> str:
     with connect(warehouse) as con:
         lines = ["tables: " + ", ".join(f"{t} {n}" for t, n in table_counts(warehouse))]
-        lines.append("dataset      images  captions   regions  questions")
-        for d, i, c, r, q in queries.dataset_summary(con):
-            lines.append(f"{d:<10} {i:>8} {c:>9} {r:>9} {q:>10}")
+        lines.append(f"{'dataset':<10} {'images':>8} " + " ".join(
+            f"{t:>10}" for t in queries.SUMMARY_TABLES))
+        for d, images, *counts in queries.dataset_summary(con):
+            lines.append(f"{d:<10} {images:>8} " + " ".join(f"{n:>10}" for n in counts))
         lines.append("top region labels: " + ", ".join(
             f"{label} ({n})" for label, n in queries.top_labels(con, 6)))
         example = queries.captions_mentioning(con, "left of", 3)

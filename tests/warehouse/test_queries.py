@@ -41,8 +41,9 @@ def test_query_functions_return_what_the_tables_hold(wh):
     n_squares = con.execute("SELECT count(DISTINCT image_id) FROM regions "
                             "WHERE label = 'square'").fetchone()[0]
     assert len(queries.images_with_label(con, "SQUARE")) == n_squares
-    summary = dict((d, (i, c)) for d, i, c, _, _ in queries.dataset_summary(con))
-    assert summary == {"folder": (1, 1), "shapes": (40, 120)}
+    summary = {d: counts for d, *counts in queries.dataset_summary(con)}
+    assert {d: (i, c, e) for d, (i, c, _, _, e, _) in summary.items()} == {
+        "folder": (1, 1, 0), "shapes": (40, 120, 120)}
     assert queries.rejects_by_reason(con) == []
 
 

@@ -33,6 +33,8 @@ TEXT_COLUMNS = {
     "answers": ("answer", MAX_TEXT_CHARS), "label": ("label", MAX_NAME_CHARS),
     "attributes": ("attribute", MAX_NAME_CHARS), "predicate": ("relation predicate",
                                                                MAX_NAME_CHARS),
+    "hypothesis": ("hypothesis", MAX_TEXT_CHARS),
+    "expression": ("referring expression", MAX_TEXT_CHARS),
     "split": ("split", MAX_NAME_CHARS), "path": ("image path", MAX_PATH_CHARS),
 }
 

@@ -24,6 +24,7 @@ from warehouse.ingest.checks import (
     shown,
 )
 from warehouse.ingest.staging import StagingWriter
+from warehouse.schemas import ENTAILMENT_LABELS
 
 RAW_LIMIT = 2000    # characters of a rejected record kept for a person to read
 REASON_LIMIT = 500  # characters of a reject's reason, source file name and record reference
@@ -235,6 +236,32 @@ class Emitter:
         self._stage("relations", {"id": relation_id, "image_id": image_id,
                                   "subject_id": subject_id, "predicate": predicate,
                                   "object_id": object_id}, source_file, record_ref, raw)
+
+    def entailment(self, entailment_id: str, image_id: str, hypothesis, label,
+                   split: str | None, source_file: str, record_ref, raw=None) -> None:
+        try:
+            hypothesis = clean_text(hypothesis)
+        except BadRecord as e:
+            self.reject(source_file, record_ref, f"hypothesis: {e}", raw, "entailment")
+            return
+        if label not in ENTAILMENT_LABELS:
+            self.reject(source_file, record_ref, f"entailment label {shown(label)} is not one "
+                        f"of {', '.join(ENTAILMENT_LABELS)}", raw, "entailment")
+            return
+        self._stage("entailment", {"id": entailment_id, "image_id": image_id,
+                                   "hypothesis": hypothesis, "label": label, "split": split},
+                    source_file, record_ref, raw)
+
+    def referring(self, referring_id: str, image_id: str, region_id: str, expression,
+                  split: str | None, source_file: str, record_ref, raw=None) -> None:
+        try:
+            expression = clean_text(expression)
+        except BadRecord as e:
+            self.reject(source_file, record_ref, f"referring expression: {e}", raw, "referring")
+            return
+        self._stage("referring", {"id": referring_id, "image_id": image_id,
+                                  "region_id": region_id, "expression": expression,
+                                  "split": split}, source_file, record_ref, raw)
 
     def rows(self, table: str, columns: dict[str, list], source_file: str) -> None:
         """Column-wise rows from a trusted generator (already valid; still merged and deduped)."""

@@ -17,7 +17,8 @@ from warehouse.store import Warehouse
 BOX_TOLERANCE_PX = 1.0   # annotation tools round; boxes this close to the edge are clipped
 PART_ROWS = 1_000_000    # rows per Parquet part file
 MERGE_MEMORY_LIMIT = "128MB"  # DuckDB spills to the staging folder past this
-MERGE_ORDER = ("images", "regions", "captions", "questions", "relations")
+MERGE_ORDER = ("images", "regions", "captions", "questions", "relations", "entailment",
+               "referring")
 
 
 @dataclass
@@ -72,6 +73,12 @@ def _reason_sql(table: str) -> tuple[str, str]:
                   " LEFT JOIN all_regions ro ON s.object_id = ro.region_id")
         cases += ("WHEN rs.region_id IS NULL OR ro.region_id IS NULL "
                   "THEN 'relation refers to an unknown or rejected region'\n")
+    if table == "referring":
+        joins += " LEFT JOIN all_regions rr ON s.region_id = rr.region_id"
+        cases += ("WHEN rr.region_id IS NULL "
+                  "THEN 'referring expression refers to an unknown or rejected region'\n"
+                  "WHEN rr.image_id <> s.image_id "
+                  "THEN 'referring expression refers to a region of another image'\n")
     return joins, cases
 
 
@@ -123,8 +130,8 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
     outcomes: dict[str, TableOutcome] = {}
     con.execute("CREATE TEMP TABLE all_images AS SELECT id, width, height FROM "
                 + _files_sql(wh.files("images", snap), "images", "id, width, height"))
-    con.execute("CREATE TEMP TABLE all_regions AS SELECT region_id FROM "
-                + _files_sql(wh.files("regions", snap), "regions", "region_id"))
+    con.execute("CREATE TEMP TABLE all_regions AS SELECT region_id, image_id FROM "
+                + _files_sql(wh.files("regions", snap), "regions", "region_id, image_id"))
     merge_rejects = []
     for table in MERGE_ORDER:
         if not staged.get(table):
@@ -169,7 +176,7 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
             con.execute("INSERT INTO all_images SELECT id, width, height FROM outcome "
                         "WHERE _reason IS NULL AND NOT _existing")
         if table == "regions":
-            con.execute("INSERT INTO all_regions SELECT region_id FROM outcome "
+            con.execute("INSERT INTO all_regions SELECT region_id, image_id FROM outcome "
                         "WHERE _reason IS NULL AND NOT _existing")
     # rejects: those found while reading plus those found above, each stored once
     reject_cols = [f.name for f in TABLES["rejects"]] + ["_seq"]

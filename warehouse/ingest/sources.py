@@ -49,6 +49,11 @@ READERS: dict[str, str] = {
     "folder": "warehouse.ingest.readers.folder",
     "vinvl-predictions": "warehouse.ingest.readers.vinvl_predictions",
     "easy-vqa": "warehouse.ingest.readers.easy_vqa",
+    "snli-ve": "warehouse.ingest.readers.snli_ve",
+    # the refer toolkit's three data sets, one reader: the name namespaces their ids
+    "refcoco": "warehouse.ingest.readers.refcoco",
+    "refcoco+": "warehouse.ingest.readers.refcoco",
+    "refcocog": "warehouse.ingest.readers.refcoco",
     "shapes": "warehouse.ingest.readers.shapes",
 }
 

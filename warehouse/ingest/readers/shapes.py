@@ -1,6 +1,7 @@
 """`shapes`: a deterministic generator of multi-object scenes (2-6 non-overlapping objects of a
 shape, colour and size, with exact boxes; captions and questions about attributes and spatial
-relations), the embedded default data set and the scaling workload of the benchmarks."""
+relations; entailment hypotheses and referring expressions whose labels and referents hold by
+construction), the embedded default data set and the scaling workload of the benchmarks."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,9 @@ SIZES = {"small": (14, 22), "large": (28, 40)}  # side length range in pixels
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 CHUNK = 500
 DEFAULT_N_IMAGES = 1000
+# Entailment and referring rows draw from their own stream (seeded with this tag), so adding them
+# left every image, region, caption and question of a seed as it was
+LABELS_STREAM = "entailment+referring"
 
 
 def scene(seed: int, index: int) -> dict:
@@ -133,9 +137,83 @@ def questions(objects: list[dict], rng: random.Random) -> list[tuple[str, str]]:
     return qs
 
 
+def labels_rng(seed: int, index: int) -> random.Random:
+    return random.Random(f"{LABELS_STREAM}:{seed}:{index}")  # str seeds are hashed, not salted
+
+
+def _groups(objects: list[dict], *attrs: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for o in objects:
+        out.setdefault(tuple(o[a] for a in attrs), []).append(o)
+    return out
+
+
+def _named(o: dict) -> str:
+    return f"{o['colour']} {o['shape']}"
+
+
+def entailment(objects: list[dict], rng: random.Random) -> list[tuple[str, str]]:
+    """One (hypothesis, label) per label, in ENTAILMENT_LABELS order. Relations are stated only
+    between objects unique by colour and shape (so "a red circle" names one object); a scene
+    without two such objects gets the existence forms."""
+    unique = [g[0] for g in _groups(objects, "colour", "shape").values() if len(g) == 1]
+    relational = len(unique) >= 2
+    if relational and rng.random() < 0.5:
+        a, b = rng.sample(unique, 2)
+        entailed = f"{_article(_named(a))} is {relation(a, b)} {_article(_named(b))}"
+    else:
+        entailed = f"there is {_article(_named(rng.choice(objects)))}"
+    if relational and rng.random() < 0.5:
+        a, b = rng.sample(unique, 2)  # b is not where a is relative to it: the sides swapped
+        contradicted = f"{_article(_named(b))} is {relation(a, b)} {_article(_named(a))}"
+    else:
+        present = {(o["colour"], o["shape"]) for o in objects}
+        colour, shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES
+                                    if (c, s) not in present])
+        contradicted = f"there is {_article(colour + ' ' + shape)}"
+    # objects never overlap, so nothing visible says whether anything is behind another
+    occluder = rng.choice(unique or objects)
+    behind = f"the {_named(occluder)}" if unique else _article(_named(occluder))
+    hidden = f"{rng.choice(tuple(COLOURS))} {rng.choice(SHAPES)}"
+    neutral = f"{_article(hidden)} is hidden behind {behind}"
+    return [(entailed, "entailment"), (neutral, "neutral"), (contradicted, "contradiction")]
+
+
+def _referring_expression(objects: list[dict], o: dict) -> str | None:
+    """The shortest description that singles out `o`: colour and shape, plus size, plus where it
+    is relative to an object unique by colour and shape; None when none does."""
+    same = _groups(objects, "colour", "shape")[(o["colour"], o["shape"])]
+    if len(same) == 1:
+        return f"the {_named(o)}"
+    same = [p for p in same if p["size"] == o["size"]]
+    if len(same) == 1:
+        return f"the {describe(o)}"
+    for ref in objects:
+        if len(_groups(objects, "colour", "shape")[(ref["colour"], ref["shape"])]) != 1:
+            continue
+        rel = relation(o, ref)
+        if [p for p in same if relation(p, ref) == rel] == [o]:
+            return f"the {describe(o)} {rel} the {_named(ref)}"
+    return None
+
+
+def referring(objects: list[dict], rng: random.Random) -> list[tuple[str, int]]:
+    """1-2 (expression, index of the object it singles out), on distinct objects."""
+    wanted = rng.randint(1, 2)
+    out = []
+    for k in rng.sample(range(len(objects)), len(objects)):
+        expression = _referring_expression(objects, objects[k])
+        if expression is not None:
+            out.append((expression, k))
+            if len(out) == wanted:
+                break
+    return out
+
+
 def render_chunk(seed: int, start: int, stop: int, folder: str, split: str | None) -> dict:
     """Render scenes [start, stop) to PNG files and return their rows column-wise."""
-    rows = {t: {} for t in ("images", "regions", "captions", "questions")}
+    rows = {t: {} for t in ("images", "regions", "captions", "questions", "entailment",
+                            "referring")}
 
     def add(table, **cols):
         for k, v in cols.items():
@@ -168,6 +246,14 @@ def render_chunk(seed: int, start: int, stop: int, folder: str, split: str | Non
             add("questions", id=f"shapes:q:{key}-{k}", image_id=iid, question=q,
                 answers=[{"answer": a, "count": 10}], split=img_split,
                 _record_ref=f"scene {i} question {k}")
+        rng = labels_rng(seed, i)
+        for k, (text, label) in enumerate(entailment(s["objects"], rng)):
+            add("entailment", id=f"shapes:e:{key}-{k}", image_id=iid, hypothesis=text,
+                label=label, split=img_split, _record_ref=f"scene {i} hypothesis {k}")
+        for k, (text, target) in enumerate(referring(s["objects"], rng)):
+            add("referring", id=f"shapes:x:{key}-{k}", image_id=iid,
+                region_id=f"shapes:r:{key}-{target}", expression=text, split=img_split,
+                _record_ref=f"scene {i} expression {k}")
     return rows
 
 

@@ -1,0 +1,189 @@
+"""RefCOCO/+/g reader (the refer toolkit's refs(<by>).p + instances.json) through the real
+pipeline."""
+import os
+import pickle
+
+import pytest
+
+from warehouse.ingest.build import ingest
+from warehouse.ingest.sources import InputError
+from warehouse.store import Warehouse
+
+
+def _sent(sent_id, text):
+    return {"sent": text, "raw": text, "tokens": text.split() if isinstance(text, str) else [],
+            "sent_id": sent_id}
+
+
+def _ref(ref_id, ann_id, image_id, split, sentences, category_id=1):
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+            "sentences": sentences, "category_id": category_id,
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+            "sent_ids": [s.get("sent_id") for s in sentences if isinstance(s, dict)]}
+
+
+def _coco_name(image_id):
+    return f"COCO_train2014_{image_id:012d}.jpg"
+
+
+def _refcoco(folder, make_image, write_json, refs=None, protocol=2):
+    make_image(folder / "train2014" / _coco_name(1), (64, 48))
+    make_image(folder / _coco_name(2), (40, 40))
+    write_json(folder / "instances.json", {
+        "images": [{"id": i, "file_name": _coco_name(i), "width": w, "height": h}
+                   for i, w, h in ((1, 64, 48), (2, 40, 40), (3, 30, 30), (4, 10, 10))],
+        "annotations": [
+            {"id": 10, "image_id": 1, "bbox": [1, 2, 20, 10], "category_id": 1,
+             "segmentation": [[1, 2, 3, 4]], "area": 200, "iscrowd": 0},
+            {"id": 11, "image_id": 1, "bbox": [30, 5, 10, 10], "category_id": 2},
+            {"id": 12, "image_id": 1, "bbox": [0, 0, 5, 5], "category_id": 99},  # no category
+            {"id": 20, "image_id": 2, "bbox": [0, 0, 100, 100], "category_id": 1},  # too big
+            {"id": 21, "image_id": 2, "bbox": [5, 5, 10, 10], "category_id": 2},
+            {"id": 30, "image_id": 3, "bbox": [1, 1, 5, 5], "category_id": 1},   # no file
+            {"id": 40, "image_id": 4, "bbox": [1, 1, 5, 5], "category_id": 1},   # no ref
+        ],
+        "categories": [{"id": 1, "name": "Person", "supercategory": "person"},
+                       {"id": 2, "name": "dog", "supercategory": "animal"}]})
+    refs = refs if refs is not None else [
+        _ref(100, 10, 1, "testA", [_sent(1000, "man on the left"),
+                                   _sent(1001, "  guy   in red "),
+                                   _sent(1002, ""),                       # no text
+                                   {"sent": "no id"}]),                   # no sent_id
+        _ref(101, 11, 1, "testA", [_sent(1010, "the dog")]),
+        _ref(102, 12, 1, "testA", [_sent(1020, "a thing")]),              # region rejected
+        _ref(103, 77, 1, "testA", [_sent(1030, "ghost")]),                # unknown ann_id
+        _ref(104, 21, 1, "testA", [_sent(1040, "dog")]),                  # ann of image 2
+        _ref(200, 20, 2, "val", [_sent(2000, "everything")]),             # box outside
+        _ref(201, 21, 2, "val", [_sent(2010, "small dog"), _sent(1000, "dup")]),
+        _ref(300, 30, 3, "train", [_sent(3000, "no image file")]),
+        {"ref_id": 400, "sentences": []},                                 # malformed
+        "not a ref",
+    ]
+    (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=protocol))
+    return folder
+
+
+def test_refcoco_plus_rows_and_rejects(tmp_path, make_image, write_json, query, rejects):
+    src = _refcoco(tmp_path / "refcoco+", make_image, write_json)
+    wh = tmp_path / "wh"
+    r = ingest("refcoco+", source=src, warehouse=wh, workers=1)
+    assert r.balanced, r.summary()
+    # refs rejected as a whole: 103, 104, 400, "not a ref"; sentences read: 10; images 1, 2, 3;
+    # regions of those images: 10, 11, 12, 20, 21, 30
+    assert r.read == 4 + 10 + 3 + 6
+    assert r.new == 2 + 3 + 4             # images 1, 2; regions 10, 11, 21; four expressions
+    assert query(wh, "SELECT id, source_id, split, width, path FROM images ORDER BY id") == [
+        ("refcoco+:1", "1", "testA", 64, str(src / "train2014" / _coco_name(1))),
+        ("refcoco+:2", "2", "val", 40, str(src / _coco_name(2)))]
+    assert query(wh, "SELECT region_id, image_id, x1, y1, x2, y2, label, source FROM regions "
+                     "ORDER BY region_id") == [
+        ("refcoco+:r:10", "refcoco+:1", 1.0, 2.0, 21.0, 12.0, "person", "annotation"),
+        ("refcoco+:r:11", "refcoco+:1", 30.0, 5.0, 40.0, 15.0, "dog", "annotation"),
+        ("refcoco+:r:21", "refcoco+:2", 5.0, 5.0, 15.0, 15.0, "dog", "annotation")]
+    assert query(wh, "SELECT id, image_id, region_id, expression, split FROM referring "
+                     "ORDER BY id") == [
+        ("refcoco+:x:1000", "refcoco+:1", "refcoco+:r:10", "man on the left", "testA"),
+        ("refcoco+:x:1001", "refcoco+:1", "refcoco+:r:10", "guy in red", "testA"),
+        ("refcoco+:x:1010", "refcoco+:1", "refcoco+:r:11", "the dog", "testA"),
+        ("refcoco+:x:2010", "refcoco+:2", "refcoco+:r:21", "small dog", "val")]
+    assert rejects(wh) == {
+        "referring expression: empty caption or question text": 1,       # 1002
+        "sentence has no sent_id": 1,
+        "unknown category id 99": 1,                                       # region 12
+        "referring expression refers to an unknown or rejected region": 2,  # 1020, 2000
+        "ref refers to an unknown annotation 77": 1,
+        "ref's image_id 1 differs from its annotation's 2": 1,
+        "box outside the image": 1,                                        # region 20
+        "duplicate id": 1,                                                 # sent 1000 again
+        "missing image file": 1,                                           # image 3
+        "refers to an unknown or rejected image": 2,                       # region 30, 3000
+        "ref lacks ref_id, ann_id or image_id": 2}
+    assert r.new == sum(n for (n,) in query(wh, "SELECT count(*) FROM images UNION ALL "
+                                                "SELECT count(*) FROM regions UNION ALL "
+                                                "SELECT count(*) FROM referring"))
+    assert ingest("refcoco+", source=src, warehouse=wh, workers=1).skipped is True
+
+
+def test_refcoco_split_and_refcocog_partition(tmp_path, make_image, write_json, query):
+    src = _refcoco(tmp_path / "refcocog", make_image, write_json, protocol=4)
+    os.rename(src / "refs(unc).p", src / "refs(umd).p")
+    (src / "refs(google).p").write_bytes(pickle.dumps([]))
+    wh = tmp_path / "wh"
+    with pytest.raises(InputError, match=r"several refs files.*refs\(google\)\.p, refs\(umd\)"):
+        ingest("refcocog", source=src, warehouse=wh, workers=1)
+    r = ingest("refcocog", source=src / "refs(umd).p", warehouse=wh, split="val", workers=1)
+    assert r.balanced, r.summary()
+    assert query(wh, "SELECT id, region_id, split FROM referring ORDER BY id") == [
+        ("refcocog:x:1000", "refcocog:r:21", "val"), ("refcocog:x:2010", "refcocog:r:21", "val")]
+
+
+def test_refcoco_referring_a_region_of_another_image(tmp_path, make_image, write_json, query,
+                                                     rejects):
+    """A region id already in the warehouse on another image is no referent of this one (here:
+    an edited instances.json moved annotation 10 to image 2)."""
+    src = _refcoco(tmp_path / "refcoco", make_image, write_json,
+                   refs=[_ref(1, 10, 1, "train", [_sent(1, "man")])])
+    wh = tmp_path / "wh"
+    assert ingest("refcoco", source=src, warehouse=wh, workers=1).balanced
+    write_json(src / "instances.json", {
+        "images": [{"id": 2, "file_name": _coco_name(2)}],
+        "annotations": [{"id": 10, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 1}],
+        "categories": [{"id": 1, "name": "person"}]})
+    (src / "refs(unc).p").write_bytes(pickle.dumps([_ref(2, 10, 2, "train",
+                                                         [_sent(2, "dog")])]))
+    r = ingest("refcoco", source=src, warehouse=wh, workers=1)
+    assert r.balanced, r.summary()
+    assert rejects(wh) == {"unknown category id 99": 1,   # region 12 of the first ingest
+                           "referring expression refers to a region of another image": 1}
+    assert query(wh, "SELECT id, image_id, region_id FROM referring") == [
+        ("refcoco:x:1", "refcoco:1", "refcoco:r:10")]
+
+
+def test_refcoco_code_in_the_refs_pickle_is_refused(tmp_path, make_image, write_json):
+    marker = tmp_path / "pwned"
+
+    class MakeDir:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    src = _refcoco(tmp_path / "refcoco", make_image, write_json,
+                   refs=[_ref(1, 10, 1, "train", [_sent(1, "man")]), MakeDir()])
+    wh = tmp_path / "wh"
+    with pytest.raises(InputError, match=r"refs\(unc\)\.p is refused: the pickle calls "
+                                         r"posix\.mkdir"):
+        ingest("refcoco", source=src, warehouse=wh, workers=1)
+    assert not marker.exists()
+    assert Warehouse(wh).current().version == 0
+
+
+def test_refcoco_hostile_refs_cost_one_row_each(tmp_path, make_image, write_json, query,
+                                                rejects):
+    src = _refcoco(tmp_path / "refcoco", make_image, write_json, refs=[
+        _ref(1, 10, 1, "train", [_sent(1, "man")]),
+        {"ref_id": 2, "ann_id": [10], "image_id": 1, "sentences": [_sent(2, "x")]},  # list id
+        _ref(3, 11, 1, "train", [_sent(3, ["a", "list"]), _sent(4, "y" * 20_000),
+                                 _sent(True, "boolean id"), "a string"]),
+        _ref(5, 11, 1, "train", "not a list"),
+    ])
+    wh = tmp_path / "wh"
+    r = ingest("refcoco", source=src, warehouse=wh, workers=1)
+    assert r.balanced, r.summary()
+    assert rejects(wh) == {
+        "ref lacks ref_id, ann_id or image_id": 1,
+        "referring expression: text is not a string: list": 1,
+        "referring expression longer than 10000 characters": 1,
+        "sentence has no sent_id": 2,
+        "ref has no sentences": 1,
+        "unknown category id 99": 1}                          # region 12 of image 1
+    assert query(wh, "SELECT id, expression FROM referring") == [("refcoco:x:1", "man")]
+
+
+def test_refcoco_refs_that_are_not_a_list_write_nothing(tmp_path, make_image, write_json):
+    src = _refcoco(tmp_path / "refcoco", make_image, write_json, refs={"refs": []})
+    wh = tmp_path / "wh"
+    with pytest.raises(InputError, match=r"not a refs file \(top level is a dict"):
+        ingest("refcoco", source=src, warehouse=wh, workers=1)
+    (src / "refs(unc).p").write_bytes(pickle.dumps([])[:-1])  # truncated
+    with pytest.raises(InputError, match=r"refs\(unc\)\.p is unreadable"):
+        ingest("refcoco", source=src, warehouse=wh, workers=1)
+    assert Warehouse(wh).current().version == 0
