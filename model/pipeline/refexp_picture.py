@@ -16,7 +16,8 @@ from model.downstream.refexp.finetune import ReferringModel, refer  # noqa: E402
 from model.pipeline.pictures import DPI, GROUNDING, image_files, save_png, wrap  # noqa: E402
 from warehouse.catalog import connect  # noqa: E402
 
-CHOSEN, GOLD = "tab:orange", "tab:green"
+# black and magenta: no shapes colour, so a box never blends into the object it frames
+CHOSEN, GOLD = "magenta", "black"
 
 
 def referring_picture(model: ReferringModel, data: ReferringData, index: int, path,
