@@ -68,10 +68,12 @@ class Encoder(nn.Module):
                                     for _ in range(layers))
         self.ln_f = nn.LayerNorm(hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, split: int | None = None
-                ) -> torch.Tensor:
-        """`split`: where the second modality's positions start (used when disentangled)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, split: int | None = None,
+                layers: int | None = None) -> torch.Tensor:
+        """`split`: where the second modality's positions start (used when disentangled).
+        `layers`: run only the first this many blocks (None: all), then the final LayerNorm, so an
+        intermediate layer's states are normalised as a post-LN encoder's layer outputs are."""
         bias = attention_bias(mask)
-        for block in self.blocks:
+        for block in self.blocks[:layers]:
             x = block(x, bias, split)
         return self.ln_f(x)

@@ -162,14 +162,17 @@ class MVP(nn.Module):
 
     # ---- cross-modal encoder (stage 2) ----
 
-    def fuse(self, text: TextOutput, visual: VisualOutput) -> FusedOutput:
+    def fuse(self, text: TextOutput, visual: VisualOutput, layers: int | None = None
+             ) -> FusedOutput:
         """Cross encoder over [all text positions ; region positions]. The masks travel inside
-        the outputs; pair text i with image j by `text.take(idx)` / `visual.take(idx)` first."""
+        the outputs; pair text i with image j by `text.take(idx)` / `visual.take(idx)` first.
+        `layers`: the states after the first this many cross layers (None: all; model/encoders.py
+        Encoder), for heads that read an intermediate fusion layer."""
         _check(text.hidden.shape[0] == visual.hidden.shape[0],
                f"batch sizes differ: text {text.hidden.shape[0]}, visual {visual.hidden.shape[0]}")
         x = torch.cat([text.hidden, visual.region_hidden], dim=1)
         mask = torch.cat([text.mask, visual.region_mask], dim=1)
-        h = self.cross_encoder(x, mask, split=text.hidden.shape[1])
+        h = self.cross_encoder(x, mask, split=text.hidden.shape[1], layers=layers)
         return FusedOutput(hidden=h, mask=mask, pooled=self.pooler(h[:, 0]),
                            text_len=text.hidden.shape[1])
 

@@ -38,7 +38,7 @@ def loss_curves(client, run_ids: dict[str, str], keys: list[str], path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def retrieval_grid(captions: list[str], image_paths: list[str], sim: torch.Tensor,
@@ -53,7 +53,7 @@ def retrieval_grid(captions: list[str], image_paths: list[str], sim: torch.Tenso
     for row, (caption, g) in enumerate(zip(captions, gold)):
         rank = int((order[row] == g).nonzero()[0, 0]) + 1
         text = caption if rank <= k else f"{caption}\n(gold image at rank {rank})"
-        axes[row, 0].text(0, 0.5, _wrap(text, 34), va="center", fontsize=8)
+        axes[row, 0].text(0, 0.5, wrap(text, 34), va="center", fontsize=8)
         axes[row, 0].axis("off")
         for col in range(k):
             ax, j = axes[row, col + 1], int(order[row, col])
@@ -63,7 +63,7 @@ def retrieval_grid(captions: list[str], image_paths: list[str], sim: torch.Tenso
             for side in ax.spines.values():
                 side.set_color("green" if j == g else "lightgray")
                 side.set_linewidth(4 if j == g else 1)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def retrieval_examples(model, data, warehouse, path, n: int = 4, k: int = 5) -> Path:
@@ -77,7 +77,7 @@ def retrieval_examples(model, data, warehouse, path, n: int = 4, k: int = 5) -> 
         ids = [str(c) for c in data.caption_ids[:n]]
         text = dict(con.execute("SELECT id, text FROM captions WHERE id IN "
                                 f"({', '.join('?' * len(ids))})", ids).fetchall())
-        paths = _image_paths(con, list(data.regions.image_ids))
+        paths = image_files(con, list(data.regions.image_ids))
     return retrieval_grid([text[c] for c in ids], paths, emb.similarity[:n].cpu(),
                           emb.text_image[:n].tolist(), path, k)
 
@@ -120,7 +120,7 @@ def grounding_picture(model, data, index: int, path, warehouse=None) -> Path:
     image, names = None, {}
     if warehouse is not None:
         with connect(warehouse) as con:
-            image = Image.open(_image_paths(con, [item["image_id"]])[0]).convert("RGB")
+            image = Image.open(image_files(con, [item["image_id"]])[0]).convert("RGB")
             names = dict(con.execute("SELECT id, text FROM concepts WHERE vocab = ?",
                                      [model.cfg.vocab_version]).fetchall())
             caption = con.execute("SELECT text FROM captions WHERE id = ?",
@@ -142,23 +142,24 @@ def grounding_picture(model, data, index: int, path, warehouse=None) -> Path:
         if grounded:
             ax.text(x1 * w + 1, y1 * h + 1, "\n".join(labels[r]), va="top", fontsize=8,
                     color="white", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1})
-    ax.set_title(_wrap(caption, 70), fontsize=9)
+    ax.set_title(wrap(caption, 70), fontsize=9)
     ax.axis("off")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def _image_paths(con, image_ids: list[str]) -> list[str]:
+def image_files(con, image_ids: list[str]) -> list[str]:
+    """The file path of each image, in the order asked."""
     where = dict(con.execute(f"SELECT id, path FROM images WHERE id IN "
                              f"({', '.join('?' * len(image_ids))})", image_ids).fetchall())
     return [where[i] for i in image_ids]
 
 
-def _wrap(text: str, width: int) -> str:
+def wrap(text: str, width: int) -> str:
     import textwrap
     return "\n".join(textwrap.wrap(text, width))
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path) -> Path:
     """Save at the figure's own size (no tight bbox: the pixel size stays what was asked)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
