@@ -134,8 +134,9 @@ def _mean_vqa(by_dataset: dict) -> float:
 
 
 def log_pictures(warehouse, trained: dict, tracking: dict, split: str = "test") -> list[str]:
-    """Loss curves of the pipeline's runs, retrieval examples of the retrieval model and a
-    grounding picture of the pre-trained model on `split`, logged to the parent run."""
+    """Loss curves of the pipeline's runs, retrieval examples of the retrieval model, a
+    grounding picture of the pre-trained model and, when the pipeline fine-tuned referring
+    expressions, a referring picture of that model on `split`, logged to the parent run."""
     import torch
 
     from model.pipeline import pictures as artifacts
@@ -156,9 +157,24 @@ def log_pictures(warehouse, trained: dict, tracking: dict, split: str = "test") 
             else:
                 paths.append(artifacts.grounding_picture(model, data, _most_phrases(data),
                                                          tmp / name, warehouse))
+        if "refexp" in trained:
+            paths.append(_referring_picture(warehouse, trained["refexp"], split,
+                                            tmp / "referring.png"))
         for p in paths:
             client.log_artifact(tracking["parent_run_id"], str(p), "pictures")
     return [f"pictures/{Path(p).name}" for p in paths]
+
+
+def _referring_picture(warehouse, trained: dict, split: str, path: Path) -> Path:
+    """The first expression of `split` whose gold box a candidate covers: a picture where the
+    chosen box can be right."""
+    from model.downstream.refexp.data import HIT_IOU, ReferringData
+    from model.downstream.refexp.finetune import load_refexp
+    from model.pipeline.refexp_picture import referring_picture
+    model = load_refexp(trained["checkpoint"])
+    data = ReferringData(warehouse, model.cfg.feature_set, model.cfg, split)
+    index = next((i for i, t in enumerate(data.targets) if (t >= HIT_IOU).any()), 0)
+    return referring_picture(model, data, index, path, warehouse)
 
 
 def _most_phrases(data) -> int:

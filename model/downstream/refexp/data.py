@@ -7,24 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from model.batch import TensorBatch, VisualInputs, pad_rows
+from model.batch import SentenceBatch, pad_rows
 from model.config import ModelConfig
-from model.text import question_tokens
-from model.training.concepts import ConceptVocabulary
-from model.training.data import VisualSource, require_model_feature_set
-from warehouse.catalog import connect
-from warehouse.store import Warehouse
+from model.downstream.sentences import SentenceImageData
 
 HIT_IOU = 0.5   # a chosen region is right at IoU >= 0.5 with the gold box (RefCOCO's rule)
 
 
 @dataclass
-class ReferringBatch(TensorBatch):
-    token_ids: torch.Tensor     # [B, L] long: [CLS] expression concepts [SEP] tags [SEP], pad_id
-    token_mask: torch.Tensor    # [B, L] bool
-    visual: VisualInputs
+class ReferringBatch(SentenceBatch):
     image_index: torch.Tensor   # [B] long: row of the image in data.images
     targets: torch.Tensor       # [B, R] float: IoU of each candidate region with the gold box;
     #                             0 where visual.region_mask is False
@@ -42,7 +34,7 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
 
 
-class ReferringData(Dataset):
+class ReferringData(SentenceImageData):
     """One item per expression of an image that has region features in `feature_set_id` (the
     others are counted in `n_without_features`). Its candidates are the image's feature regions
     as the model sees them (cut at max_regions); its target is each candidate's IoU with the gold
@@ -51,58 +43,29 @@ class ReferringData(Dataset):
 
     def __init__(self, warehouse, feature_set_id: str, cfg: ModelConfig,
                  split: str | None = "train", dataset: str | None = None):
-        wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
-        require_model_feature_set(wh, feature_set_id, cfg)
-        self.cfg = cfg
-        with connect(wh) as con:
-            # the gold box scaled as region geometry is ([x1/W, y1/H, ...]): IoU does not change
-            rows = con.sql(
-                "SELECT r.id, r.image_id, r.expression, g.x1 / i.width, g.y1 / i.height, "
-                "g.x2 / i.width, g.y2 / i.height FROM referring r "
-                "JOIN regions g ON g.region_id = r.region_id JOIN images i ON i.id = r.image_id "
-                "WHERE (? IS NULL OR r.split = ?) AND (? IS NULL OR r.dataset = ?) ORDER BY r.id",
-                params=[split, split, dataset, dataset]).fetchall()
-        self.images = VisualSource(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)
-        kept = [r for r in rows if r[1] in self.images.row]
-        self.n_without_features = len(rows) - len(kept)
-        self.expression_ids = [r[0] for r in kept]
-        self.expressions = [r[2] or "" for r in kept]
-        self.gold = np.array([r[3:7] for r in kept], np.float32).reshape(-1, 4)
-        self.image_of = self.images.rows_of([r[1] for r in kept])
+        # the gold box scaled as region geometry is ([x1/W, y1/H, ...]): IoU does not change
+        super().__init__(
+            warehouse, feature_set_id, cfg,
+            "SELECT r.id, r.image_id, r.expression, g.x1 / i.width, g.y1 / i.height, "
+            "g.x2 / i.width, g.y2 / i.height FROM referring r "
+            "JOIN regions g ON g.region_id = r.region_id JOIN images i ON i.id = r.image_id "
+            "WHERE (? IS NULL OR r.split = ?) AND (? IS NULL OR r.dataset = ?) ORDER BY r.id",
+            [split, split, dataset, dataset], sentence_column=2)
+        self.expression_ids, self.expressions = self.ids, self.sentences
+        self.gold = np.array([r[3:7] for r in self.rows], np.float32).reshape(-1, 4)
         self.targets = [box_iou(self.candidates(int(row)), gold)
                         for row, gold in zip(self.image_of, self.gold)]
         self.n_gold_unreachable = sum(1 for t in self.targets if not (t >= HIT_IOU).any())
-        self._build_text(wh)
 
     def candidates(self, row: int) -> np.ndarray:
         """[R, 6] geometry of image `row`'s candidate regions, in the order the model sees them."""
         r0, r1 = self.images.regions.offsets[row:row + 2]
         return np.asarray(self.images.geometry[r0:min(r1, r0 + self.cfg.max_regions)])
 
-    def _build_text(self, wh: Warehouse) -> None:
-        cfg = self.cfg
-        vocabulary = (ConceptVocabulary.from_warehouse(wh, cfg.vocab_version)
-                      if cfg.vocab_version else None)
-        self.tokens = []
-        # as the VQA question: the expression's concepts, then the image's tags
-        for expression, row in zip(self.expressions, self.image_of):
-            concepts = vocabulary.encode(expression, cfg).concept_ids if vocabulary else []
-            self.tokens.append(np.array(question_tokens(
-                expression, self.images.tag_words(int(row)).tolist(), cfg, concepts), np.int64))
-
-    def __len__(self) -> int:
-        return len(self.expression_ids)
-
     def __getitem__(self, i: int) -> dict:
-        return {"token_ids": torch.from_numpy(self.tokens[i]),
-                **self.images.item(int(self.image_of[i])),
-                "targets": torch.from_numpy(self.targets[i]), "index": i,
-                "expression_id": self.expression_ids[i]}
+        return {**self.item(i), "targets": torch.from_numpy(self.targets[i])}
 
     def collate(self, items: list[dict]) -> ReferringBatch:
-        token_ids, token_mask = pad_rows([x["token_ids"] for x in items], self.cfg.pad_id)
         targets, _ = pad_rows([x["targets"] for x in items], 0.0)
-        return ReferringBatch(token_ids=token_ids, token_mask=token_mask,
-                              **self.images.collate(items), targets=targets,
-                              index=torch.tensor([x["index"] for x in items], dtype=torch.long),
-                              expression_ids=[x["expression_id"] for x in items])
+        return ReferringBatch(**self.collate_sentences(items), targets=targets,
+                              expression_ids=[x["id"] for x in items])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from model.batch import SentenceBatch
 from model.config import ModelConfig
 from model.downstream.head_finetune import HeadTask, fine_tuned, finetune_head, load_head
 from model.downstream.refexp.data import HIT_IOU, ReferringBatch, ReferringData
@@ -47,7 +48,7 @@ class ReferringModel(nn.Module):
     def cfg(self) -> ModelConfig:   # Trainer.save records it as the checkpoint's model_config
         return self.mvp.cfg
 
-    def scores(self, batch: ReferringBatch) -> torch.Tensor:
+    def scores(self, batch: SentenceBatch) -> torch.Tensor:
         """[B, R] cosines in [-1, 1]; padded regions' entries are meaningless (mask them)."""
         m = self.mvp
         text = m.encode_text(batch.token_ids, batch.token_mask)
@@ -80,7 +81,7 @@ def load_refexp(checkpoint: str | Path | dict) -> ReferringModel:
 
 
 @torch.no_grad()
-def refer(model: ReferringModel, batch: ReferringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def refer(model: ReferringModel, batch: SentenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen candidate index [B], its score [B]): the best-scored real region of each row."""
     model.eval()
     device = next(model.parameters()).device
@@ -88,6 +89,14 @@ def refer(model: ReferringModel, batch: ReferringBatch) -> tuple[torch.Tensor, t
     scores = model.scores(batch).masked_fill(~batch.visual.region_mask, -math.inf)
     best, chosen = scores.max(1)
     return chosen.cpu(), best.cpu()
+
+
+def serve(model: ReferringModel, inputs: SentenceBatch, boxes) -> list[dict]:
+    """Serving's cells (model/serving/heads.py): the box (pixels) of the region each expression
+    refers to, one of its image's `boxes`, and its score."""
+    chosen, score = refer(model, inputs)
+    return [{"box": [float(v) for v in b[int(c)]], "box_score": float(s)}
+            for b, c, s in zip(boxes, chosen, score)]
 
 
 def predict(model: ReferringModel, data: ReferringData, batch_size: int = 64) -> np.ndarray:
