@@ -4,67 +4,15 @@ import os
 import pickle
 
 import pytest
+from formats import coco_name, ref, refcoco, sent
 
 from warehouse.ingest.build import ingest
 from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 
 
-def _sent(sent_id, text):
-    return {"sent": text, "raw": text, "tokens": text.split() if isinstance(text, str) else [],
-            "sent_id": sent_id}
-
-
-def _ref(ref_id, ann_id, image_id, split, sentences, category_id=1):
-    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-            "sentences": sentences, "category_id": category_id,
-            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-            "sent_ids": [s.get("sent_id") for s in sentences if isinstance(s, dict)]}
-
-
-def _coco_name(image_id):
-    return f"COCO_train2014_{image_id:012d}.jpg"
-
-
-def _refcoco(folder, make_image, write_json, refs=None, protocol=2):
-    make_image(folder / "train2014" / _coco_name(1), (64, 48))
-    make_image(folder / _coco_name(2), (40, 40))
-    write_json(folder / "instances.json", {
-        "images": [{"id": i, "file_name": _coco_name(i), "width": w, "height": h}
-                   for i, w, h in ((1, 64, 48), (2, 40, 40), (3, 30, 30), (4, 10, 10))],
-        "annotations": [
-            {"id": 10, "image_id": 1, "bbox": [1, 2, 20, 10], "category_id": 1,
-             "segmentation": [[1, 2, 3, 4]], "area": 200, "iscrowd": 0},
-            {"id": 11, "image_id": 1, "bbox": [30, 5, 10, 10], "category_id": 2},
-            {"id": 12, "image_id": 1, "bbox": [0, 0, 5, 5], "category_id": 99},  # no category
-            {"id": 20, "image_id": 2, "bbox": [0, 0, 100, 100], "category_id": 1},  # too big
-            {"id": 21, "image_id": 2, "bbox": [5, 5, 10, 10], "category_id": 2},
-            {"id": 30, "image_id": 3, "bbox": [1, 1, 5, 5], "category_id": 1},   # no file
-            {"id": 40, "image_id": 4, "bbox": [1, 1, 5, 5], "category_id": 1},   # no ref
-        ],
-        "categories": [{"id": 1, "name": "Person", "supercategory": "person"},
-                       {"id": 2, "name": "dog", "supercategory": "animal"}]})
-    refs = refs if refs is not None else [
-        _ref(100, 10, 1, "testA", [_sent(1000, "man on the left"),
-                                   _sent(1001, "  guy   in red "),
-                                   _sent(1002, ""),                       # no text
-                                   {"sent": "no id"}]),                   # no sent_id
-        _ref(101, 11, 1, "testA", [_sent(1010, "the dog")]),
-        _ref(102, 12, 1, "testA", [_sent(1020, "a thing")]),              # region rejected
-        _ref(103, 77, 1, "testA", [_sent(1030, "ghost")]),                # unknown ann_id
-        _ref(104, 21, 1, "testA", [_sent(1040, "dog")]),                  # ann of image 2
-        _ref(200, 20, 2, "val", [_sent(2000, "everything")]),             # box outside
-        _ref(201, 21, 2, "val", [_sent(2010, "small dog"), _sent(1000, "dup")]),
-        _ref(300, 30, 3, "train", [_sent(3000, "no image file")]),
-        {"ref_id": 400, "sentences": []},                                 # malformed
-        "not a ref",
-    ]
-    (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=protocol))
-    return folder
-
-
 def test_refcoco_plus_rows_and_rejects(tmp_path, make_image, write_json, query, rejects):
-    src = _refcoco(tmp_path / "refcoco+", make_image, write_json)
+    src = refcoco(tmp_path / "refcoco+", make_image, write_json)
     wh = tmp_path / "wh"
     r = ingest("refcoco+", source=src, warehouse=wh, workers=1)
     assert r.balanced, r.summary()
@@ -73,8 +21,8 @@ def test_refcoco_plus_rows_and_rejects(tmp_path, make_image, write_json, query, 
     assert r.read == 4 + 10 + 3 + 6
     assert r.new == 2 + 3 + 4             # images 1, 2; regions 10, 11, 21; four expressions
     assert query(wh, "SELECT id, source_id, split, width, path FROM images ORDER BY id") == [
-        ("refcoco+:1", "1", "testA", 64, str(src / "train2014" / _coco_name(1))),
-        ("refcoco+:2", "2", "val", 40, str(src / _coco_name(2)))]
+        ("refcoco+:1", "1", "testA", 64, str(src / "train2014" / coco_name(1))),
+        ("refcoco+:2", "2", "val", 40, str(src / coco_name(2)))]
     assert query(wh, "SELECT region_id, image_id, x1, y1, x2, y2, label, source FROM regions "
                      "ORDER BY region_id") == [
         ("refcoco+:r:10", "refcoco+:1", 1.0, 2.0, 21.0, 12.0, "person", "annotation"),
@@ -105,7 +53,7 @@ def test_refcoco_plus_rows_and_rejects(tmp_path, make_image, write_json, query, 
 
 
 def test_refcoco_split_and_refcocog_partition(tmp_path, make_image, write_json, query):
-    src = _refcoco(tmp_path / "refcocog", make_image, write_json, protocol=4)
+    src = refcoco(tmp_path / "refcocog", make_image, write_json, protocol=4)
     os.rename(src / "refs(unc).p", src / "refs(umd).p")
     (src / "refs(google).p").write_bytes(pickle.dumps([]))
     wh = tmp_path / "wh"
@@ -121,16 +69,16 @@ def test_refcoco_referring_a_region_of_another_image(tmp_path, make_image, write
                                                      rejects):
     """A region id already in the warehouse on another image is no referent of this one (here:
     an edited instances.json moved annotation 10 to image 2)."""
-    src = _refcoco(tmp_path / "refcoco", make_image, write_json,
-                   refs=[_ref(1, 10, 1, "train", [_sent(1, "man")])])
+    src = refcoco(tmp_path / "refcoco", make_image, write_json,
+                   refs=[ref(1, 10, 1, "train", [sent(1, "man")])])
     wh = tmp_path / "wh"
     assert ingest("refcoco", source=src, warehouse=wh, workers=1).balanced
     write_json(src / "instances.json", {
-        "images": [{"id": 2, "file_name": _coco_name(2)}],
+        "images": [{"id": 2, "file_name": coco_name(2)}],
         "annotations": [{"id": 10, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 1}],
         "categories": [{"id": 1, "name": "person"}]})
-    (src / "refs(unc).p").write_bytes(pickle.dumps([_ref(2, 10, 2, "train",
-                                                         [_sent(2, "dog")])]))
+    (src / "refs(unc).p").write_bytes(pickle.dumps([ref(2, 10, 2, "train",
+                                                         [sent(2, "dog")])]))
     r = ingest("refcoco", source=src, warehouse=wh, workers=1)
     assert r.balanced, r.summary()
     assert rejects(wh) == {"unknown category id 99": 1,   # region 12 of the first ingest
@@ -146,8 +94,8 @@ def test_refcoco_code_in_the_refs_pickle_is_refused(tmp_path, make_image, write_
         def __reduce__(self):
             return os.mkdir, (str(marker),)
 
-    src = _refcoco(tmp_path / "refcoco", make_image, write_json,
-                   refs=[_ref(1, 10, 1, "train", [_sent(1, "man")]), MakeDir()])
+    src = refcoco(tmp_path / "refcoco", make_image, write_json,
+                   refs=[ref(1, 10, 1, "train", [sent(1, "man")]), MakeDir()])
     wh = tmp_path / "wh"
     with pytest.raises(InputError, match=r"refs\(unc\)\.p is refused: the pickle calls "
                                          r"posix\.mkdir"):
@@ -158,12 +106,12 @@ def test_refcoco_code_in_the_refs_pickle_is_refused(tmp_path, make_image, write_
 
 def test_refcoco_hostile_refs_cost_one_row_each(tmp_path, make_image, write_json, query,
                                                 rejects):
-    src = _refcoco(tmp_path / "refcoco", make_image, write_json, refs=[
-        _ref(1, 10, 1, "train", [_sent(1, "man")]),
-        {"ref_id": 2, "ann_id": [10], "image_id": 1, "sentences": [_sent(2, "x")]},  # list id
-        _ref(3, 11, 1, "train", [_sent(3, ["a", "list"]), _sent(4, "y" * 20_000),
-                                 _sent(True, "boolean id"), "a string"]),
-        _ref(5, 11, 1, "train", "not a list"),
+    src = refcoco(tmp_path / "refcoco", make_image, write_json, refs=[
+        ref(1, 10, 1, "train", [sent(1, "man")]),
+        {"ref_id": 2, "ann_id": [10], "image_id": 1, "sentences": [sent(2, "x")]},  # list id
+        ref(3, 11, 1, "train", [sent(3, ["a", "list"]), sent(4, "y" * 20_000),
+                                 sent(True, "boolean id"), "a string"]),
+        ref(5, 11, 1, "train", "not a list"),
     ])
     wh = tmp_path / "wh"
     r = ingest("refcoco", source=src, warehouse=wh, workers=1)
@@ -179,7 +127,7 @@ def test_refcoco_hostile_refs_cost_one_row_each(tmp_path, make_image, write_json
 
 
 def test_refcoco_refs_that_are_not_a_list_write_nothing(tmp_path, make_image, write_json):
-    src = _refcoco(tmp_path / "refcoco", make_image, write_json, refs={"refs": []})
+    src = refcoco(tmp_path / "refcoco", make_image, write_json, refs={"refs": []})
     wh = tmp_path / "wh"
     with pytest.raises(InputError, match=r"not a refs file \(top level is a dict"):
         ingest("refcoco", source=src, warehouse=wh, workers=1)

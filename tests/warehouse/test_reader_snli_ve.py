@@ -1,7 +1,7 @@
 """SNLI-VE reader (snli_ve_{train,dev,test}.jsonl) through the real pipeline."""
-import json
 
 import pytest
+from formats import line, snli_ve, write
 
 from warehouse.ingest.build import ingest
 from warehouse.ingest.checks import shown
@@ -10,44 +10,8 @@ from warehouse.ingest.sources import InputError
 from warehouse.store import Warehouse
 
 
-def _line(flickr_id, hypothesis, label, pair=None, caption_id=None):
-    """One line as the official files have it (premise fields included, unused)."""
-    rec = {"Flickr30K_ID": flickr_id, "sentence1": "Two dogs play in the snow.",
-           "sentence2": hypothesis, "gold_label": label,
-           "captionID": caption_id or f"{flickr_id}.jpg#0",
-           "annotator_labels": [label], "sentence1_parse": "(ROOT (S ...))"}
-    if pair is not None:
-        rec["pairID"] = pair
-    return json.dumps(rec).encode()
-
-
-def _write(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(line + b"\n" for line in lines))
-
-
-def _snli_ve(folder, make_image):
-    make_image(folder / "flickr30k_images" / "1000.jpg", (40, 30), fmt="JPEG")   # subfolder
-    make_image(folder / "2000.jpg", (20, 20), fmt="JPEG")                        # flat
-    _write(folder / "snli_ve_train.jsonl", [
-        _line("1000", "Dogs are outside.", "entailment", "1000.jpg#0r1e"),
-        _line("1000", "  The dogs   are asleep. ", "contradiction", "1000.jpg#0r1c"),
-        _line("1000", "The dogs are brothers.", "neutral"),                   # no pairID
-        _line("1000", "Cats.", "-", "1000.jpg#0r2n"),                          # no consensus
-        _line("1000", "Cats.", "maybe", "1000.jpg#0r3n"),                      # not a label
-        _line("1000", "   ", "neutral", "1000.jpg#0r4n"),                      # empty hypothesis
-        _line("1000", "Again.", "neutral", "1000.jpg#0r1e"),                   # duplicate pairID
-        _line("12ab", "Bad id.", "neutral", "12ab#0r1n"),                      # not a Flickr id
-        b'{"Flickr30K_ID": "1000", "sentence2": ',                             # malformed
-        _line("3000", "No file.", "entailment", "3000.jpg#0r1e"),              # image missing
-    ])
-    _write(folder / "snli_ve_dev.jsonl", [
-        _line(2000, "A person.", "entailment", "2000.jpg#1r1e")])              # numeric id
-    return folder
-
-
 def test_snli_ve_rows_and_rejects(tmp_path, make_image, query, rejects):
-    src = _snli_ve(tmp_path / "snli", make_image)
+    src = snli_ve(tmp_path / "snli", make_image)
     wh = tmp_path / "wh"
     r = ingest("snli-ve", source=src, warehouse=wh, workers=1)
     assert r.balanced, r.summary()
@@ -79,7 +43,7 @@ def test_snli_ve_rows_and_rejects(tmp_path, make_image, query, rejects):
 
 
 def test_snli_ve_split_and_image_root(tmp_path, make_image, query):
-    src = _snli_ve(tmp_path / "snli", make_image)
+    src = snli_ve(tmp_path / "snli", make_image)
     images = tmp_path / "elsewhere"
     make_image(images / "2000.jpg", (24, 24), fmt="JPEG")
     wh = tmp_path / "wh"
@@ -94,7 +58,7 @@ def test_snli_ve_split_and_image_root(tmp_path, make_image, query):
 
 
 def test_snli_ve_unknown_split_or_no_files_writes_nothing(tmp_path, make_image):
-    src = _snli_ve(tmp_path / "snli", make_image)
+    src = snli_ve(tmp_path / "snli", make_image)
     wh = tmp_path / "wh"
     with pytest.raises(InputError, match="splits train, dev, test"):
         ingest("snli-ve", source=src, warehouse=wh, split="val")
@@ -106,14 +70,14 @@ def test_snli_ve_unknown_split_or_no_files_writes_nothing(tmp_path, make_image):
 def test_snli_ve_hostile_lines_cost_one_row_each(tmp_path, make_image, query, rejects):
     src = tmp_path / "snli"
     make_image(src / "1000.jpg", fmt="JPEG")
-    _write(src / "snli_ve_test.jsonl", [
-        _line("1000", "Fine.", "neutral", "p0"),
+    write(src / "snli_ve_test.jsonl", [
+        line("1000", "Fine.", "neutral", "p0"),
         b'{"Flickr30K_ID": "1000", "sentence2": "caf\xe9", "gold_label": "neutral"}',
-        _line("1" * 100, "Long id.", "neutral", "p1"),
-        _line(True, "Boolean id.", "neutral", "p2"),
-        _line("1000", {"text": "an object"}, "neutral", "p3"),
-        _line("1000", "Listed label.", ["entailment"], "p4"),
-        _line("1000", "x" * 20_000, "entailment", "p5"),
+        line("1" * 100, "Long id.", "neutral", "p1"),
+        line(True, "Boolean id.", "neutral", "p2"),
+        line("1000", {"text": "an object"}, "neutral", "p3"),
+        line("1000", "Listed label.", ["entailment"], "p4"),
+        line("1000", "x" * 20_000, "entailment", "p5"),
         b"[1, 2]",
     ])
     wh = tmp_path / "wh"
