@@ -205,37 +205,6 @@ def test_a_loaded_checkpoint_scores_identically(shapes, tuned):
 
 
 @pytest.mark.slow
-def test_a_killed_finetune_resumes_exactly(shapes, monkeypatch):
-    """Killed right after its step-3 checkpoint, a 6-step fine-tune resumed with resume=True
-    logs the same losses at steps 4-6 as an uninterrupted one and ends with the same weights."""
-    from model.training.trainer import Trainer
-    wh, _, _, tmp = shapes
-    uri = f"sqlite:///{tmp}/mlflow-resume.db"
-    args = dict(config="tiny", steps=6, tracking_uri=uri, eval_split=None, checkpoint_every=3)
-    full = finetune_refexp(wh, None, out_dir=tmp / "full", **args)
-    save = Trainer.save
-
-    def save_then_die(self, path, data_position=None):
-        save(self, path, data_position)
-        if self.step == 3:
-            raise KeyboardInterrupt("killed after the step-3 checkpoint")
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        finetune_refexp(wh, None, out_dir=tmp / "killed", **args)
-    monkeypatch.setattr(Trainer, "save", save)
-    rest = finetune_refexp(wh, None, out_dir=tmp / "killed", resume=True, **args)
-    client = mlflow.MlflowClient(uri)
-
-    def history(run_id):
-        return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, "loss"),
-                                                  key=lambda m: m.step)]
-    assert [s for s, _ in history(rest["run_id"])] == [1, 2, 3, 4, 5, 6]
-    assert history(rest["run_id"])[3:] == history(full["run_id"])[3:]
-    a, b = (load_checkpoint(r["checkpoint"])["model"] for r in (full, rest))
-    assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
-
-
-@pytest.mark.slow
 def test_the_picture_is_a_png_of_its_size(shapes, tuned):
     from model.pipeline.refexp_picture import referring_picture
     wh, fs, _, tmp = shapes
