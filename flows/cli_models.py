@@ -88,8 +88,9 @@ def add_model_commands(sub) -> None:
                                       "(Prefect flow)", EVALUATE, positional=("model",))
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = add_command(sub, "finetune", "fine-tune a pre-trained checkpoint for retrieval or VQA "
-                                      "(Prefect flow)", FINETUNE, positional=("task",))
+    sp = add_command(sub, "finetune", "fine-tune a pre-trained checkpoint for retrieval, VQA, "
+                                      "visual entailment (ve) or referring expressions "
+                                      "(refexp) (Prefect flow)", FINETUNE, positional=("task",))
     sp.set_defaults(func=cmd_finetune)
 
     sp = add_command(sub, "predict", "write a fine-tuned model's results file for an "

@@ -28,7 +28,7 @@ def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
                  budget: int = 600, vqa_steps: int = 200, variants: list[str] | None = None,
                  split: str | None = "test", k_text: int = K_TEXT, k_image: int = K_IMAGE,
                  out_dir: str = "runs/compare", tracking_uri: str | None = None,
-                 seeds: list[int] | None = None) -> dict:
+                 seeds: list[int] | None = None, batch_size: int | None = None) -> dict:
     """Pre-training variants side by side, each scored on `split`.
 
     Args:
@@ -45,11 +45,13 @@ def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
             project folder)
         seeds: pre-training seeds, each variant run once per seed; the table then gives
             mean ± sd (none: the config's seed, once)
+        batch_size: every step's batch, pre-training and VQA (none: the config's; the demo
+            trains at 32)
     """
     out = cmp.compare(warehouse, root=out_dir, config=config, budget=budget,
                       vqa_steps=vqa_steps, variants=variants, split=split, k_text=k_text,
                       k_image=k_image, tracking_uri=tracking_uri, call=run_task,
-                      run_name=flow_run.name, seeds=seeds)
+                      run_name=flow_run.name, seeds=seeds, batch_size=batch_size)
     columns, rows = cmp.results_table(out)
     create_table_artifact(table=[dict(zip(columns, r)) for r in rows], key="mvp-compare",
                           description=f"mvp-compare: {split} split, {budget} pre-training steps "

@@ -167,12 +167,15 @@ def run_step(kind: str, label: str, **kw) -> dict:
 def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps: int,
                 tracking: dict | None = None, split: str = "test", k_text: int = K_TEXT,
                 k_image: int = K_IMAGE, call: Callable[..., dict] = run_step,
-                seed: int | None = None) -> dict:
+                seed: int | None = None, batch_size: int | None = None) -> dict:
     """Pre-train `v` for `budget` steps, then score it. `seed` (default: the config's) seeds
-    pre-training: model init, masks, data order. Returns {"variant", "pretraining", "steps"
+    pre-training: model init, masks, data order; `batch_size` (default: the config's) is every
+    step's batch, pre-training and VQA alike. Returns {"variant", "pretraining", "steps"
     (name -> step result), "retrieval" (evaluate() metrics), "vqa" (dataset -> metrics)}."""
     common = {"root": str(root), "warehouse": str(warehouse)}
     seeded = {} if seed is None else {"seed": seed}
+    if batch_size is not None:
+        seeded["batch_size"] = batch_size
     done, trained = {}, None
     for k, (stage, n) in enumerate(zip(v.stages, stage_steps(v, budget))):
         name = step_name(v, k, seed)
@@ -187,7 +190,7 @@ def run_variant(v: Variant, root, warehouse, config: str, budget: int, vqa_steps
         name = f"{v.name}{_seeded(seed)}-vqa"
         # every variant gets the same inputs here (question + tags): fine-tuning teaches their use
         tuned = call("vqa", name, init=trained, config=config, steps=vqa_steps, eval_split=None,
-                     name=name, tracking=tracking, **common)
+                     name=name, tracking=tracking, batch_size=batch_size, **common)
         done[name] = tuned
         vqa = {d: call("evaluate-vqa", f"{name}-{d}", trained=tuned, split=split, dataset=d,
                        **common)["metrics"] for d in vqa_datasets(warehouse, tuned, split)}
@@ -199,7 +202,7 @@ def compare(warehouse, root="runs/compare", config: str = DEFAULT_PRESET, budget
             vqa_steps: int = 200, variants: list[str] | None = None, split: str = "test",
             k_text: int = K_TEXT, k_image: int = K_IMAGE, tracking_uri: str | None = None,
             call: Callable[..., dict] = run_step, run_name: str = "compare",
-            seeds: list[int] | None = None) -> dict:
+            seeds: list[int] | None = None, batch_size: int | None = None) -> dict:
     """Every variant (default: all of VARIANTS) at `budget` pre-training steps, scored on
     `split`; the results also go to <root>/results.json and as metrics to the parent run.
     With several `seeds` each variant runs once per seed and its metrics are means (sds beside
@@ -207,14 +210,15 @@ def compare(warehouse, root="runs/compare", config: str = DEFAULT_PRESET, budget
     its aggregate over the seeds), "chance", "beyond_spread" (sentences)}."""
     chosen = [variant(n) for n in (variants or VARIANT_NAMES)]
     settings = {"flow": "mvp-compare", "warehouse": str(warehouse), "config": config,
-                "budget": budget, "batch_size": load_train_config(config).batch_size,
+                "budget": budget,
+                "batch_size": batch_size or load_train_config(config).batch_size,
                 "vqa_steps": vqa_steps, "split": split,
                 "variants": ",".join(v.name for v in chosen),
                 "seeds": ",".join(map(str, seeds or [])) or "config"}
     with pipeline_run(tracking_uri, settings, experiment="mvp-compare",
                       run_name=run_name) as tracking:
         runs = {v.name: {s: run_variant(v, root, warehouse, config, budget, vqa_steps, tracking,
-                                        split, k_text, k_image, call, s)
+                                        split, k_text, k_image, call, s, batch_size)
                          for s in (seeds or [None])} for v in chosen}
         results = {name: per[None] if seeds is None else aggregate(per)
                    for name, per in runs.items()}
