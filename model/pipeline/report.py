@@ -207,13 +207,17 @@ def results_table(test: dict) -> tuple[list[str], list[tuple]]:
                      f"{m['n_questions']} questions", *blank))
     if "ve" in test:
         m = test["ve"]
+        per_class = " / ".join("-" if v is None else f"{100 * v:.0f}"
+                               for v in m["by_label"].values())
         rows.append((f"ve: accuracy {100 * m['ve_acc']:.1f} (chance {100 * m['chance']:.1f}, "
-                     f"best constant {100 * m['best_constant']:.1f}) on {m['n_hypotheses']} "
-                     "hypotheses", *blank))
+                     f"best constant {100 * m['best_constant']:.1f}; per class "
+                     f"{'/'.join(m['by_label'])} {per_class}) on {m['n_hypotheses']} hypotheses",
+                     *blank))
     if "refexp" in test:
         m = test["refexp"]
         rows.append((f"refexp: accuracy at IoU >= 0.5 {100 * m['refexp_acc']:.1f} (chance "
-                     f"{100 * m['chance']:.1f}) on {m['n_expressions']} expressions", *blank))
+                     f"{100 * m['chance']:.1f}, largest region {100 * m['largest_region_acc']:.1f})"
+                     f" on {m['n_expressions']} expressions", *blank))
     return RESULT_COLUMNS, rows
 
 

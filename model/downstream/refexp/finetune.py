@@ -124,13 +124,16 @@ def evaluate_refexp(checkpoint_or_model, warehouse, split: str | None, dataset: 
                     device: str | None = None) -> dict:
     """Referring accuracy of a fine-tuned model on a split (RefCOCO+: val, testA, testB):
     {"refexp_acc", "chance", "upper_bound", "n_expressions", "n_without_features",
-    "n_gold_unreachable"} (see _report). The feature set defaults to the model's."""
+    "n_gold_unreachable"} (see _report) and "largest_region_acc", the accuracy of always choosing
+    the largest candidate. The feature set defaults to the model's."""
     model = fine_tuned(checkpoint_or_model, load_refexp, ReferringModel, device)
     feature_set = feature_set or model.cfg.feature_set
     if feature_set is None:
         raise ValueError("the model names no feature set: pass feature_set")
     data = ReferringData(warehouse, feature_set, model.cfg, split, dataset)
-    return _report(predict(model, data, batch_size), data)
+    report = _report(predict(model, data, batch_size), data)
+    report["largest_region_acc"] = baselines(data)["largest_region"]["refexp_acc"]
+    return report
 
 
 def largest_region(data: ReferringData) -> list[int]:
