@@ -35,6 +35,9 @@ class VisualInputs(TensorBatch):
     regions: torch.Tensor         # [B, R, feat_dim] float
     geometry: torch.Tensor        # [B, R, 6] float
     region_mask: torch.Tensor     # [B, R] bool
+    # [B, R] long: each region's label as one word (model/text.py label_word), -100 where it has
+    # none and on padding; MAMO's explicit target. None where the input has no labels (serving)
+    region_labels: torch.Tensor | None = None
 
 
 @dataclass

@@ -63,6 +63,16 @@ def mamo(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(predicted, target.detach())
 
 
+def mamo_explicit(label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked region modelling with an explicit target (MAMO): the masked region's fused state
+    names the region's label word; the mean CE over masked regions that have a label, 0 with a
+    grad path when none has.
+
+    label_logits: [N, V] at the N masked regions; labels: [N] word id, IGNORE without a label.
+    """
+    return _masked_ce(label_logits, labels)
+
+
 def mcr(tag_logits: torch.Tensor, tag_labels: torch.Tensor) -> torch.Tensor:
     """Masked concept recovering: predict the masked tags from the visual encoder.
 

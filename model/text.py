@@ -73,6 +73,16 @@ def tag_sequence(labels, cfg: ModelConfig) -> list[int]:
     return [cfg.cls_id, *ids[:cfg.max_tags - 2], cfg.sep_id]
 
 
+def label_word(label: str | None) -> int:
+    """A region label as one word target: its first BPE piece (IGNORE_LABEL for none), what
+    MAMO's explicit target asks the masked region to recover."""
+    pieces = bpe(label) if label else ()
+    return pieces[0] if pieces else IGNORE_LABEL
+
+
+IGNORE_LABEL = -100   # model/losses.py IGNORE: a region without a label is no target
+
+
 def question_tokens(question: str, tag_words: list[int], cfg: ModelConfig,
                     concept_ids: list[int] = ()) -> list[int]:
     """`[CLS] question words, its phrase concepts [SEP] tag words [SEP]` within max_text_len

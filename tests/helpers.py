@@ -6,6 +6,7 @@ import torch
 
 from model.batch import PretrainBatch, VisualInputs
 from model.config import load_config
+from model.losses import IGNORE
 from model.mvp import MVP
 from model.training.config import load_train_config
 from model.training.data import PretrainData
@@ -34,12 +35,15 @@ def synthetic_batch(cfg, epoch: int, index: int, B=4, Lw=10, C=3, Lg=6, R=5) -> 
     tag_ids[:, 0], tag_ids[:, -1] = cfg.cls_id, cfg.sep_id
     region_mask = torch.ones(B, R, dtype=torch.bool)
     region_mask[2, -2:] = False
+    region_labels = torch.randint(2000, 3000, (B, R), generator=g)
+    region_labels[~region_mask] = IGNORE
+    region_labels[1, 0] = IGNORE   # a region without a label
     return PretrainBatch(
         token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
         concept_mask=concept_mask, concept_spans=spans,
         visual=VisualInputs(tag_ids, torch.ones(B, Lg, dtype=torch.bool),
                             torch.randn(B, R, cfg.feat_dim, generator=g),
-                            torch.rand(B, R, 6, generator=g), region_mask),
+                            torch.rand(B, R, 6, generator=g), region_mask, region_labels),
         image_index=torch.tensor([0, 0, 1, 2])[:B],   # two captions of one image
         caption_ids=[f"c{i}" for i in range(B)], image_ids=[f"i{i}" for i in range(B)])
 

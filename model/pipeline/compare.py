@@ -53,8 +53,9 @@ VARIANTS = (
     # the cross encoder, beside MVP's losses
     Variant("simla", (Stage("stage1", 0.5, {"psl": 1.0}),
                       Stage("stage2", 0.5, {"psl": 1.0, "xmm": 1.0}))),
-    # MAMO's joint masking: regions masked with the text, regressing their unmasked states
-    Variant("mamo", (_STAGE1, Stage("stage2", 0.5, {"mamo": 1.0}))),
+    # MAMO's joint masking: regions masked with the text recover their label (explicit target)
+    # and a momentum teacher's unmasked state (implicit), ALBEF's momentum 0.995
+    Variant("mamo", (_STAGE1, Stage("stage2", 0.5, {"mamo": 1.0, "mamo_momentum": 0.995}))),
     # DiMBERT's attention: text and regions with their own q/k/v in the cross encoder
     Variant("dimbert", tuple(Stage(s, 0.5, model={"disentangled_fusion": True})
                              for s in ("stage1", "stage2"))),

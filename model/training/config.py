@@ -23,6 +23,7 @@ STAGE_LOSSES = {   # METHOD.md §3
 }
 STAGES = tuple(STAGE_LOSSES)
 CONCEPT_LOSSES = ("mcr", "text_mcr", "wpg", "psl")   # read phrase concepts or tags
+MAMO_TARGETS = ("implicit", "explicit", "both")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class TrainConfig:
     #                            losses when > 0 (model/losses.py psl)
     mamo: float = 0.0          # MAMO's masked region modelling, added to a stage with MLM when > 0:
     #                            regions are then masked with the text (joint masking)
+    # what a masked region recovers (MAMO's two kinds of target): implicit (its state in the
+    # unmasked pass), explicit (its label as a word; regions without a label are skipped) or both
+    mamo_target: str = "both"
+    # the implicit target's teacher: 0 = the model itself, without gradient; m > 0 = a momentum
+    # copy of the model, updated teacher <- m * teacher + (1 - m) * model after every step
+    # (MAMO's choice, as ALBEF's momentum distillation)
+    mamo_momentum: float = 0.0
     xmm: float = 0.0           # SIMLA's symmetric cross-modality reconstruction, added to a stage
     #                            with MLM when > 0: one side masked, the other whole
     text_mcr: bool = False     # also recover masked phrase concepts from the text encoder (MCR
@@ -115,6 +123,10 @@ def _validate(c: TrainConfig) -> None:
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
     require(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
+    require(c.mamo_target in MAMO_TARGETS,
+            f"mamo_target must be one of {MAMO_TARGETS}, got {c.mamo_target!r}")
+    require(isinstance(c.mamo_momentum, (int, float)) and 0.0 <= c.mamo_momentum < 1.0,
+            f"mamo_momentum must be in [0, 1), got {c.mamo_momentum!r}")
     require(c.negatives_scope in ("rank", "global"),
             f"negatives_scope must be rank or global, got {c.negatives_scope!r}")
     require(c.negatives in NEGATIVE_MODES,

@@ -17,7 +17,7 @@ from features.feature_sets import check_compatible, require_feature_set
 from features.load import RegionFeatures, load_region_features
 from model.batch import PretrainBatch, VisualInputs, pad_rows
 from model.config import ModelConfig
-from model.text import caption_input, tag_sequence
+from model.text import IGNORE_LABEL, caption_input, label_word, tag_sequence
 from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
@@ -158,16 +158,19 @@ class VisualSource:
         self.regions = _in_image_id_order(load_region_features(wh, feature_set_id, image_ids))
         self.geometry = torch.from_numpy(np.array(self.regions.geometry, np.float32))
         rf = self.regions
+        words = {label: label_word(label) for label in set(rf.label)}
+        self.region_labels = torch.tensor([words[label] for label in rf.label], dtype=torch.long)
         self.tags, self.tag_offsets = _flat([
             tag_sequence(rf.label[rf.offsets[k]:rf.offsets[k + 1]], cfg)
             for k in range(len(rf.image_ids))])
 
     @classmethod
     def mapped(cls, cfg: ModelConfig, regions: "RegionArrays", tags: np.ndarray,
-               tag_offsets: np.ndarray) -> "VisualSource":
+               tag_offsets: np.ndarray, region_labels: torch.Tensor) -> "VisualSource":
         """The visual side over arrays read elsewhere (a feature cache's memory maps)."""
         side = cls.__new__(cls)
         side.cfg, side.regions, side.geometry = cfg, regions, regions.geometry
+        side.region_labels = region_labels
         side.tags, side.tag_offsets = tags, tag_offsets
         return side
 
@@ -193,9 +196,10 @@ class VisualSource:
                 "regions": self.regions.vectors[r0:r1], "geometry": self.geometry[r0:r1],
                 "image_index": row, "image_id": str(self.regions.image_ids[row])}
 
-    def _regions(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded regions (float32) and geometry of these image rows, and the real-entry mask,
-        gathered in one indexing operation per array (not one copy per image)."""
+    def _regions(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
+        """Padded regions (float32), geometry and label words of these image rows, and the
+        real-entry mask, gathered in one indexing operation per array (not one copy per
+        image)."""
         offsets = self.regions.offsets
         rows = np.asarray(rows, np.int64)
         starts = offsets[rows]
@@ -208,14 +212,16 @@ class VisualSource:
         regions[mask] = self.regions.vectors[index].float()
         geometry = torch.zeros((len(rows), mask.shape[1], 6))
         geometry[mask] = self.geometry[index]
-        return regions, geometry, mask
+        labels = torch.full(mask.shape, IGNORE_LABEL, dtype=torch.long)
+        labels[mask] = self.region_labels[index]
+        return regions, geometry, mask, labels
 
     def collate(self, items: list[dict]) -> dict:
         """The padded visual inputs of a batch of `item`s and which images they are, named as in the
         batch dataclasses."""
         tag_ids, tag_mask = pad_rows([x["tag_ids"] for x in items], self.cfg.pad_id)
-        regions, geometry, region_mask = self._regions([x["image_index"] for x in items])
-        return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask),
+        regions, geometry, region_mask, labels = self._regions([x["image_index"] for x in items])
+        return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask, labels),
                 "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
                 "image_ids": [x["image_id"] for x in items]}
 

@@ -22,7 +22,7 @@ from model.training.data import PretrainData, RegionArrays, VisualSource
 from warehouse.catalog import connect
 from warehouse.store import ORPHAN_GRACE_S, Warehouse
 
-FORMAT = 1                     # bump when what is stored, or how it is tokenized, changes
+FORMAT = 2                     # bump when what is stored, or how it is tokenized, changes
 CHUNK_IMAGES = 20_000          # images read into memory at a time while building
 # the model config fields tokenization reads: another value means other token arrays
 TEXT_FIELDS = ("max_text_len", "max_tags", "cls_id", "sep_id", "pad_id", "mask_id",
@@ -140,6 +140,7 @@ class _Writer:
         self._ragged("tags", images.tags, images.tag_offsets)
         self._ragged("vectors", images.regions.vectors.numpy(), images.regions.offsets)
         self._write("geometry", images.geometry.numpy())
+        self._write("region_labels", images.region_labels.numpy())
         self._write("image_of", part.image_of + self.n_images)
         self._string("caption_ids", part.caption_ids)
         self._string("image_ids", images.regions.image_ids)
@@ -200,7 +201,8 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
     regions = RegionArrays(StringColumn(folder / "image_ids.arrow"), mapped("region_offsets"),
                            torch.from_numpy(mapped("geometry")),
                            torch.from_numpy(mapped("vectors")))
-    images = VisualSource.mapped(cfg, regions, mapped("tags"), mapped("tag_offsets"))
+    images = VisualSource.mapped(cfg, regions, mapped("tags"), mapped("tag_offsets"),
+                                 torch.from_numpy(mapped("region_labels")))
     return PretrainData.mapped(cfg, images, meta["n_concepts"],
                                StringColumn(folder / "caption_ids.arrow"), mapped("image_of"),
                                mapped("tokens"), mapped("token_offsets"), mapped("concepts"),

@@ -2,6 +2,7 @@
 checkpoints wrap one thing; a PretrainBatch in, the losses of the config (TrainConfig.losses) out."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -27,7 +28,7 @@ REACHES = {
     "mlm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
     "wpg": _TEXT + _VISUAL + ("cross_encoder",),
     "psl": _VISUAL + ("mcr_transform",),
-    "mamo": _TEXT + _VISUAL + ("cross_encoder",),
+    "mamo": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),  # explicit: a word
     "xmm": _TEXT + _VISUAL + ("cross_encoder", "mlm_transform", "mlm_bias"),
 }
 
@@ -52,6 +53,12 @@ class PretrainTask(nn.Module):
         reached = {part for loss in tcfg.losses for part in REACHES[loss]}
         for name, param in model.named_parameters():
             param.requires_grad_(name.split(".")[0] in reached)
+        # MAMO's momentum teacher: built now (DDP sees the module whole from the start), its
+        # weights copied from the model on the first step, when init weights are loaded
+        self.teacher = None
+        if "mamo" in tcfg.losses and tcfg.mamo_momentum > 0:
+            self.teacher = copy.deepcopy(model).requires_grad_(False)
+            self.register_buffer("teacher_ready", torch.tensor(False))
 
     def forward(self, batch: PretrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Two passes: clean text and tags for VSC, ITM and WPG (so ITM's hard negatives are picked
@@ -86,6 +93,8 @@ class PretrainTask(nn.Module):
             text = m.encode_text(text_ids, text_mask)
             visual = m.encode_visual(batch.visual)
             sim = m.similarity(text.g, visual.g)
+        if "mamo" in need and self.teacher is not None:
+            teacher_fused = self._teacher_fused(text_ids, text_mask, batch.visual)
         if "vsc" in need:
             out["vsc"] = (losses.vsc(sim) if self.tcfg.negatives_scope == "rank"
                           else self._global_vsc(text.g, visual.g, batch.image_index))
@@ -144,12 +153,58 @@ class PretrainTask(nn.Module):
             own = m.region_embed(torch.cat([v.regions, v.geometry], dim=-1).to(words.dtype))
             out["xmm"] = losses.xmm(m.mlm_logits(words[sel]), token_labels[sel],
                                     with_caption.region_hidden[xmm_masked], own[xmm_masked])
-        if "mamo" in need:   # the masked regions' fused states regress the unmasked pass's
-            out["mamo"] = losses.mamo(m_fused.region_hidden[masked_regions],
-                                      pos.region_hidden[masked_regions])
+        if "mamo" in need:   # the masked regions recover their unmasked state and/or label
+            clean = pos if self.teacher is None else teacher_fused
+            out["mamo"] = self._mamo(m_fused.region_hidden[masked_regions],
+                                     clean.region_hidden[masked_regions],
+                                     batch.visual.region_labels, masked_regions)
 
         out["loss"] = sum(self.tcfg.weight(k) * v for k, v in out.items())
         return out
+
+    def _mamo(self, predicted: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor | None,
+              masked: torch.Tensor) -> torch.Tensor:
+        """MAMO's loss on the masked regions' fused states: the implicit target (their clean
+        states), the explicit one (their label words), or the mean of the two."""
+        target = self.tcfg.mamo_target
+        parts = []
+        if target in ("implicit", "both"):
+            parts.append(losses.mamo(predicted, clean))
+        if target in ("explicit", "both"):
+            if labels is None:
+                raise ValueError("MAMO's explicit target needs region labels in the batch")
+            parts.append(losses.mamo_explicit(self.model.mlm_logits(predicted), labels[masked]))
+        return sum(parts) / len(parts)
+
+    @torch.no_grad()
+    def _teacher_fused(self, text_ids: torch.Tensor, text_mask: torch.Tensor, visual):
+        """The momentum teacher's unmasked fused pass (the implicit target's source)."""
+        if not self.teacher_ready:
+            self.teacher.load_state_dict(self.model.state_dict())
+            self.teacher_ready.fill_(True)
+        t = self.teacher
+        return t.fuse(t.encode_text(text_ids, text_mask), t.encode_visual(visual))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After each optimizer step: teacher <- m * teacher + (1 - m) * model."""
+        if self.teacher is None or not self.teacher_ready:
+            return
+        m = self.tcfg.mamo_momentum
+        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
+            t.mul_(m).add_(s.detach(), alpha=1 - m)
+
+    def training_state(self) -> dict | None:
+        """What a resumed run needs beyond the model's weights: the momentum teacher."""
+        if self.teacher is None:
+            return None
+        return {"teacher": self.teacher.state_dict(), "teacher_ready": bool(self.teacher_ready)}
+
+    def load_training_state(self, state: dict | None) -> None:
+        if self.teacher is None or state is None:
+            return
+        self.teacher.load_state_dict(state["teacher"])
+        self.teacher_ready.fill_(state["teacher_ready"])
 
     def visible(self, batch: PretrainBatch) -> PretrainBatch:
         """The batch as this task's model sees it (no concepts or tags with `concepts: false`)."""

@@ -93,6 +93,8 @@ class Trainer:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         log["grad_norm"] = norm.item()
         self.optimizer.step()
+        if hasattr(self.task, "after_step"):   # e.g. a momentum teacher's update
+            self.task.after_step()
         self.scheduler.step()
         # set_to_none: parameters the stage does not use keep grad None, so AdamW skips them
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,6 +176,9 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "data_position": data_position,
             "rng": rng,   # one entry per rank
+            # the task's own state beyond the model's weights (a momentum teacher)
+            "task_state": (self.task.training_state() if hasattr(self.task, "training_state")
+                           else None),
         }
         save_checkpoint(state, path)
 
@@ -192,6 +197,8 @@ class Trainer:
         start anew from (seed, step, rank), so its losses are not those of the original run."""
         state = load_checkpoint(path, needs=("model", "optimizer", "scheduler", "rng"))
         load_weights(self.task, state)
+        if hasattr(self.task, "load_training_state"):
+            self.task.load_training_state(state.get("task_state"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]

@@ -116,6 +116,10 @@ def test_regions_are_the_images_vectors(built, data):
         assert n == min(r1 - r0, cfg.max_regions)
         assert torch.equal(b.visual.regions[k, :n], rf.vectors[r0:r0 + n].float())
         assert torch.equal(b.visual.geometry[k, :n], torch.tensor(rf.geometry[r0:r0 + n]))
+        # MAMO's explicit target: each region's label as its first BPE piece, -100 on padding
+        assert b.visual.region_labels[k, :n].tolist() == [bpe(label)[0]
+                                                          for label in rf.label[r0:r0 + n]]
+        assert (b.visual.region_labels[k, n:] == -100).all()
     # same image <-> same image_index
     same_img = torch.tensor([[a == c for c in b.image_ids] for a in b.image_ids])
     assert torch.equal(same_img, b.image_index[:, None] == b.image_index[None, :])

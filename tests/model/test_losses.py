@@ -4,7 +4,19 @@ import math
 import pytest
 import torch
 
-from model.losses import itm, itm_negatives, mamo, mcr, mlm, psl, vsc, wpg, xmm
+from model.losses import (
+    IGNORE,
+    itm,
+    itm_negatives,
+    mamo,
+    mamo_explicit,
+    mcr,
+    mlm,
+    psl,
+    vsc,
+    wpg,
+    xmm,
+)
 
 R2 = math.sqrt(0.5)  # cos 45°
 
@@ -54,6 +66,17 @@ def test_mamo_regresses_the_unmasked_states_without_moving_them():
     assert target.grad is None and predicted.grad.abs().sum() > 0   # the target is a teacher
     empty = torch.zeros(0, 2, requires_grad=True)
     assert mamo(empty, empty).item() == 0.0
+
+
+def test_mamo_explicit_names_the_label_of_labelled_masked_regions():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [9.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, IGNORE])   # the third region has no label: no target
+
+    def ce(row, y):
+        return math.log(sum(math.exp(z) for z in row)) - row[y]
+    expected = (ce([2.0, 0.0, -1.0], 0) + ce([0.5, 0.5, 3.0], 1)) / 2
+    assert mamo_explicit(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert mamo_explicit(logits[2:], labels[2:]).item() == 0.0
 
 
 def test_xmm_is_the_mean_of_word_and_region_reconstruction():

@@ -136,21 +136,24 @@ def test_a_checkpoint_of_two_processes_resumes_in_one_only_when_resharded(tmp_pa
     assert torch.equal(again.generator.get_state(), second.generator.get_state())
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"mamo": 1.0, "mamo_momentum": 0.5}],
+                         ids=["plain", "mamo-momentum-teacher"])
+def test_resume_is_exact(tmp_path, extra):
     """6 steps uninterrupted == 3 steps, checkpoint, a new trainer from it, 3 more steps. Dropout
-    is on, so the torch RNG state must be restored; masks use the task generator's state."""
+    is on, so the torch RNG state must be restored; masks use the task generator's state; a
+    momentum teacher is part of the state too."""
     def run(trainer, cfg, start, stop):
         return [trainer.train_step([synthetic_batch(cfg, 0, i)]) for i in range(start, stop)]
 
-    trainer, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6)
+    trainer, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6, **extra)
     full = run(trainer, cfg, 0, 6)
 
-    first, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6)
+    first, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6, **extra)
     part = run(first, cfg, 0, 3)
     first.save(tmp_path / "ckpt.pt", data_position={"epoch": 0, "index": 3})
     torch.manual_seed(123)   # disturb every RNG the resumed run must not depend on
     torch.rand(10)
-    second, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6, seed=99)
+    second, cfg = make_trainer(dropout=0.1, warmup_steps=2, total_steps=6, seed=99, **extra)
     position = second.load(tmp_path / "ckpt.pt")
     assert position == {"epoch": 0, "index": 3} and second.step == 3 and second.samples_seen == 12
     part += run(second, cfg, position["index"], 6)
@@ -158,7 +161,7 @@ def test_resume_is_exact(tmp_path):
     assert [log["loss"] for log in part] == [log["loss"] for log in full]
     assert part == full   # every loss, lr and grad norm
     assert len({log["loss"] for log in full}) == 6   # the steps really differ
-    for a, b in zip(trainer.task.parameters(), second.task.parameters()):
+    for a, b in zip(trainer.task.parameters(), second.task.parameters()):   # teacher included
         assert torch.equal(a, b)
 
 

@@ -30,6 +30,9 @@ VARIANTS = [   # (stage, train overrides, losses computed)
     ("albef", {"mamo": 1.0}, {"vsc", "itm", "mlm", "mamo"}),
     ("joint", {"mamo": 1.0, "mlm": 0}, {"vsc", "mcr", "itm", "wpg", "mamo"}),
     ("stage1", {"mamo": 1.0}, {"vsc", "mcr"}),                  # no fusion: nothing to mask
+    ("stage2", {"mamo": 1.0, "mamo_target": "explicit"}, {"vsc", "mcr", "itm", "mlm", "wpg",
+                                                            "mamo"}),
+    ("stage2", {"mamo": 1.0, "mamo_momentum": 0.9}, {"vsc", "mcr", "itm", "mlm", "wpg", "mamo"}),
     ("stage2", {"xmm": 1.0}, {"vsc", "mcr", "itm", "mlm", "wpg", "xmm"}),
     ("joint", {"xmm": 1.0, "mlm": 0, "itm": 0, "wpg": 0}, {"vsc", "mcr", "xmm"}),
 ]
@@ -67,6 +70,45 @@ def test_disentangled_fusion_trains_both_projections_only_where_fusion_is_traine
     assert reached == {n for n, p in named.items() if p.requires_grad}
     assert all(n in reached for n in second) == (stage == "joint")
     assert not any(n in reached for n in second) == (stage == "stage1")
+
+
+@pytest.mark.parametrize("target", ["implicit", "explicit", "both"])
+def test_mamo_is_its_implicit_explicit_or_mean_target(target):
+    """The mamo loss by hand from the task's own passes: both = the mean of the two."""
+    trainer, cfg = make_trainer("stage2", mamo=1.0, mamo_target=target)
+    task = trainer.task
+    batch = synthetic_batch(cfg, 0, 0)
+    seen = {}
+    real = losses.mamo, losses.mamo_explicit
+
+    def spy(name, fn):
+        def wrapped(*args):
+            seen[name] = fn(*args)
+            return seen[name]
+        return wrapped
+    try:
+        losses.mamo, losses.mamo_explicit = spy("implicit", real[0]), spy("explicit", real[1])
+        out = task(batch, torch.Generator().manual_seed(0))
+    finally:
+        losses.mamo, losses.mamo_explicit = real
+    assert set(seen) == ({"implicit", "explicit"} if target == "both" else {target})
+    assert out["mamo"].item() == pytest.approx(sum(v.item() for v in seen.values()) / len(seen))
+
+
+def test_the_momentum_teacher_starts_as_the_model_and_follows_it_by_ema():
+    trainer, cfg = make_trainer("stage2", mamo=1.0, mamo_momentum=0.9, lr=1e-2)
+    task = trainer.task
+    trainer.train_step([synthetic_batch(cfg, 0, 0)])
+    # the first step copied the model (before its update), then moved 10% toward the update
+    first = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    trainer.train_step([synthetic_batch(cfg, 0, 1)])
+    after = task.model.state_dict()
+    name = "cross_encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(after[name], before[name])   # the model moved
+    expected = 0.9 * first[name] + 0.1 * after[name]
+    assert torch.allclose(task.teacher.state_dict()[name], expected, atol=1e-6)
+    assert not any(p.requires_grad for p in task.teacher.parameters())
 
 
 def test_psl_targets_are_the_captions_concepts():
