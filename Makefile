@@ -42,7 +42,8 @@ lint: install
 # The numeric tests under each thread count and kernel choice they must hold for (a fresh clone on
 # another CPU differs in exactly these): one thread, two, PyTorch's portable kernels, AVX2 oneDNN.
 NUMERIC_TESTS := $(addprefix tests/model/test_,losses.py masking.py model.py train.py variants.py \
-                   overfit.py ddp.py retrieval.py feature_cache.py) tests/features/test_roi.py
+                   overfit.py ddp.py retrieval.py feature_cache.py entailment.py refexp.py) \
+                 tests/features/test_roi.py
 test-portable: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(NUMERIC_TESTS)

@@ -131,9 +131,7 @@ def evaluate_refexp(checkpoint_or_model, warehouse, split: str | None, dataset: 
     if feature_set is None:
         raise ValueError("the model names no feature set: pass feature_set")
     data = ReferringData(warehouse, feature_set, model.cfg, split, dataset)
-    report = _report(predict(model, data, batch_size), data)
-    report["largest_region_acc"] = baselines(data)["largest_region"]["refexp_acc"]
-    return report
+    return _report_with_prior(model, data, batch_size)
 
 
 def largest_region(data: ReferringData) -> list[int]:
@@ -147,12 +145,17 @@ def baselines(data: ReferringData) -> dict:
     return {"largest_region": _report(largest_region(data), data)}
 
 
+def _report_with_prior(model: ReferringModel, data: ReferringData, batch_size: int) -> dict:
+    report = _report(predict(model, data, batch_size), data)
+    report["largest_region_acc"] = baselines(data)["largest_region"]["refexp_acc"]
+    return report
+
+
 def _evaluate(model: ReferringModel, train: ReferringData, data: ReferringData, batch_size: int):
-    report, prior = _report(predict(model, data, batch_size), data), baselines(data)
-    metrics = {"refexp_acc": report["refexp_acc"], "chance": report["chance"],
-               "largest_region_acc": prior["largest_region"]["refexp_acc"],
-               "n_gold_unreachable": data.n_gold_unreachable}
-    return report, prior, metrics
+    report = _report_with_prior(model, data, batch_size)
+    metrics = {k: report[k] for k in ("refexp_acc", "chance", "largest_region_acc",
+                                      "n_gold_unreachable")}
+    return report, baselines(data), metrics
 
 
 TASK = HeadTask(
