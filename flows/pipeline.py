@@ -66,7 +66,7 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
                   refexp_steps: int = 80, k_text: int = 16,
                   k_image: int = 8, out_dir: str = "runs/pipeline", register: bool = True,
                   tracking_uri: str | None = None) -> dict:
-    """Defaults: the CPU demo (10 minutes on 2 cores with the install). On a GPU, raise the steps,
+    """Defaults: the CPU demo (about 10 minutes on 2 cores after the install). On a GPU, raise the steps,
     batch_size=None (the config's) and k_text=128, k_image=64 (the paper's re-ranking).
 
     Args:
