@@ -26,7 +26,7 @@ class SentenceImageData(Dataset):
                  params: list, sentence_column: int):
         wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
         require_model_feature_set(wh, feature_set_id, cfg)
-        self.cfg, self.warehouse = cfg, wh
+        self.cfg = cfg
         with connect(wh) as con:
             rows = con.sql(sql, params=params).fetchall()
         self.images = VisualSource(wh, feature_set_id, sorted({r[1] for r in rows}), cfg)

@@ -72,16 +72,23 @@ def predict(model: EntailmentModel, data: EntailmentData, batch_size: int = 64) 
     return torch.cat(probs) if probs else torch.zeros(0, len(ENTAILMENT_LABELS))
 
 
+def label_share(labels: list[int]) -> dict[str, float]:
+    """The share of each of ENTAILMENT_LABELS among `labels` (class indices)."""
+    n = len(labels)
+    return {name: (sum(y == k for y in labels) / n if n else 0.0)
+            for k, name in enumerate(ENTAILMENT_LABELS)}
+
+
 def accuracy_report(predicted: list[int], labels: list[int]) -> dict:
     """{"ve_acc", "by_label": {label: accuracy or None}, "label_share": {label: share},
     "chance", "best_constant", "n_hypotheses"}; best_constant is the largest label share: what
     answering one label for every hypothesis would score on these very labels."""
     n = len(labels)
-    by_label, share = {}, {}
+    by_label = {}
     for k, name in enumerate(ENTAILMENT_LABELS):
         rows = [p == y for p, y in zip(predicted, labels) if y == k]
         by_label[name] = sum(rows) / len(rows) if rows else None
-        share[name] = len(rows) / n if n else 0.0
+    share = label_share(labels)
     return {"ve_acc": sum(p == y for p, y in zip(predicted, labels)) / n if n else 0.0,
             "by_label": by_label, "label_share": share, "chance": 1 / len(ENTAILMENT_LABELS),
             "best_constant": max(share.values()), "n_hypotheses": n}
@@ -118,8 +125,8 @@ TASK = HeadTask(
     data=lambda wh, fs, cfg, split, dataset, train: EntailmentData(wh, fs, cfg, split, dataset),
     model=lambda mvp, train: EntailmentModel(mvp),
     evaluate=_evaluate,
-    params=lambda train: {"label_share": {k: round(v, 4) for k, v in accuracy_report(
-        train.labels, train.labels)["label_share"].items()}})
+    params=lambda train: {"label_share": {k: round(v, 4)
+                                          for k, v in label_share(train.labels).items()}})
 
 
 def finetune_ve(warehouse, init_from, **kw) -> dict:
