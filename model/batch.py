@@ -63,6 +63,15 @@ class PretrainBatch(TensorBatch):
     image_index: torch.Tensor     # [B] long: equal values = same image (no ITM negative there)
     caption_ids: list[str]
     image_ids: list[str]
+    # [B, K] long: image_index values of the OTHER batch images each caption is provably true of
+    # (features/caption_truth.py), -1 pads; None where the data path does not know
+    also_true: torch.Tensor | None = None
+
+    def known_matches(self) -> torch.Tensor | None:
+        """[B, B] bool: caption i is provably true of row j's image (beyond its own)."""
+        if self.also_true is None:
+            return None
+        return (self.also_true[:, :, None] == self.image_index[None, None, :]).any(1)
 
 
 def assemble_text(token_ids: torch.Tensor, token_mask: torch.Tensor, concept_ids: torch.Tensor,

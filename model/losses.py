@@ -116,15 +116,17 @@ NEGATIVE_MODES = ("hard", "sampled", "random")
 
 def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
                   image_ids: torch.Tensor | None = None, mode: str = "hard",
-                  text_ids: torch.Tensor | None = None):
+                  text_ids: torch.Tensor | None = None, matches: torch.Tensor | None = None):
     """The ITM batch from `sim` [B, B] (the VSC matrix, read without gradient): (text_index,
     image_index, label), the positives (i, i, 1) first, then the negatives. Pairs of one image
-    (`image_ids`: COCO has 5 captions each) or of identical caption text (`text_ids`: templated
-    captions repeat, and such a pair matches as far as anyone can tell) are never negatives;
-    text_ids is ignored if it would leave a row or column without a partner. mode "hard" (MVP's
-    authors): B negatives, the first B // 2 rows of a permutation as texts with their most similar
-    image, the rest as images with their most similar text; "random": the same split, partners
-    uniform; "sampled" (ALBEF): 2B, a partner for every text and every image by softmax(sim)."""
+    (`image_ids`: COCO has 5 captions each), of identical caption text (`text_ids`: templated
+    captions repeat, and such a pair matches as far as anyone can tell) or known to match
+    (`matches` [B, B] bool: the labelled regions prove the text true of the image) are never
+    negatives; the last two are ignored if they would leave a row or column without a
+    partner. mode "hard" (MVP's authors): B negatives, the first B // 2 rows of a permutation as
+    texts with their most similar image, the rest as images with their most similar text;
+    "random": the same split, partners uniform; "sampled" (ALBEF): 2B, a partner for every text
+    and every image by softmax(sim)."""
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"negative mode must be one of {NEGATIVE_MODES}, got {mode!r}")
     b = sim.shape[0]
@@ -135,15 +137,19 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
         excluded = excluded | (image_ids[:, None] == image_ids[None, :])
     if excluded.all(1).any():
         raise ValueError("itm_negatives: some pair has no non-matching partner in the batch")
+    known = excluded
     if text_ids is not None:
-        same_text = excluded | (text_ids[:, None] == text_ids[None, :])
-        if not (same_text.all(1).any() or same_text.all(0).any()):
-            excluded = same_text
+        known = known | (text_ids[:, None] == text_ids[None, :])
+    if matches is not None:
+        known = known | matches.to(device)
+    if not (known.all(1).any() or known.all(0).any()):
+        excluded = known
     arange = torch.arange(b, device=device)
 
-    def draw(weights: torch.Tensor) -> torch.Tensor:
-        """One allowed column per row, with probability proportional to `weights` (>= 0)."""
-        weights = weights.masked_fill(excluded, 0.0)
+    def draw(weights: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+        """One column per row that `banned` allows, with probability proportional to `weights`
+        (>= 0)."""
+        weights = weights.masked_fill(banned, 0.0)
         return torch.multinomial(weights.to(gen_device), 1, generator=generator).to(device)[:, 0]
 
     # draw order: the permutation (hard, random), then the partners (sampled, random)
@@ -151,8 +157,9 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
         scores = sim.detach().float()
         if mode == "sampled":
             # softmax over the allowed partners; the max-shift keeps exp finite at any scale
-            image_of_text = draw((scores - scores.max(1, keepdim=True).values).exp())
-            text_of_image = draw((scores.t() - scores.t().max(1, keepdim=True).values).exp())
+            image_of_text = draw((scores - scores.max(1, keepdim=True).values).exp(), excluded)
+            text_of_image = draw((scores.t() - scores.t().max(1, keepdim=True).values).exp(),
+                                 excluded.t())
             text_index = torch.cat([arange, arange, text_of_image])
             image_index = torch.cat([arange, image_of_text, arange])
         else:
@@ -162,10 +169,11 @@ def itm_negatives(sim: torch.Tensor, generator: torch.Generator | None = None,
                 order = torch.randperm(b, generator=generator, device=gen_device).to(device)
             if mode == "hard":
                 image_of_text = scores.masked_fill(excluded, float("-inf")).argmax(1)
-                text_of_image = scores.t().masked_fill(excluded, float("-inf")).argmax(1)
-            else:   # excluded is symmetric, so one mask serves rows and columns
-                image_of_text, text_of_image = (draw(torch.ones(b, b, device=device))
-                                                for _ in range(2))
+                text_of_image = scores.t().masked_fill(excluded.t(), float("-inf")).argmax(1)
+            else:   # rows of the second draw are images: the mask transposed (known matches
+                #     are one-way: a text true of another image, not that image's text of it)
+                image_of_text, text_of_image = (draw(torch.ones(b, b, device=device), banned)
+                                                for banned in (excluded, excluded.t()))
             text_rows, image_cols = order[: b // 2], order[b // 2:]
             text_index = torch.cat([arange, text_rows, text_of_image[image_cols]])
             image_index = torch.cat([arange, image_of_text[text_rows], image_cols])

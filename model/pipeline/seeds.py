@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value: one seed shows no spread)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -37,7 +37,10 @@ def beyond_spread(variants: dict[str, dict], reference: str, metrics: list[str])
             continue
         for key in metrics:
             gap = r["retrieval"][key] - ref["retrieval"][key]
-            spread = r["retrieval_sd"][key] + ref["retrieval_sd"][key]
+            sds = (r["retrieval_sd"][key], ref["retrieval_sd"][key])
+            if None in sds:
+                continue
+            spread = sum(sds)
             if spread > 0 and abs(gap) > spread:
                 out.append(f"{name} {key} {100 * gap:+.1f} points against {reference} "
                            f"(seed spread {100 * spread:.1f})")

@@ -58,6 +58,9 @@ class TrainConfig:
     # ITM uses random negatives before this step, then `negatives`: the hardest negatives of a
     # random start are mostly noise or true matches
     easy_negative_steps: int = 0
+    # ITM takes no negative that the labelled regions prove to match (a caption true of another
+    # batch image too: features/caption_truth.py); a no-op on data without labelled regions
+    drop_false_negatives: bool = False
     # VSC's negatives: rank (the authors': the rest of this process's batch) | global (the whole
     # batch gathered over the ranks, with gradient, so results do not change with the GPU count;
     # other captions of a text's image are then no negatives)
@@ -123,6 +126,8 @@ def _validate(c: TrainConfig) -> None:
          f"warmup_steps ({c.warmup_steps}) > total_steps ({c.total_steps})")
     require(isinstance(c.mask_prob, (int, float)) and 0.0 < c.mask_prob < 1.0,
          f"mask_prob must be in (0, 1), got {c.mask_prob!r}")
+    require(isinstance(c.drop_false_negatives, bool),
+            f"drop_false_negatives must be true or false, got {c.drop_false_negatives!r}")
     require(c.mamo_target in MAMO_TARGETS,
             f"mamo_target must be one of {MAMO_TARGETS}, got {c.mamo_target!r}")
     require(isinstance(c.mamo_momentum, (int, float)) and 0.0 <= c.mamo_momentum < 1.0,

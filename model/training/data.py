@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
+from features.caption_truth import also_true, labelled_regions
 from features.feature_sets import check_compatible, require_feature_set
 from features.load import RegionFeatures, load_region_features
 from model.batch import PretrainBatch, VisualInputs, pad_rows
@@ -80,6 +81,11 @@ class PretrainData(Dataset):
                 "ORDER BY caption_id, token_start, token_end, concept_id", params=[vocab_id]
             ).to_arrow_table()
 
+            # a chunk's captions may be true of images in other chunks: the cache build finds
+            # those over the whole split (feature_cache.py); a whole split finds them here
+            self.true_rows, self.true_offsets = (None, None) if image_ids is not None else \
+                provable_matches(con, captions, self.images.row)
+
         self.caption_ids = captions["id"].to_numpy(zero_copy_only=False)
         self.image_of = self.images.rows_of(captions["image_id"].to_pylist())
         self._build_text(captions["text"].to_pylist(), mentions)
@@ -101,14 +107,15 @@ class PretrainData(Dataset):
     @classmethod
     def mapped(cls, cfg: ModelConfig, images: "VisualSource", n_concepts: int, caption_ids,
                image_of: np.ndarray, tokens: np.ndarray, token_offsets: np.ndarray,
-               concepts: np.ndarray, concept_offsets: np.ndarray, spans: np.ndarray
-               ) -> "PretrainData":
+               concepts: np.ndarray, concept_offsets: np.ndarray, spans: np.ndarray,
+               true_rows: np.ndarray, true_offsets: np.ndarray) -> "PretrainData":
         """The data over arrays read elsewhere (a feature cache's memory maps)."""
         data = cls.__new__(cls)
         data.cfg, data.images, data.regions, data.n_concepts = cfg, images, images.regions, n_concepts
         data.caption_ids, data.image_of = caption_ids, image_of
         data.tokens, data.token_offsets = tokens, token_offsets
         data.concepts, data.concept_offsets, data.spans = concepts, concept_offsets, spans
+        data.true_rows, data.true_offsets = true_rows, true_offsets
         return data
 
     def __len__(self) -> int:
@@ -121,23 +128,47 @@ class PretrainData(Dataset):
     def __getitem__(self, i: int) -> dict:
         t0, t1 = self.token_offsets[i:i + 2]
         c0, c1 = self.concept_offsets[i:i + 2]
-        return {
+        item = {
             "token_ids": torch.from_numpy(self.tokens[t0:t1]),
             "concept_ids": torch.from_numpy(self.concepts[c0:c1]),
             "concept_spans": torch.from_numpy(self.spans[2 * c0:2 * c1]).view(-1, 2),
             **self.images.item(int(self.image_of[i])),
             "caption_id": str(self.caption_ids[i]),
         }
+        if self.true_rows is not None:
+            m0, m1 = self.true_offsets[i:i + 2]
+            item["also_true"] = torch.from_numpy(self.true_rows[m0:m1])
+        return item
 
     def collate(self, items: list[dict]) -> PretrainBatch:
         pad = self.cfg.pad_id
         token_ids, token_mask = pad_rows([x["token_ids"] for x in items], pad)
         concept_ids, concept_mask = pad_rows([x["concept_ids"] for x in items], pad)
         concept_spans, _ = pad_rows([x["concept_spans"] for x in items], 0)
+        visual = self.images.collate(items)
         return PretrainBatch(
             token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
             concept_mask=concept_mask, concept_spans=concept_spans.view(len(items), -1, 2),
-            **self.images.collate(items), caption_ids=[x["caption_id"] for x in items])
+            **visual, caption_ids=[x["caption_id"] for x in items],
+            also_true=_in_batch(items, visual["image_index"]))
+
+
+def _in_batch(items: list[dict], image_index: torch.Tensor) -> torch.Tensor | None:
+    """[B, K] each item's also-true image rows that are in this batch (K <= B), -1 padded."""
+    if "also_true" not in items[0]:
+        return None
+    rows = [x["also_true"][torch.isin(x["also_true"], image_index)] for x in items]
+    return pad_rows(rows, -1)[0]
+
+
+def provable_matches(con, captions: pa.Table, image_row) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (values, offsets) over `captions` (id, image_id, text; in data order): the rows
+    (`image_row`: image id -> row) of the other images each caption is provably true of, read
+    from the labelled regions of those images (features/caption_truth.py)."""
+    con.register("_images", pa.table({"image_id": pa.array(list(image_row), pa.string())}))
+    matches = also_true(zip(captions["text"].to_pylist(), captions["image_id"].to_pylist()),
+                        labelled_regions(con, "_images"))
+    return _flat([[image_row[i] for i in m] for m in matches])
 
 
 def require_model_feature_set(wh: Warehouse, feature_set_id: str, cfg: ModelConfig) -> None:

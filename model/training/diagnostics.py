@@ -52,14 +52,17 @@ def itm_accuracies(task: PretrainTask, batch: PretrainBatch, step: int) -> dict[
     visual = m.encode_visual(batch.visual)
     sim = m.similarity(text.g, visual.g)
     same_text = torch.unique(batch.token_ids, dim=0, return_inverse=True)[1]
+    known = batch.known_matches()
     out = {}
     for name, mode in (("chosen", task.tcfg.negatives_at(step)), ("random", "random")):
         ti, vi, y = losses.itm_negatives(sim, generator, batch.image_index, mode=mode,
-                                         text_ids=same_text)
+                                         text_ids=same_text, matches=task.known_matches(batch))
         pred = m.itm_logits(m.fuse(text.take(ti), visual.take(vi))).argmax(1)
         correct = (pred == y).float()
         out["itm_acc_positive"] = correct[y == 1].mean().item()
         out[f"itm_acc_{name}_negative"] = correct[y == 0].mean().item()
+        if known is not None and name == "chosen":   # negatives that truly match the caption
+            out["itm_chosen_false_negatives"] = known[ti[y == 0], vi[y == 0]].float().mean().item()
     return out
 
 

@@ -18,18 +18,18 @@ import torch
 
 from model.config import ModelConfig
 from model.training import distributed
-from model.training.data import PretrainData, RegionArrays, VisualSource
+from model.training.data import PretrainData, RegionArrays, VisualSource, provable_matches
 from warehouse.catalog import connect
 from warehouse.store import ORPHAN_GRACE_S, Warehouse
 
-FORMAT = 2                     # bump when what is stored, or how it is tokenized, changes
+FORMAT = 3                     # bump when what is stored, or how it is tokenized, changes
 CHUNK_IMAGES = 20_000          # images read into memory at a time while building
 # the model config fields tokenization reads: another value means other token arrays
 TEXT_FIELDS = ("max_text_len", "max_tags", "cls_id", "sep_id", "pad_id", "mask_id",
                "concept_offset")
 # arrays of ragged rows: values and offsets, appended chunk by chunk
 RAGGED = {"tokens": "token_offsets", "concepts": "concept_offsets", "tags": "tag_offsets",
-          "vectors": "region_offsets"}
+          "vectors": "region_offsets", "true_rows": "true_offsets"}
 STRINGS = ("caption_ids", "image_ids")
 
 
@@ -47,7 +47,8 @@ def cache_key(wh: Warehouse, feature_set: str, vocab: str, cfg: ModelConfig,
     record = {"format": FORMAT, "feature_set": feature_set, "vocab": vocab, "split": split,
               "dataset": dataset, "text": {f: getattr(cfg, f) for f in TEXT_FIELDS},
               "parts": {t: sorted(snap.tables.get(t, [])) for t in
-                        ("captions", "caption_concepts", "concepts", "region_features")}}
+                        ("captions", "caption_concepts", "concepts", "region_features",
+                         "regions")}}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -69,6 +70,7 @@ def build_cache(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,
         writer = _Writer(work)
         for chunk in _image_chunks(wh, feature_set, split, dataset, chunk_images):
             writer.append(PretrainData(wh, feature_set, vocab, cfg, split, dataset, chunk))
+        writer.append_matches(*_split_matches(wh, feature_set, split, dataset))
         writer.finish({"feature_set": feature_set, "vocab": vocab, "split": split,
                        "dataset": dataset, "format": FORMAT, "dim": cfg.feat_dim,
                        "text": {f: getattr(cfg, f) for f in TEXT_FIELDS}})
@@ -80,6 +82,21 @@ def build_cache(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def _split_matches(wh: Warehouse, feature_set: str, split, dataset):
+    """provable_matches over the whole split, in the cache's caption and image order (a caption
+    may be true of an image in another chunk). Holds the split's labelled regions in memory while
+    the cache builds."""
+    ids = [i for chunk in _image_chunks(wh, feature_set, split, dataset, CHUNK_IMAGES)
+           for i in chunk]
+    with connect(wh) as con:
+        con.register("_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
+        captions = con.sql(
+            "SELECT id, image_id, text FROM captions SEMI JOIN _ids USING (image_id) "
+            "WHERE (? IS NULL OR split = ?) AND (? IS NULL OR dataset = ?) ORDER BY image_id, id",
+            params=[split, split, dataset, dataset]).to_arrow_table()
+        return provable_matches(con, captions, {i: k for k, i in enumerate(ids)})
 
 
 def _remove_dead_builds(root: Path) -> None:
@@ -147,6 +164,11 @@ class _Writer:
         self.n_images += len(images.regions.image_ids)
         self.n_concepts = part.n_concepts  # the vocabulary's, the same in every chunk
 
+    def append_matches(self, rows: np.ndarray, offsets: np.ndarray) -> None:
+        if len(offsets) - 1 != self.meta.get("image_of", {"shape": [0]})["shape"][0]:
+            raise RuntimeError("feature cache: the split's captions changed while it was built")
+        self._ragged("true_rows", rows, offsets)
+
     def finish(self, record: dict) -> None:
         for f in self.files.values():
             f.flush()
@@ -206,7 +228,8 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
     return PretrainData.mapped(cfg, images, meta["n_concepts"],
                                StringColumn(folder / "caption_ids.arrow"), mapped("image_of"),
                                mapped("tokens"), mapped("token_offsets"), mapped("concepts"),
-                               mapped("concept_offsets"), mapped("spans"))
+                               mapped("concept_offsets"), mapped("spans"),
+                               mapped("true_rows"), mapped("true_offsets"))
 
 
 def cached_data(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,

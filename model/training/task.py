@@ -125,7 +125,7 @@ class PretrainTask(nn.Module):
             text_ids = torch.unique(batch.token_ids, dim=0, return_inverse=True)[1]
             ti, vi, y = losses.itm_negatives(sim.detach(), generator, batch.image_index,
                                              mode=self.tcfg.negatives_at(self.step),
-                                             text_ids=text_ids)
+                                             text_ids=text_ids, matches=self.known_matches(batch))
             fused = m.fuse(text.take(ti), visual.take(vi))
             out["itm"] = losses.itm(m.itm_logits(fused), y)
             pos = fused.take(torch.arange(B, device=sim.device))  # entries 0..B-1: (i, i)
@@ -205,6 +205,11 @@ class PretrainTask(nn.Module):
             return
         self.teacher.load_state_dict(state["teacher"])
         self.teacher_ready.fill_(state["teacher_ready"])
+
+    def known_matches(self, batch: PretrainBatch) -> torch.Tensor | None:
+        """The pairs ITM must not take as negatives beyond one image's and one text's: those the
+        labelled regions prove to match, when the config drops them."""
+        return batch.known_matches() if self.tcfg.drop_false_negatives else None
 
     def visible(self, batch: PretrainBatch) -> PretrainBatch:
         """The batch as this task's model sees it (no concepts or tags with `concepts: false`)."""

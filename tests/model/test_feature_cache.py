@@ -48,7 +48,7 @@ def test_cached_items_and_batches_equal_the_in_memory_ones(store, split):
     for f in dataclasses.fields(a.visual):
         assert torch.equal(getattr(a.visual, f.name), getattr(b.visual, f.name)), f.name
     for name in ("token_ids", "token_mask", "concept_ids", "concept_mask", "concept_spans",
-                 "image_index"):
+                 "image_index", "also_true"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.image_ids == b.image_ids and a.caption_ids == b.caption_ids
 

@@ -160,6 +160,25 @@ def test_itm_negatives_identical_captions_are_not_negatives():
     assert list(zip(t[2:].tolist(), i[2:].tolist())) == [(0, 1), (0, 1)]
 
 
+def test_itm_negatives_known_matches_are_not_negatives_one_way_only():
+    # text 0 is known true of image 2: text 0 falls back to image 3 (2 over 1), and image 2's
+    # hardest text 0 (5) is excluded -> texts 1 and 3 tie at 0, argmax takes 1
+    known = torch.zeros(4, 4, dtype=torch.bool)
+    known[0, 2] = True
+    t, i, _ = itm_negatives(SIM, matches=known)
+    assert list(zip(t[4:].tolist(), i[4:].tolist())) == [(0, 3), (1, 3), (1, 2), (2, 3)]
+    # drawn modes: text 0 never meets image 1, while text 1 still meets image 0
+    known = torch.zeros(4, 4, dtype=torch.bool)
+    known[0, 1] = True
+    for mode in ("random", "sampled"):
+        pairs = set()
+        for seed in range(60):
+            t, i, y = itm_negatives(SIM, torch.Generator().manual_seed(seed), mode=mode,
+                                    matches=known)
+            pairs |= set(zip(t[y == 0].tolist(), i[y == 0].tolist()))
+        assert (0, 1) not in pairs and (1, 0) in pairs, mode
+
+
 def test_itm_negatives_random_split_half_each_way():
     hard_image = {0: 2, 1: 3, 2: 1, 3: 0}
     hard_text = {0: 3, 1: 2, 2: 0, 3: 2}
