@@ -18,6 +18,7 @@ VINVL_IMPORT = Entrypoint("flows.feature_store", "vinvl_import_flow")
 ZERO_SHOT = Entrypoint("flows.feature_store", "zero_shot_flow")
 CONCEPTS = Entrypoint("flows.concepts", "concepts_flow")
 CACHE = Entrypoint("flows.cache", "cache_flow")
+CLIP_BOOTSTRAP = Entrypoint("flows.clip_bootstrap", "clip_bootstrap_flow")
 SERVE = Entrypoint("flows.serve", "serve")
 
 
@@ -226,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(e.g. tcp://127.0.0.1:8786)")
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_features)
+
+    sp = add_command(sub, "clip-bootstrap", "train a CLIP on the warehouse's own pairs with "
+                                            "open_clip_train, a feature backbone for when no "
+                                            "pretrained weights can be downloaded (Prefect flow)",
+                     CLIP_BOOTSTRAP)
+    sp.set_defaults(func=partial(run_flow, CLIP_BOOTSTRAP))
 
     sp = add_command(sub, "import-vinvl", "import VinVL's precomputed features.tsv as a feature "
                                           "set (Prefect flow)", VINVL_IMPORT, options=dtypes)
