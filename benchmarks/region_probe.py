@@ -5,6 +5,8 @@ size on the `shapes` generator's scenes, per backbone, side by side:
   - EfficientNet-Lite0, random init (a control: the conv architecture without pretraining)
   - EfficientNet-Lite0, ImageNet (the packaged weights, `mvp features --backbone
     efficientnet-lite0`)
+  - with --bootstrap WEIGHTS: the CLIP `mvp clip-bootstrap` trained on a warehouse's own pairs
+    (mvp-clip-small), the tower for when no pretrained weights can be had
 
 Region vectors go through the extraction path (preprocess, box -> input pixels, one forward per
 image, RoIAlign, projection: features/extract.py's encode_regions), one box per object. The
@@ -15,7 +17,8 @@ its L2 strength is chosen on the last fifth of the training scenes. Baselines: c
 and the majority class of the training regions. Size is probed from the vector alone, although
 the model also gets each box's geometry.
 
-    python benchmarks/region_probe.py [--scenes 400] [--seed 0] [--json FILE]
+    python benchmarks/region_probe.py [--scenes 400] [--seed 0] [--bootstrap WEIGHTS]
+                                      [--json FILE]
 """
 from __future__ import annotations
 
@@ -128,8 +131,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bootstrap", help="also probe these mvp-clip-small weights "
+                                        "(`mvp clip-bootstrap`)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    backbones = BACKBONES + ([("bootstrap CLIP", "mvp-clip-small", args.bootstrap)]
+                             if args.bootstrap else [])
 
     images, boxes, labels, scene_of = make_scenes(args.scenes, args.seed)
     n_train = int(args.scenes * TRAIN_FRACTION)
@@ -146,7 +153,7 @@ def main() -> None:
         results["baselines"][attribute] = {
             "chance": 1 / len(classes),
             "majority": float((labels[attribute][~train] == majority).mean())}
-    for column, name, pretrained in BACKBONES:
+    for column, name, pretrained in backbones:
         started = time.perf_counter()
         bb = load_backbone(name, pretrained, device="cpu")
         vectors = region_vectors(bb, images, boxes)
@@ -160,21 +167,21 @@ def main() -> None:
               flush=True)
 
     base, best = BACKBONES[0][0], BACKBONES[-1][0]
-    columns = ["chance", "majority"] + [c for c, _, _ in BACKBONES] + ["ratio"]
+    columns = ["chance", "majority"] + [c for c, _, _ in backbones] + ["ratio"]
     width = max(len(c) for c in columns) + 2
     print(f"\nheld-out linear-probe accuracy; ratio = {best} / {base}\n")
     print(f"{'':<12}" + "".join(f"{c:>{width}}" for c in columns))
     for attribute, classes in ATTRIBUTES.items():
         cells = [results["baselines"][attribute]["chance"],
                  results["baselines"][attribute]["majority"]]
-        cells += [results["backbones"][c][attribute] for c, _, _ in BACKBONES]
+        cells += [results["backbones"][c][attribute] for c, _, _ in backbones]
         ratio = results["backbones"][best][attribute] / results["backbones"][base][attribute]
         print(f"{f'{attribute} ({len(classes)})':<12}" + "".join(f"{v:>{width}.1%}"
                                                                for v in cells)
               + f"{f'{ratio:.2f}x':>{width}}")
     print(f"{'mean cosine':<12}" + " " * 2 * width
           + "".join(f"{results['backbones'][c]['mean_cosine']:>{width}.2f}"
-                    for c, _, _ in BACKBONES))
+                    for c, _, _ in backbones))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
