@@ -174,7 +174,11 @@ def open_storage(root: str, storage_options: dict | None = None) -> Storage:
     """The backend for a root: a local path or file:// URL, or an fsspec URL such as
     s3://bucket/prefix (its credentials and endpoint from `storage_options` or the environment,
     e.g. AWS_ENDPOINT_URL)."""
-    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    options = dict(storage_options or {})
+    if fsspec.utils.get_protocol(root) not in ("file", "local"):
+        # other writers change the store: a cached listing would hide their commits and parts
+        options.setdefault("use_listings_cache", False)
+    fs, path = fsspec.core.url_to_fs(root, **options)
     if isinstance(fs, LocalFileSystem):
         return LocalStorage(fs, os.path.realpath(os.path.expanduser(path)))
     return Storage(fs, path)

@@ -37,3 +37,15 @@ def test_put_if_absent_on_an_s3_root(s3_server, s3_root):
     assert storage.read("_log/x.json") == b"first"
     assert storage.url("_log/x.json") == f"{s3_root}/_log/x.json"
     assert open_storage(s3_root, {"endpoint_url": s3_server}).read("_log/x.json") == b"first"
+
+
+def test_listings_see_what_other_writers_put(s3_server, s3_bucket, s3_root):
+    """Another process's commits and parts must not hide behind a cached listing."""
+    storage = open_storage(s3_root)
+    storage.write("_log/a.json", b"1")
+    assert storage.names("_log") == ["a.json"] and list(storage.listing("_log")) == ["_log/a.json"]
+    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket=s3_bucket, Key="wh/_log/b.json",
+                                                          Body=b"22")
+    assert sorted(storage.names("_log")) == ["a.json", "b.json"]
+    assert sorted(storage.listing("_log")) == ["_log/a.json", "_log/b.json"]
+    assert storage.size("_log/b.json") == 2
