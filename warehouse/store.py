@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from warehouse import legacy, log
+from warehouse.faults import fault_point
 from warehouse.hashing import file_sha256
 from warehouse.snapshot import BrokenChain, CommitConflict, CorruptPart, Snapshot, WarehouseError
 from warehouse.storage import open_storage
@@ -211,6 +212,7 @@ class Warehouse:
                         for path, rel in zip(paths, new_parts[table]):
                             self.storage.upload(path, rel)
                     uploaded = True
+                    fault_point(f"{build.get('kind')}-after-upload")  # parts in, no commit yet
                 try:
                     return self.commit(snap, new_parts, build, records)
                 except CommitConflict:

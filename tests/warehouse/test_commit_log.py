@@ -1,16 +1,34 @@
 """The commit log on every kind of root (a local folder and an s3:// prefix on a loopback S3
 server): commits chain and read back, entries stay small, reads start at the newest checkpoint,
 racing writers lose nothing and publish no row twice, and cleanup spares referenced parts."""
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import ROOT
 
 from warehouse import log
 from warehouse.publish import new_build, publish_new_rows, publish_tables
 from warehouse.schemas import REJECTS
 from warehouse.store import BrokenChain, CommitConflict, Warehouse
+
+# a publish of one row "k" as build "killed", run in a process that a fault point kills
+KILLED_PUBLISH = """
+import sys
+import pyarrow as pa
+from warehouse.publish import new_build, publish_tables
+from warehouse.schemas import REJECTS
+from warehouse.store import Warehouse
+row = {"id": "k", "dataset": "d", "source_file": "f", "record_ref": "k", "reason": "r",
+       "raw": "", "ingest_id": "b"}
+publish_tables(Warehouse(sys.argv[1]), "killed", {"rejects": pa.Table.from_pylist([row], REJECTS)},
+               new_build("test", build_id="killed"))
+"""
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -228,3 +246,22 @@ def test_mvp_verify_checks_every_part_against_its_record(root):
     report = verify(wh)
     assert not report.passed and report.bad == [("rejects", rel, "sha256 differs from the "
                                                                  "recorded one")]
+
+
+@pytest.mark.parametrize("point", ["test-before-publish", "test-after-upload"])
+def test_a_publish_killed_before_its_commit_is_never_seen_and_cleaned_up(root, point):
+    wh = Warehouse(root)
+    _publish(wh, "b0")
+    env = {**os.environ, "MVP_FAULT": point,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", KILLED_PUBLISH, root], env=env, cwd=ROOT,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert wh.current().version == 1 and _ids(wh) == ["x"]
+    uploaded = point == "test-after-upload"
+    assert ("tables/rejects/killed-rejects.parquet" in wh.storage.listing("tables")) == uploaded
+    # its staging folder lost its live marker: the build is known dead, its part goes at once
+    assert wh.remove_orphans() == int(uploaded)
+    assert list(wh.storage.listing("tables")) == wh.current().tables["rejects"]
+    _publish(wh, "killed", ids=["k"])  # the rerun completes the work
+    assert wh.current().version == 2 and sorted(_ids(wh)) == ["k", "x"]
