@@ -1,6 +1,6 @@
 """Publishing a build: its manifest, and its tables written as part files into a staging folder
-and committed as one snapshot, refused under the writer lock when another writer published the
-same rows first (a concurrent run, or an earlier run that died after its publish)."""
+and committed as one snapshot, refused by its check when another writer published the same rows
+first (a concurrent run, or an earlier run that died after its publish)."""
 from __future__ import annotations
 
 import time
@@ -49,8 +49,9 @@ def write_part(table: pa.Table, path: str | Path) -> None:
 def publish_tables(wh: Warehouse, build_id: str, tables: dict[str, pa.Table], build: dict,
                    check: Callable[[Snapshot], None] | None = None) -> Snapshot:
     """Stage each non-empty table as `<build_id>-<table>.parquet` and publish them with `build`
-    as one snapshot (the manifest is published even when every table is empty). `check` runs
-    under the writer lock and raises (AlreadyPublished) to refuse; nothing is published then."""
+    as one snapshot (the manifest is published even when every table is empty). `check` runs on
+    the snapshot the commit will follow (again after each commit another writer made first) and
+    raises (AlreadyPublished) to refuse; nothing is published then."""
     with wh.staging(build_id) as folder:
         staged = {}
         for name, table in tables.items():
@@ -70,8 +71,8 @@ def publish_new_rows(wh: Warehouse, build_id: str,
                      ) -> tuple[Snapshot | None, frozenset]:
     """Publish `tables(drop)`, the build's rows without those keyed in `drop` (empty at first),
     so that no row is ever published twice: `published(snapshot)` names the keys of this build's
-    rows already in `snapshot`; it runs under the writer lock, and when it names new ones they
-    are added to `drop` and the publish is retried. Returns (the snapshot, or None when `tables`
+    rows already in `snapshot`; it runs on the snapshot the commit will follow, and when it names
+    new ones they are added to `drop` and the publish is retried. Returns (the snapshot, or None when `tables`
     returns None: nothing left to publish; the keys dropped)."""
     drop: frozenset = frozenset()
 

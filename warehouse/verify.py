@@ -1,10 +1,9 @@
-"""`mvp verify`: check the snapshot chain and every part of the current snapshot against what
-the snapshot recorded (the file exists, its size and its sha256)."""
+"""`mvp verify`: check the commit chain and every part of the current snapshot against what
+its commit recorded (the file exists, its size and its sha256)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from warehouse.hashing import file_sha256
 from warehouse.store import BrokenChain, Warehouse, WarehouseError
 
 
@@ -46,15 +45,14 @@ def verify(warehouse: str | Warehouse) -> VerifyReport:
     report = VerifyReport(version=snap.version)
     for table, parts in snap.tables.items():
         for rel in parts:
-            path, recorded = wh.root / rel, snap.parts.get(rel)
-            if not path.is_file():
+            size, recorded = wh.storage.size(rel), snap.parts.get(rel)
+            if size is None:
                 report.bad.append((table, rel, "missing"))
             elif recorded is None:
                 report.unverified.append((table, rel))
-            elif path.stat().st_size != recorded["size"]:
-                report.bad.append((table, rel, f"{path.stat().st_size} bytes, "
-                                               f"{recorded['size']} recorded"))
-            elif file_sha256(path) != recorded["sha256"]:
+            elif size != recorded["size"]:
+                report.bad.append((table, rel, f"{size} bytes, {recorded['size']} recorded"))
+            elif wh.storage.sha256(rel) != recorded["sha256"]:
                 report.bad.append((table, rel, "sha256 differs from the recorded one"))
             else:
                 report.ok += 1

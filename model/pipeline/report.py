@@ -65,7 +65,7 @@ def lineage(warehouse, checkpoint: str) -> dict:
     snap = wh.current()
     return {"feature_set": cfg["feature_set"], "vocab": cfg["vocab_version"],
             "warehouse": str(wh.root), "warehouse_snapshot": str(snap.version),
-            "warehouse_manifest": str(wh.snapshots_dir / f"{snap.version:08d}.json"),
+            "warehouse_manifest": wh.manifest_path(snap.version),
             "git_commit": code_version()}
 
 

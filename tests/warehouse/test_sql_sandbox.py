@@ -101,7 +101,7 @@ def test_only_queries_are_run(wh, sql, tmp_path, monkeypatch, capsys):
     "INSTALL httpfs",
     "LOAD httpfs",
     "SELECT * FROM read_text('/etc/passwd')",
-    "SELECT * FROM read_text('{root}/_snapshots/00000001.json')",
+    "SELECT * FROM read_text('{root}/_log/00000000000000000001.json')",
     "SELECT * FROM glob('{tables}/*/*')",
     "SET enable_external_access = true",
     "SET lock_configuration = false",
@@ -125,7 +125,7 @@ def test_the_connection_itself_cannot_write_or_reach_other_files(wh, sql, tmp_pa
 @pytest.mark.parametrize("sql", [
     "SELECT * FROM read_csv('/etc/passwd')",
     "SELECT * FROM read_blob('/etc/passwd')",
-    "SELECT * FROM read_text('{root}/_snapshots/00000001.json')",
+    "SELECT * FROM read_text('{root}/_log/00000000000000000001.json')",
     "SELECT count(*) FROM read_parquet('{tables}/images/orphan.parquet')",
     "SELECT count(*) FROM read_parquet('{tables}/images/*.parquet')",
     "SELECT count(*) FROM read_parquet('{tables}/images/../images/orphan.parquet')",
