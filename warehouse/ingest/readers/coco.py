@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterable
 
 from warehouse.ingest.checks import BadRecord, resolve_under, shown, xywh_to_xyxy
 from warehouse.ingest.emitter import Emitter, image_id
-from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+from warehouse.ingest.json_stream import Elements, top_level_kind, visit_members
+from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 
 def _files(ctx: SourceContext) -> tuple[Path, Path]:
@@ -36,19 +38,25 @@ def _has_ids(ann) -> bool:
     return isinstance(ann, dict) and _is_id(ann.get("id")) and _is_id(ann.get("image_id"))
 
 
-def _records(data, path: Path, key: str, required: bool = True) -> list:
-    if not isinstance(data, dict):
-        raise InputError(f"input file {path} is not a COCO annotation file (top level is not an "
-                         "object)")
-    value = data.get(key)
+def _listed(value, path: Path, key: str, required: bool = True) -> Iterable:
+    """The streamed records of the `key` list; a missing key is an empty list unless required."""
     if value is None and not required:
         return []
-    if not isinstance(value, list):
+    if not isinstance(value, Elements):
         raise InputError(f"input file {path} is not a COCO annotation file (no {key!r} list)")
     return value
 
 
-def _emit_images(ctx: SourceContext, emit: Emitter, images: list, name: str, seen: set) -> None:
+def _in_order(path: Path, steps: list[tuple[str, Callable[[object], None]]]) -> None:
+    """Stream the file's lists to `steps`, in their order (instances_train2017.json is ~450 MB)."""
+    if top_level_kind(path) is not dict:
+        raise InputError(f"input file {path} is not a COCO annotation file (top level is not an "
+                         "object)")
+    visit_members(path, steps)
+
+
+def _emit_images(ctx: SourceContext, emit: Emitter, images: Iterable, name: str, seen: set
+                 ) -> None:
     base = ctx.image_root if ctx.image_root is not None else ctx.source / ctx.split
     for i, img in enumerate(images):
         ref = f"{name}:images[{i}]"
@@ -66,17 +74,8 @@ def _emit_images(ctx: SourceContext, emit: Emitter, images: list, name: str, see
         emit.image(img["id"], path, ctx.split, name, ref, img)
 
 
-def read(ctx: SourceContext, emit: Emitter) -> None:
-    """Ids: images "coco:<image id>", captions "coco:c:<annotation id>", regions
-    "coco:r:<annotation id>". Crowd boxes (iscrowd=1) are kept like any other box."""
-    captions_path, instances_path = _files(ctx)
-    seen_images: set = set()
-
-    data = load_json(captions_path)
-    name = captions_path.name
-    images = _records(data, captions_path, "images")
-    annotations = _records(data, captions_path, "annotations")
-    _emit_images(ctx, emit, images, name, seen_images)
+def _emit_captions(ctx: SourceContext, emit: Emitter, annotations: Iterable, name: str
+                   ) -> None:
     for i, ann in enumerate(annotations):
         ref = f"{name}:annotations[{i}]"
         if not _has_ids(ann):
@@ -84,19 +83,10 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
             continue
         emit.caption(f"coco:c:{ann['id']}", image_id(ctx.dataset, ann["image_id"]),
                      ann.get("caption"), ctx.split, name, ref, ann)
-    del data, images, annotations
 
-    if not instances_path.exists():
-        return
-    data = load_json(instances_path)
-    name = instances_path.name
-    images = _records(data, instances_path, "images", required=False)
-    annotations = _records(data, instances_path, "annotations")
-    categories = {}
-    for c in _records(data, instances_path, "categories", required=False):
-        if isinstance(c, dict) and _is_id(c.get("id")):
-            categories[c["id"]] = c.get("name")
-    _emit_images(ctx, emit, images, name, seen_images)
+
+def _emit_regions(ctx: SourceContext, emit: Emitter, annotations: Iterable, categories: dict,
+                  name: str) -> None:
     for i, ann in enumerate(annotations):
         ref = f"{name}:annotations[{i}]"
         raw = ({k: v for k, v in ann.items() if k != "segmentation"}
@@ -115,3 +105,35 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
             continue
         emit.region(f"coco:r:{ann['id']}", image_id(ctx.dataset, ann["image_id"]), box,
                     categories[ann["category_id"]], "annotation", name, ref, raw)
+
+
+def read(ctx: SourceContext, emit: Emitter) -> None:
+    """Ids: images "coco:<image id>", captions "coco:c:<annotation id>", regions
+    "coco:r:<annotation id>". Crowd boxes (iscrowd=1) are kept like any other box. Each file's
+    images are emitted before its annotations, and an instance's category must be known before
+    it: lists met in another order are streamed in a second pass."""
+    captions_path, instances_path = _files(ctx)
+    seen_images: set = set()
+
+    _in_order(captions_path, [
+        ("images", lambda v: _emit_images(ctx, emit, _listed(v, captions_path, "images"),
+                                          captions_path.name, seen_images)),
+        ("annotations", lambda v: _emit_captions(ctx, emit, _listed(
+            v, captions_path, "annotations"), captions_path.name))])
+
+    if not instances_path.exists():
+        return
+    categories = {}
+
+    def collect_categories(value) -> None:
+        for c in _listed(value, instances_path, "categories", required=False):
+            if isinstance(c, dict) and _is_id(c.get("id")):
+                categories[c["id"]] = c.get("name")
+
+    _in_order(instances_path, [
+        ("images", lambda v: _emit_images(ctx, emit, _listed(v, instances_path, "images",
+                                                             required=False),
+                                          instances_path.name, seen_images)),
+        ("categories", collect_categories),
+        ("annotations", lambda v: _emit_regions(ctx, emit, _listed(
+            v, instances_path, "annotations"), categories, instances_path.name))])
