@@ -9,7 +9,7 @@ import pytest
 
 from warehouse.ingest import json_stream
 from warehouse.ingest.build import ingest
-from warehouse.ingest.json_stream import array_elements, object_members, visit_members
+from warehouse.ingest.json_stream import array_elements, members_in_order, object_members
 from warehouse.ingest.sources import InputError
 
 # values json.load accepts that a streaming parser of its own may not make the same way
@@ -56,14 +56,12 @@ def test_members_stream_arrays_and_skip_the_ones_left(tmp_path, tiny_window):
                     ("categories", "skipped")]
 
 
-def test_steps_run_in_their_order_whatever_the_file_order(tmp_path):
+def test_members_come_in_the_asked_order_whatever_the_file_order(tmp_path):
     path = tmp_path / "doc.json"
     path.write_text('{"annotations": [3, 4], "other": 0, "images": [1, 2]}')
-    calls = []
-    visit_members(path, [("images", lambda v: calls.append(("images", list(v)))),
-                         ("missing", lambda v: calls.append(("missing", v))),
-                         ("annotations", lambda v: calls.append(("annotations", list(v))))])
-    assert calls == [("images", [1, 2]), ("missing", None), ("annotations", [3, 4])]
+    got = [(key, value if value is None else list(value))
+           for key, value in members_in_order(path, ["images", "missing", "annotations"])]
+    assert got == [("images", [1, 2]), ("missing", None), ("annotations", [3, 4])]
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -133,6 +131,19 @@ def test_coco_lists_in_any_order_give_the_same_build(tmp_path, make_image, write
     assert builds[0][1] == {"missing image file": 1, "caption annotation lacks id or image_id": 1,
                             "refers to an unknown or rejected image": 1,
                             "unknown category id 9": 1}
+
+
+def test_karpathy_dataset_named_after_its_images(tmp_path, make_image, query):
+    """Karpathy's own files put "dataset" last: the ids still carry it, not the file's name."""
+    make_image(tmp_path / "1.jpg", (40, 30))
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [
+        {"filename": "1.jpg", "split": "val", "sentences": [{"raw": "a cat.", "sentid": 5}]}],
+        "dataset": "flickr8k"}))
+    wh = tmp_path / "wh"
+    r = ingest("karpathy", source=tmp_path / "dataset_coco.json", warehouse=wh, workers=1)
+    assert r.balanced and r.new == 2, r.summary()
+    assert query(wh, "SELECT id FROM images UNION ALL SELECT id FROM captions") == [
+        ("karpathy:flickr8k:1",), ("karpathy:c:flickr8k:5",)]
 
 
 # reads objects.json in a fresh process, so its peak RSS is the reader's own

@@ -12,7 +12,7 @@ import codecs
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from warehouse.ingest.sources import InputError
 
@@ -178,18 +178,18 @@ def object_members(path: Path) -> Iterator[tuple[str, object]]:
         cursor.end()
 
 
-def visit_members(path: Path, steps: list[tuple[str, Callable[[object], None]]]) -> None:
-    """Call each step's function with its key's value (None if the file has no such key), in the
-    steps' order whatever the order of the keys in the file: JSON does not fix it. One pass over
-    the file when the keys come in that order, one more each time a key comes too early."""
+def members_in_order(path: Path, keys: list[str]) -> Iterator[tuple[str, object]]:
+    """(key, value) for each of `keys` in that order, whatever the order of the keys in the file
+    (JSON does not fix it); None for a key the file lacks. One pass over the file when the keys
+    come in that order, one more each time a key comes too early."""
     done = 0
-    while done < len(steps):
+    while done < len(keys):
         present = set()
         for key, value in object_members(path):
             present.add(key)
-            if done < len(steps) and key == steps[done][0]:
-                steps[done][1](value)
+            if done < len(keys) and key == keys[done]:
+                yield key, value
                 done += 1
-        while done < len(steps) and steps[done][0] not in present:
-            steps[done][1](None)
+        while done < len(keys) and keys[done] not in present:
+            yield keys[done], None
             done += 1

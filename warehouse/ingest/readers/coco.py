@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from warehouse.ingest.checks import BadRecord, resolve_under, shown, xywh_to_xyxy
 from warehouse.ingest.emitter import Emitter, image_id
-from warehouse.ingest.json_stream import Elements, top_level_kind, visit_members
+from warehouse.ingest.json_stream import Elements, members_in_order, top_level_kind
 from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 
@@ -47,12 +47,13 @@ def _listed(value, path: Path, key: str, required: bool = True) -> Iterable:
     return value
 
 
-def _in_order(path: Path, steps: list[tuple[str, Callable[[object], None]]]) -> None:
-    """Stream the file's lists to `steps`, in their order (instances_train2017.json is ~450 MB)."""
+def _in_order(path: Path, keys: list[str]):
+    """(key, value) of the file's `keys` in that order, lists streamed (instances_train2017.json
+    is ~450 MB)."""
     if top_level_kind(path) is not dict:
         raise InputError(f"input file {path} is not a COCO annotation file (top level is not an "
                          "object)")
-    visit_members(path, steps)
+    return members_in_order(path, keys)
 
 
 def _emit_images(ctx: SourceContext, emit: Emitter, images: Iterable, name: str, seen: set
@@ -115,25 +116,24 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
     captions_path, instances_path = _files(ctx)
     seen_images: set = set()
 
-    _in_order(captions_path, [
-        ("images", lambda v: _emit_images(ctx, emit, _listed(v, captions_path, "images"),
-                                          captions_path.name, seen_images)),
-        ("annotations", lambda v: _emit_captions(ctx, emit, _listed(
-            v, captions_path, "annotations"), captions_path.name))])
+    name = captions_path.name
+    for key, value in _in_order(captions_path, ["images", "annotations"]):
+        records = _listed(value, captions_path, key)
+        if key == "images":
+            _emit_images(ctx, emit, records, name, seen_images)
+        else:
+            _emit_captions(ctx, emit, records, name)
 
     if not instances_path.exists():
         return
+    name = instances_path.name
     categories = {}
-
-    def collect_categories(value) -> None:
-        for c in _listed(value, instances_path, "categories", required=False):
-            if isinstance(c, dict) and _is_id(c.get("id")):
-                categories[c["id"]] = c.get("name")
-
-    _in_order(instances_path, [
-        ("images", lambda v: _emit_images(ctx, emit, _listed(v, instances_path, "images",
-                                                             required=False),
-                                          instances_path.name, seen_images)),
-        ("categories", collect_categories),
-        ("annotations", lambda v: _emit_regions(ctx, emit, _listed(
-            v, instances_path, "annotations"), categories, instances_path.name))])
+    for key, value in _in_order(instances_path, ["images", "categories", "annotations"]):
+        records = _listed(value, instances_path, key, required=key == "annotations")
+        if key == "images":
+            _emit_images(ctx, emit, records, name, seen_images)
+        elif key == "categories":
+            categories = {c["id"]: c.get("name") for c in records
+                          if isinstance(c, dict) and _is_id(c.get("id"))}
+        else:
+            _emit_regions(ctx, emit, records, categories, name)
