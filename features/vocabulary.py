@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.concept_mentions import write_mentions
 from features.nltk_setup import nlp_record
-from features.text_concepts import KINDS, extract, normalise_label
+from features.text_concepts import KINDS, normalise_label
 from warehouse.catalog import connect
 from warehouse.publish import AlreadyPublished, new_build, write_part
 from warehouse.schemas import CAPTION_CONCEPTS, CONCEPTS, IMAGE_CONCEPTS
@@ -23,16 +24,8 @@ from warehouse.store import Warehouse
 # produces from the same inputs.
 CONCEPTS_CODE_VERSION = "1"
 KIND_ORDER = {kind: k for k, kind in enumerate(KINDS.values())}  # object, attribute, relation
-BATCH_ROWS = 20_000      # captions per extraction batch (bounded memory on any corpus)
+BATCH_ROWS = 5_000       # captions per extraction partition: bounded memory, ~5 s of parsing
 PART_ROWS = 2_000_000    # rows per published caption_concepts part file
-
-# Every extracted mention, spilled to the build's staging folder so that counting and joining
-# run in DuckDB (out of core) instead of holding a corpus of mentions in Python.
-MENTIONS = pa.schema([
-    ("caption_id", pa.string()), ("image_id", pa.string()), ("kind", pa.string()),
-    ("tuple", pa.list_(pa.string())), ("text", pa.string()),
-    ("token_start", pa.int32()), ("token_end", pa.int32())])
-
 
 def _as_warehouse(warehouse) -> Warehouse:
     return warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
@@ -65,29 +58,13 @@ def _sql_files(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _extract_mentions(con, dataset: str | None, folder: Path) -> tuple[list[Path], dict]:
-    """Parse every caption (streamed in batches) and spill its mentions to Parquet."""
-    reader = con.sql("SELECT id, image_id, text FROM captions WHERE ? IS NULL OR dataset = ?",
-                     params=[dataset, dataset]).to_arrow_reader(BATCH_ROWS)
-    counts = {"captions": 0, "captions_with_concepts": 0, "mentions": 0}
-    paths = []
-    for batch in reader:
-        cols = {name: [] for name in MENTIONS.names}
-        for cid, iid, text in zip(*(batch.column(k).to_pylist() for k in range(3))):
-            found = extract(text or "")
-            counts["captions"] += 1
-            counts["captions_with_concepts"] += bool(found)
-            for m in found:
-                for name, value in zip(MENTIONS.names, (cid, iid, m.kind, list(m.tuple), m.text,
-                                                        m.start, m.end)):
-                    cols[name].append(value)
-        counts["mentions"] += len(cols["caption_id"])
-        paths.append(folder / f"mentions-{len(paths):05d}.parquet")
-        pq.write_table(pa.table(cols, schema=MENTIONS), paths[-1])
-    if not paths:  # no captions: an empty file keeps the queries below valid
-        paths.append(folder / "mentions-00000.parquet")
-        pq.write_table(MENTIONS.empty_table(), paths[-1])
-    return paths, counts
+def _extract_mentions(con, dataset: str | None, folder: Path, workers: int
+                      ) -> tuple[list[Path], dict]:
+    """Parse every caption (streamed in partitions, in `workers` processes) and spill its
+    mentions to Parquet."""
+    partitions = con.sql("SELECT id, image_id, text FROM captions WHERE ? IS NULL OR dataset = ?",
+                         params=[dataset, dataset]).to_arrow_reader(BATCH_ROWS)
+    return write_mentions(partitions, folder, workers)
 
 
 def _register_labels(con, dataset: str | None) -> None:
@@ -172,7 +149,7 @@ def _write_parts(reader: pa.RecordBatchReader, schema: pa.Schema, stem: Path) ->
 
 
 def build_vocabulary(warehouse, min_count: int = 50, max_size: int = 100_000,
-                     dataset: str | None = None) -> dict:
+                     dataset: str | None = None, workers: int = 1) -> dict:
     """Build and publish the concept vocabulary of the current snapshot (optionally one
     dataset's captions and regions). Returns a report; skipped=True when this exact vocabulary
     (same inputs, parameters, tools and code) is already published.
@@ -202,7 +179,7 @@ def build_vocabulary(warehouse, min_count: int = 50, max_size: int = 100_000,
     build_id = f"concepts-{vid}-{time.time_ns():x}"
     with connect(wh, snap) as con, wh.staging(build_id) as folder:
         con.execute("SET temp_directory = ?", [str(folder / "duckdb-tmp")])
-        mention_files, counts = _extract_mentions(con, dataset, folder)
+        mention_files, counts = _extract_mentions(con, dataset, folder, workers)
         con.execute(f"CREATE TEMP VIEW mentions AS SELECT * FROM read_parquet("
                     f"{_sql_files(mention_files)})")
         _register_labels(con, dataset)

@@ -22,13 +22,15 @@ def _content_key(context, parameters) -> str:
 
 
 @task(name="build-vocabulary", retries=1, cache_key_fn=_content_key, persist_result=True)
-def vocabulary_task(warehouse: str, min_count: int, max_size: int, dataset: str | None) -> dict:
-    return build_vocabulary(warehouse, min_count=min_count, max_size=max_size, dataset=dataset)
+def vocabulary_task(warehouse: str, min_count: int, max_size: int, dataset: str | None,
+                    workers: int) -> dict:
+    return build_vocabulary(warehouse, min_count=min_count, max_size=max_size, dataset=dataset,
+                            workers=workers)
 
 
 @flow(name="mvp-concepts", log_prints=True)
 def concepts_flow(warehouse: str = WAREHOUSE, min_count: int = 50,
-                  max_size: int = 100_000, dataset: str | None = None) -> dict:
+                  max_size: int = 100_000, dataset: str | None = None, workers: int = 1) -> dict:
     """The concept vocabulary of the current snapshot, built once per distinct input.
 
     Args:
@@ -36,8 +38,9 @@ def concepts_flow(warehouse: str = WAREHOUSE, min_count: int = 50,
         min_count: captions a tuple must appear in (paper: 50)
         max_size: vocabulary size cap
         dataset: only this dataset's captions and regions (none: all)
+        workers: processes that parse the captions (the vocabulary is the same for any number)
     """
-    report = vocabulary_task(warehouse, min_count, max_size, dataset)
+    report = vocabulary_task(warehouse, min_count, max_size, dataset, workers)
     state = "already built" if report.get("skipped") else "built"
     print(f"vocabulary {report['vocab']} {state}: " + ", ".join(
         f"{k} {v}" for k, v in report.items() if k not in ("vocab", "skipped")

@@ -249,3 +249,26 @@ def test_concept_queries_are_sql_macros_usable_from_mvp_sql(built, capsys):
     assert main(["sql", "SELECT text FROM top_concepts(NULL, 'object', 1)",
                  "--warehouse", str(wh)]) == 0
     assert capsys.readouterr().out.splitlines()[2].strip() == "kite"
+
+
+def test_parallel_build_equals_serial_build(tmp_path, monkeypatch):
+    """Two workers over small caption partitions publish the very bytes one process does with
+    one partition."""
+    import shutil
+
+    from features import vocabulary
+    serial = tmp_path / "serial"
+    ingest("shapes", tmp_path / "img", serial, n_images=40, workers=1)
+    shutil.copytree(serial, tmp_path / "parallel")
+    published = []
+    for wh, workers, partition in ((serial, 1, 10_000), (tmp_path / "parallel", 2, 16)):
+        monkeypatch.setattr(vocabulary, "BATCH_ROWS", partition)
+        report = vocabulary.build_vocabulary(wh, min_count=2, workers=workers)
+        snap = Warehouse(wh).current()
+        parts = {table: [snap.parts[p]["sha256"] for p in snap.tables[table]]
+                 for table in ("concepts", "caption_concepts", "image_concepts")}
+        published.append((parts, {k: v for k, v in report.items()
+                                   if k not in ("seconds", "snapshot")}))
+    assert published[0] == published[1]
+    report = published[0][1]
+    assert report["captions"] > 5 * 16 and report["concepts"] > 10 and report["skipped"] is False

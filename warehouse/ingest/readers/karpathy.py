@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 from warehouse.ingest.checks import BadRecord, resolve_under
 from warehouse.ingest.emitter import Emitter
-from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+from warehouse.ingest.json_stream import Elements, members_in_order, top_level_kind
+from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 
 def _file(ctx: SourceContext) -> Path:
@@ -38,26 +40,10 @@ def _source_id(img: dict) -> str | None:
     return None
 
 
-def read(ctx: SourceContext, emit: Emitter) -> None:
-    """The image file is <images root>/<filepath>/<filename> (no filepath for Flickr); the images
-    root is --image-root, else the JSON file's folder. --split keeps one split ("restval" is a split
-    of its own); the stored split is the image's own.
-
-    Every Karpathy file restarts `imgid`/`sentid` at 0 and Flickr30K names collide with COCO ids
-    (e.g. 36979), so ids carry the file's dataset name: images "karpathy:<dataset>:<cocoid or
-    filename stem>" (e.g. "karpathy:flickr30k:1000092795"), captions "karpathy:c:<dataset>:<sentid>".
-    """
-    path = _file(ctx)
-    data = load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise InputError(f"input file {path} is not a Karpathy split file (no 'images' list)")
-    name = path.name
-    ds = data.get("dataset")
-    if not isinstance(ds, str) or not ds.strip():
-        ds = path.stem.removeprefix("dataset_")
-    ds = ds.strip()
+def _emit_images(ctx: SourceContext, emit: Emitter, images: Iterable, ds: str, name: str
+                 ) -> None:
     root = ctx.images_root()
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(images):
         ref = f"{name}:images[{i}]"
         if not isinstance(img, dict):
             emit.reject(name, ref, "image record is not an object", img, "images")
@@ -98,3 +84,28 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
                 continue
             emit.caption(f"{ctx.dataset}:c:{ds}:{s['sentid']}", iid, s.get("raw"), split, name,
                          sref, s)
+
+
+def read(ctx: SourceContext, emit: Emitter) -> None:
+    """The image file is <images root>/<filepath>/<filename> (no filepath for Flickr); the images
+    root is --image-root, else the JSON file's folder. --split keeps one split ("restval" is a split
+    of its own); the stored split is the image's own.
+
+    Every Karpathy file restarts `imgid`/`sentid` at 0 and Flickr30K names collide with COCO ids
+    (e.g. 36979), so ids carry the file's dataset name: images "karpathy:<dataset>:<cocoid or
+    filename stem>" (e.g. "karpathy:flickr30k:1000092795"), captions "karpathy:c:<dataset>:<sentid>".
+    """
+    path = _file(ctx)
+    not_karpathy = InputError(f"input file {path} is not a Karpathy split file (no 'images' "
+                              "list)")
+    if top_level_kind(path) is not dict:
+        raise not_karpathy
+    # the files name their dataset after the images, streamed in a second pass (~140 MB)
+    for key, value in members_in_order(path, ["dataset", "images"]):
+        if key == "dataset":
+            ds = (value if isinstance(value, str) and value.strip()
+                  else path.stem.removeprefix("dataset_")).strip()
+        elif not isinstance(value, Elements):
+            raise not_karpathy
+        else:
+            _emit_images(ctx, emit, value, ds, path.name)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from warehouse.ingest.checks import BadRecord, resolve_under, shown, xywh_to_xyxy
 from warehouse.ingest.emitter import Emitter, image_id
+from warehouse.ingest.json_stream import Elements, object_members, top_level_kind
 from warehouse.ingest.safe_pickle import load_plain_pickle
-from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 INSTANCES_FILE = "instances.json"
+INSTANCE_LISTS = ("images", "annotations", "categories")
 PREFERRED_REFS = "refs(unc).p"  # RefCOCO and RefCOCO+ ship it alone; RefCOCOg ships umd and google
 IMAGE_FOLDERS = ("", "train2014")  # where a COCO file_name is looked up, in the images root
 
@@ -48,20 +50,29 @@ def _is_id(value) -> bool:
 
 
 def _instances(path: Path) -> tuple[dict, dict, dict]:
-    """(images by id, annotations by image id as [(index, annotation)], category names by id)."""
-    data = load_json(path)
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in
-                                             ("images", "annotations", "categories")):
+    """(images by id, annotations by image id as [(index, annotation)], category names by id),
+    streamed from the file; annotations are kept without their polygons, which say nothing
+    here."""
+    images, by_image, categories = {}, {}, {}
+    found = set()  # which of the three lists the file has
+    if top_level_kind(path) is dict:
+        for key, value in object_members(path):
+            if key not in INSTANCE_LISTS or not isinstance(value, Elements):
+                continue
+            found.add(key)
+            for i, record in enumerate(value):
+                if not isinstance(record, dict):
+                    continue
+                if key == "images" and _is_id(record.get("id")):
+                    images[record["id"]] = record
+                elif key == "annotations" and _is_id(record.get("image_id")):
+                    by_image.setdefault(record["image_id"], []).append(
+                        (i, {k: v for k, v in record.items() if k != "segmentation"}))
+                elif key == "categories" and _is_id(record.get("id")):
+                    categories[record["id"]] = record.get("name")
+    if found != set(INSTANCE_LISTS):
         raise InputError(f"input file {path} is not a COCO instances file (needs images, "
                          "annotations and categories lists)")
-    images = {img["id"]: img for img in data["images"]
-              if isinstance(img, dict) and _is_id(img.get("id"))}
-    by_image: dict = {}
-    for i, ann in enumerate(data["annotations"]):
-        if isinstance(ann, dict) and _is_id(ann.get("image_id")):
-            by_image.setdefault(ann["image_id"], []).append((i, ann))
-    categories = {c["id"]: c.get("name") for c in data["categories"]
-                  if isinstance(c, dict) and _is_id(c.get("id"))}
     return images, by_image, categories
 
 
@@ -90,21 +101,20 @@ def _emit_image(ctx: SourceContext, emit: Emitter, img: dict, split, annotations
     iid = image_id(ctx.dataset, img["id"])
     for i, ann in annotations:
         aref = f"{instances_name}:annotations[{i}]"
-        raw = {k: v for k, v in ann.items() if k != "segmentation"}  # polygons say nothing here
         if not _is_id(ann.get("id")):
-            emit.reject(instances_name, aref, "instance annotation has no id", raw, "regions")
+            emit.reject(instances_name, aref, "instance annotation has no id", ann, "regions")
             continue
         if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
             emit.reject(instances_name, aref,
-                        f"unknown category id {shown(ann.get('category_id'))}", raw, "regions")
+                        f"unknown category id {shown(ann.get('category_id'))}", ann, "regions")
             continue
         try:
             box = xywh_to_xyxy(ann.get("bbox"))
         except BadRecord as e:
-            emit.reject(instances_name, aref, str(e), raw, "regions")
+            emit.reject(instances_name, aref, str(e), ann, "regions")
             continue
         emit.region(f"{ctx.dataset}:r:{ann['id']}", iid, box, categories[ann["category_id"]],
-                    "annotation", instances_name, aref, raw)
+                    "annotation", instances_name, aref, ann)
 
 
 def read(ctx: SourceContext, emit: Emitter) -> None:

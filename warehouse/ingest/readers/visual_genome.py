@@ -4,11 +4,13 @@ are <images root>/<basename of url>, also looked up in VG_100K/ and VG_100K_2/ u
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from warehouse.ingest.checks import BadRecord, resolve_under, xywh_to_xyxy
 from warehouse.ingest.emitter import Emitter, image_id
-from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+from warehouse.ingest.json_stream import array_elements, top_level_kind
+from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 REQUIRED = ("image_data.json", "objects.json")
 OPTIONAL = ("attributes.json", "relationships.json", "region_descriptions.json")
@@ -41,15 +43,16 @@ def _first_id(record: dict, *keys):
     return None
 
 
-def _entries(folder: Path, name: str) -> list:
-    data = load_json(folder / name)
-    if not isinstance(data, list):
+def _entries(folder: Path, name: str) -> Iterator:
+    """The file's per-image entries, streamed: objects.json is ~400 MB."""
+    if top_level_kind(folder / name) is not list:
         raise InputError(f"input file {folder / name} is not a Visual Genome file (top level is "
                          "not a list)")
-    return data
+    return array_elements(folder / name)
 
 
-def _per_image(emit: Emitter, name: str, entries: list, key: str, id_keys=("image_id", "id")):
+def _per_image(emit: Emitter, name: str, entries: Iterable, key: str,
+               id_keys=("image_id", "id")):
     """(image id, [(record, ref)]) for each image entry of a per-image file; bad entries are
     rejected."""
     for i, entry in enumerate(entries):

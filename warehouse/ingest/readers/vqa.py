@@ -4,10 +4,12 @@ splits have none) files. Images are the COCO files COCO_<subtype>_<image id:012d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from warehouse.ingest.checks import shown
 from warehouse.ingest.emitter import Emitter, image_id
-from warehouse.ingest.sources import InputError, SourceContext, load_json, require_file
+from warehouse.ingest.json_stream import Elements, members_in_order, top_level_kind
+from warehouse.ingest.sources import InputError, SourceContext, require_file
 
 
 def _files(ctx: SourceContext) -> tuple[list[Path], list[Path]]:
@@ -40,12 +42,22 @@ def _is_id(value) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool) and str(value) != ""
 
 
-def _load(path: Path, key: str) -> tuple[str | None, list]:
-    data = load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise InputError(f"input file {path} is not a VQA file (no {key!r} list)")
-    subtype = data.get("data_subtype")
-    return (subtype if isinstance(subtype, str) and subtype else None), data[key]
+def _load(path: Path, key: str) -> tuple[str | None, Iterator]:
+    """The file's data_subtype and its `key` records, streamed (VQA v2's train annotations are
+    ~330 MB); the rest of the file is checked once the records are read."""
+    not_vqa = InputError(f"input file {path} is not a VQA file (no {key!r} list)")
+    if top_level_kind(path) is not dict:
+        raise not_vqa
+    members = members_in_order(path, ["data_subtype", key])
+    subtype, records = next(members)[1], next(members)[1]
+    if not isinstance(records, Elements):
+        raise not_vqa
+
+    def records_then_rest():
+        yield from records
+        for _ in members:
+            pass
+    return (subtype if isinstance(subtype, str) and subtype else None), records_then_rest()
 
 
 def _answers(ann: dict) -> dict[str, int] | None:
