@@ -9,7 +9,6 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 
 from features.feature_sets import FeatureSetSpec, require_feature_set
@@ -44,15 +43,10 @@ class ImageFeatures:
 
 def _scan(wh: Warehouse, table: str, feature_set_id: str, columns: list[str],
           image_ids: Iterable[str] | None) -> pa.Table:
-    schema = TABLES[table]
-    files = wh.files(table)
-    if not files:
-        return schema.empty_table().select(columns)
     condition = pc.field("feature_set") == feature_set_id
     if image_ids is not None:
         condition &= pc.field("image_id").isin(pa.array(list(image_ids), pa.string()))
-    return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns,
-                                                                      filter=condition)
+    return wh.dataset(table, TABLES[table]).to_table(columns=columns, filter=condition)
 
 
 def _image_starts(t: pa.Table) -> np.ndarray:

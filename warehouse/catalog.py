@@ -25,13 +25,24 @@ class QueryTimeout(TimeoutError):
     """A read-only query ran past its time limit."""
 
 
+def reader(wh: Warehouse, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that can open the warehouse's part files by the names
+    `Warehouse.files` gives: on an object store through the warehouse's own fsspec file system
+    (DuckDB's httpfs extension cannot be installed here, and this way one set of credentials
+    and endpoint serves both). `config` adds DuckDB settings."""
+    con = duckdb.connect(config={"threads": 2, **(config or {})})
+    if not wh.storage.is_local:
+        con.register_filesystem(wh.storage.fs)
+    return con
+
+
 def connect(warehouse: str | Warehouse, snapshot: Snapshot | None = None,
             config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per table (empty tables get typed empty
     views, so queries work on a new warehouse). `config` adds DuckDB settings."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     snap = snapshot or wh.current()
-    con = duckdb.connect(config={"threads": 2, **(config or {})})
+    con = reader(wh, config)
     for table, schema in TABLES.items():
         files = wh.files(table, snap)
         if files:
@@ -65,9 +76,10 @@ def connect_sandboxed(warehouse: str | Warehouse, temp_dir: str,
         "autoload_known_extensions": False,
         "python_enable_replacements": False,  # SQL cannot scan the caller's Python variables
     })
-    # Exact part files, not directories: no other file (orphan parts, snapshots, /etc) can be
-    # read and no new file created. DuckDB would still let COPY overwrite these very files,
-    # which is why only SELECT statements reach this connection.
+    # Exact part files (local paths, or URLs under the bucket prefix), not directories: no other
+    # file (orphan parts, the log, /etc, another prefix) can be read and no new file created.
+    # DuckDB would still let COPY overwrite these very files, which is why only SELECT
+    # statements reach this connection.
     parts = [f for table in TABLES for f in wh.files(table, snap)]
     if parts:
         con.execute("SET allowed_paths = ?", [parts])  # only settable while access is on

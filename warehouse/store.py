@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.dataset as ds
+
 from warehouse import legacy, log
 from warehouse.faults import fault_point
 from warehouse.hashing import file_sha256
@@ -123,6 +125,14 @@ class Warehouse:
                                   f"{found[rel][0]} bytes, {recorded['size']} recorded; "
                                   f"run `mvp verify`")
         return [self.absolute(rel) for rel in rels]
+
+    def dataset(self, table: str, schema, snapshot: Snapshot | None = None) -> ds.Dataset:
+        """A pyarrow dataset over a table's parts, read through the storage's file system."""
+        files = self.files(table, snapshot)
+        if self.storage.is_local:
+            return ds.dataset(files, schema=schema, format="parquet")
+        return ds.dataset([self.storage.fs._strip_protocol(f) for f in files], schema=schema,
+                          format="parquet", filesystem=self.storage.fs)
 
     def commit(self, parent: Snapshot, new_parts: dict[str, list[str]], build: dict,
                records: dict[str, dict] | None = None) -> Snapshot:

@@ -2,7 +2,6 @@
 the current snapshot's part files and nothing else, writes nowhere (not even spills into the
 working directory), and stops queries that run too long or need too much memory. Results
 stream in batches."""
-import hashlib
 import shutil
 import tempfile
 import time
@@ -15,6 +14,7 @@ from flows.cli import main
 from warehouse import catalog
 from warehouse.catalog import ReadOnlyViolation, run_read_only
 from warehouse.ingest.build import ingest
+from warehouse.storage import open_storage
 from warehouse.store import Warehouse
 
 # a cross join that runs for hours unless stopped
@@ -35,17 +35,32 @@ def wh(built, tmp_path):
     return tmp_path / "wh"
 
 
+@pytest.fixture(params=["local", "s3"])
+def any_wh(request, built) -> str:
+    """A private copy on a local disk or in a bucket of the loopback S3 server (the log holds
+    relative paths, so a byte copy is the same warehouse)."""
+    if request.param == "local":
+        return str(request.getfixturevalue("wh"))
+    root = request.getfixturevalue("s3_root")
+    storage = Warehouse(root).storage
+    for path in built.rglob("*"):
+        if path.is_file():
+            storage.upload(path, path.relative_to(built).as_posix())
+    return root
+
+
 def fingerprint(wh) -> dict[str, str]:
     """Every file under the warehouse with its content hash."""
-    return {str(p.relative_to(wh)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(wh.rglob("*")) if p.is_file()}
+    storage = Warehouse(wh).storage
+    return {rel: storage.sha256(rel) for rel in sorted(storage.listing(""))}
 
 
 def images_part(wh) -> str:
     return Warehouse(wh).files("images")[0]
 
 
-def test_explain_analyze_copy_cannot_forge_a_part(wh, tmp_path, monkeypatch, capsys):
+def test_explain_analyze_copy_cannot_forge_a_part(any_wh, tmp_path, monkeypatch, capsys):
+    wh = any_wh
     monkeypatch.chdir(tmp_path)
     before = fingerprint(wh)
     attack = ("EXPLAIN ANALYZE COPY (SELECT * REPLACE ('EVIL' AS split) FROM images LIMIT 1) "
@@ -79,12 +94,13 @@ def test_explain_analyze_copy_cannot_forge_a_part(wh, tmp_path, monkeypatch, cap
     "CALL pragma_version()",
     "SELECT 1; SELECT 2",
 ])
-def test_only_queries_are_run(wh, sql, tmp_path, monkeypatch, capsys):
+def test_only_queries_are_run(any_wh, sql, tmp_path, monkeypatch, capsys):
+    wh = any_wh
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     before = fingerprint(wh)
-    sql = sql.format(tables=wh / "tables", part=images_part(wh), cwd=cwd)
+    sql = sql.format(tables=f"{wh}/tables", part=images_part(wh), cwd=cwd)
     with pytest.raises(ReadOnlyViolation):
         run_read_only(wh, sql)
     assert main(["sql", sql, "--warehouse", str(wh)]) == 2
@@ -107,14 +123,18 @@ def test_only_queries_are_run(wh, sql, tmp_path, monkeypatch, capsys):
     "SET lock_configuration = false",
     "SET allowed_directories = ['/']",
     "SET temp_directory = '{cwd}'",
+    "COPY (SELECT 1) TO '{cwd}/out.parquet' (FORMAT parquet)",
+    "SELECT * FROM read_text('{other}/x')",
 ])
-def test_the_connection_itself_cannot_write_or_reach_other_files(wh, sql, tmp_path, monkeypatch):
+def test_the_connection_itself_cannot_write_or_reach_other_files(any_wh, sql, tmp_path,
+                                                                 monkeypatch):
     """The statement filter is not the only wall: the connection refuses these too."""
+    wh = any_wh
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     before = fingerprint(wh)
-    sql = sql.format(root=wh, tables=wh / "tables", cwd=cwd)
+    sql = sql.format(root=wh, tables=f"{wh}/tables", cwd=cwd, other=_other_root(wh))
     with catalog.connect_sandboxed(Warehouse(wh), str(tmp_path / "spill")) as con:
         with pytest.raises(duckdb.Error, match="disabled|locked"):
             con.execute(sql).fetchall()
@@ -129,11 +149,16 @@ def test_the_connection_itself_cannot_write_or_reach_other_files(wh, sql, tmp_pa
     "SELECT count(*) FROM read_parquet('{tables}/images/orphan.parquet')",
     "SELECT count(*) FROM read_parquet('{tables}/images/*.parquet')",
     "SELECT count(*) FROM read_parquet('{tables}/images/../images/orphan.parquet')",
+    "SELECT count(*) FROM read_parquet('{other}/images.parquet')",
 ])
-def test_only_the_snapshots_parts_can_be_read(wh, sql, capsys):
+def test_only_the_snapshots_parts_can_be_read(any_wh, sql, capsys):
+    wh = any_wh
     # a part file no snapshot lists (what a killed build leaves behind) stays out of reach
-    shutil.copy(images_part(wh), wh / "tables" / "images" / "orphan.parquet")
-    sql = sql.format(root=wh, tables=wh / "tables")
+    storage = Warehouse(wh).storage
+    part = storage.read(Warehouse(wh).relative(images_part(wh)))
+    storage.write("tables/images/orphan.parquet", part)
+    open_storage(_other_root(wh)).write("images.parquet", part)
+    sql = sql.format(root=wh, tables=f"{wh}/tables", other=_other_root(wh))
     with pytest.raises(duckdb.PermissionException):
         run_read_only(wh, sql)
     assert main(["sql", sql, "--warehouse", str(wh)]) == 2
@@ -143,6 +168,11 @@ def test_only_the_snapshots_parts_can_be_read(wh, sql, capsys):
     assert run_read_only(wh, f"SELECT count(*) FROM read_parquet('{images_part(wh)}')"
                          )[1] == [(40,)]
     assert run_read_only(wh, "SELECT count(*) FROM rejects")[1] == [(0,)]
+
+
+def _other_root(wh: str) -> str:
+    """Where another warehouse's files would be: a sibling folder or bucket prefix."""
+    return wh.replace("/wh", "/other") if wh.startswith("s3://") else f"{wh}-other"
 
 
 def test_python_variables_are_not_tables(wh):

@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.catalog import reader
 from warehouse.schemas import IMAGE_CHILDREN, KEYS, TABLES
 from warehouse.store import Warehouse
 
@@ -123,8 +123,8 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
     table (relative to the root) and the per-table outcome counts."""
     snap = wh.current()
     # bounded memory whatever the build size: DuckDB spills sorts and joins past the limit
-    con = duckdb.connect(config={"memory_limit": MERGE_MEMORY_LIMIT, "threads": 2,
-                                 "temp_directory": str(spill_dir)})  # a path, never SQL text
+    con = reader(wh, {"memory_limit": MERGE_MEMORY_LIMIT,
+                      "temp_directory": str(spill_dir)})  # a path, never SQL text
     con.execute("SET preserve_insertion_order = false")
     new_parts: dict[str, list[str]] = {}
     outcomes: dict[str, TableOutcome] = {}
