@@ -41,3 +41,12 @@ def s3_bucket(s3_server):
 @pytest.fixture
 def s3_root(s3_bucket):
     return f"s3://{s3_bucket}/wh"
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A fresh warehouse root: a local folder, or a prefix in a new bucket on the loopback S3
+    server."""
+    if request.param == "local":
+        return str(tmp_path / "wh")
+    return request.getfixturevalue("s3_root")

@@ -31,15 +31,6 @@ publish_tables(Warehouse(sys.argv[1]), "killed", {"rejects": pa.Table.from_pylis
 """
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    """A fresh warehouse root: a local folder, or a prefix in a new bucket on the loopback S3
-    server (tests/warehouse/conftest.py)."""
-    if request.param == "local":
-        return str(tmp_path / "wh")
-    return request.getfixturevalue("s3_root")
-
-
 def _rejects(ids) -> pa.Table:
     return pa.Table.from_pylist([{"id": i, "dataset": "d", "source_file": "f", "record_ref": i,
                                   "reason": "r", "raw": "", "ingest_id": "b"} for i in ids],

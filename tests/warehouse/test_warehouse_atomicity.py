@@ -21,7 +21,7 @@ def _counts(wh):
                 for t in ("images", "captions", "regions", "questions")}
 
 
-@pytest.mark.parametrize("point", ["after-stage", "before-commit"])
+@pytest.mark.parametrize("point", ["after-stage", "before-commit", "ingest-after-upload"])
 def test_killed_build_leaves_previous_snapshot_readable(tmp_path, point):
     wh = tmp_path / "wh"
     ingest("shapes", tmp_path / "img", wh, n_images=30, workers=1)
@@ -35,7 +35,7 @@ def test_killed_build_leaves_previous_snapshot_readable(tmp_path, point):
     assert Warehouse(wh).current().version == version
     assert _counts(wh) == before
     leftovers = list((wh / "_staging").rglob("*.parquet"))
-    if point == "before-commit":
+    if point == "ingest-after-upload":
         leftovers += [p for p in (wh / "tables").rglob("*.parquet")
                       if Warehouse(wh).relative(p) not in
                       {f for fs in Warehouse(wh).current().tables.values() for f in fs}]

@@ -17,8 +17,11 @@ from warehouse.ingest.emitter import Emitter
 from warehouse.ingest.merge import TableOutcome, merge, new_ingest_id
 from warehouse.ingest.sources import InputError, SourceContext, reader_for
 from warehouse.ingest.staging import StagingWriter
-from warehouse.publish import new_build
-from warehouse.store import Warehouse
+from warehouse.publish import AlreadyPublished, new_build
+from warehouse.store import Snapshot, Warehouse, WarehouseError
+
+# How often an ingest merges again after other writers published to the tables it checks.
+MERGE_ATTEMPTS = 5
 
 
 @dataclass
@@ -84,11 +87,17 @@ def plan(ctx: SourceContext, warehouse: str,
         params["generator_version"] = reader.GENERATOR_VERSION
     fingerprint = hashlib.sha256(repr((sorted(params.items()),
                                        [i["sha256"] for i in inputs])).encode()).hexdigest()
+    done = _ingested_in(Warehouse(warehouse).current(), fingerprint)
+    return Plan(ctx, warehouse, fingerprint, inputs, params, done, max_image_pixels)
+
+
+def _ingested_in(snap: Snapshot, fingerprint: str) -> int | None:
+    """The version that ingested the input with this fingerprint, or None."""
     done = None
-    for build in Warehouse(warehouse).current().builds:
+    for build in snap.builds:
         if build.get("fingerprint") == fingerprint:
             done = build.get("snapshot")
-    return Plan(ctx, warehouse, fingerprint, inputs, params, done, max_image_pixels)
+    return done
 
 
 def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
@@ -108,24 +117,52 @@ def stage(p: Plan, ingest_id: str) -> tuple[dict[str, list[str]], dict]:
     return staged, {"read": emit.counts.read, "rejected": emit.counts.rejected}
 
 
+class MergedOnStaleSnapshot(WarehouseError):
+    """Another writer published rows of a table the merge checked against: merge again."""
+
+
 def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read_counts: dict,
                      started: float) -> IngestReport:
+    """Merge against the current snapshot into the build's staging folder and publish. When
+    another writer publishes first, the publish goes ahead only if it added no rows to a table
+    the merge read (its duplicate, existing and reference checks would still hold); else the
+    merge runs again against what is there now."""
     wh = Warehouse(p.warehouse)
-    parent = wh.current()
-    new_parts, outcomes = merge(wh, staged, ingest_id, p.ctx.dataset,
-                                wh.staging_dir(ingest_id))
-    report = _report(p, ingest_id, parent.version + 1, read_counts, outcomes)
-    report.seconds = time.time() - started
-    fault_point("before-commit")
-    build = new_build("ingest", ingest_id=ingest_id, fingerprint=p.fingerprint,
-                      params=p.params, inputs=p.inputs, counts=asdict(report))
-    wh.commit(parent, new_parts, build)
-    return report
+    folder = wh.staging_dir(ingest_id)
+    read = {"images", "regions", "rejects", *staged}
+    for _ in range(MERGE_ATTEMPTS):
+        parent = wh.current()
+        shutil.rmtree(folder / "merged", ignore_errors=True)
+        new_parts, outcomes = merge(wh, parent, staged, ingest_id, folder, folder / "merged")
+        report = _report(p, ingest_id, read_counts, outcomes)
+        report.seconds = time.time() - started
+        fault_point("before-commit")
+        # the commit records the version the build lands as (its "snapshot"), not the counts
+        counts = {k: v for k, v in asdict(report).items() if k != "snapshot"}
+        build = new_build("ingest", ingest_id=ingest_id, fingerprint=p.fingerprint,
+                          params=p.params, inputs=p.inputs, counts=counts)
+
+        def check(snap: Snapshot, parent=parent) -> None:
+            if _ingested_in(snap, p.fingerprint) is not None:
+                raise AlreadyPublished()  # the same input, by another writer
+            if any(snap.tables.get(t, []) != parent.tables.get(t, []) for t in read):
+                raise MergedOnStaleSnapshot(f"another writer published to {sorted(read)}")
+
+        try:
+            report.snapshot = wh.publish(new_parts, build, check=check).version
+            return report
+        except MergedOnStaleSnapshot:
+            continue
+        except AlreadyPublished:
+            return IngestReport(p.ctx.dataset, "", _ingested_in(wh.current(), p.fingerprint),
+                                skipped=True)
+    raise WarehouseError(f"ingest {ingest_id}: other writers kept publishing to the tables it "
+                         f"merges into; gave up after {MERGE_ATTEMPTS} merges")
 
 
-def _report(p: Plan, ingest_id: str, version: int, read_counts: dict,
+def _report(p: Plan, ingest_id: str, read_counts: dict,
             outcomes: dict[str, TableOutcome]) -> IngestReport:
-    r = IngestReport(p.ctx.dataset, ingest_id, version, skipped=False)
+    r = IngestReport(p.ctx.dataset, ingest_id, snapshot=-1, skipped=False)  # set once published
     r.read = sum(read_counts["read"].values())
     reasons = list(read_counts["rejected"].items())
     for table, o in outcomes.items():
@@ -149,8 +186,9 @@ def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
            split: str | None = None, image_root: str | Path | None = None,
            n_images: int | None = None, seed: int = 0, workers: int | None = None,
            max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, run=call) -> IngestReport:
-    """Plan, stage, merge and commit one input under the warehouse's writer lock. A build that
-    dies midway leaves the previous snapshot as it was; the next build clears its leftovers."""
+    """Plan, stage, merge and commit one input. A build that dies midway leaves the previous
+    snapshot as it was; the next build clears its leftovers. Writers that want it wait for the
+    local writer lock while planning and cleaning up; the commit itself is optimistic."""
     ctx = make_context(dataset, source, warehouse, split, image_root, n_images, seed, workers)
     wh = Warehouse(warehouse)
     started = time.time()
@@ -159,10 +197,10 @@ def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
         if p.already_in_snapshot is not None:
             return IngestReport(dataset, "", p.already_in_snapshot, skipped=True)
         wh.remove_orphans()
-        ingest_id = new_ingest_id()
-        with wh.staging(ingest_id):
-            staged, read_counts = run(stage, p, ingest_id)
-            return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
+    ingest_id = new_ingest_id()
+    with wh.staging(ingest_id):
+        staged, read_counts = run(stage, p, ingest_id)
+        return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
 
 
 def make_context(dataset, source, warehouse, split=None, image_root=None, n_images=None,

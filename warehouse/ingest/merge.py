@@ -1,6 +1,7 @@
-"""Merge a staged build into the warehouse with DuckDB: drop duplicate ids, skip rows already
+"""Merge a staged build against a snapshot with DuckDB: drop duplicate ids, skip rows already
 present, reject rows whose image is unknown or whose box leaves its image, and write what is
-accepted as new part files. Every staged row gets exactly one outcome, so the counts add up."""
+accepted as new part files in a local folder, ready to publish. Every staged row gets exactly
+one outcome, so the counts add up."""
 from __future__ import annotations
 
 import uuid
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 
 from warehouse.catalog import reader
 from warehouse.schemas import IMAGE_CHILDREN, KEYS, TABLES
-from warehouse.store import Warehouse
+from warehouse.store import Snapshot, Warehouse
 
 BOX_TOLERANCE_PX = 1.0   # annotation tools round; boxes this close to the edge are clipped
 PART_ROWS = 1_000_000    # rows per Parquet part file
@@ -95,20 +96,19 @@ def _select_accepted(table: str) -> str:
             f"ORDER BY {order}{KEYS[table]}")
 
 
-def _write_parts(con, sql: str, wh: Warehouse, table: str, ingest_id: str) -> list[str]:
+def _write_parts(con, sql: str, out_dir: Path, table: str, ingest_id: str) -> list[Path]:
     schema = TABLES[table]
-    reader = con.sql(sql).to_arrow_reader(65_536)
+    batches = con.sql(sql).to_arrow_reader(65_536)
     parts, writer, rows_in_part = [], None, 0
-    folder = wh.table_dir(table)
+    folder = out_dir / table
     folder.mkdir(parents=True, exist_ok=True)
-    for batch in reader:
+    for batch in batches:
         batch = pa.Table.from_batches([batch]).cast(schema)
         if writer is None or rows_in_part >= PART_ROWS:
             if writer is not None:
                 writer.close()
-            path = folder / f"{ingest_id}-{len(parts):04d}.parquet"
-            writer = pq.ParquetWriter(path, schema, compression="zstd")
-            parts.append(wh.relative(path))
+            parts.append(folder / f"{ingest_id}-{len(parts):04d}.parquet")
+            writer = pq.ParquetWriter(parts[-1], schema, compression="zstd")
             rows_in_part = 0
         writer.write_table(batch)
         rows_in_part += batch.num_rows
@@ -117,11 +117,10 @@ def _write_parts(con, sql: str, wh: Warehouse, table: str, ingest_id: str) -> li
     return parts
 
 
-def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: str,
-          spill_dir: Path) -> tuple[dict[str, list[str]], dict[str, TableOutcome]]:
-    """Decide every staged row's outcome and write accepted rows. Returns the new part files per
-    table (relative to the root) and the per-table outcome counts."""
-    snap = wh.current()
+def merge(wh: Warehouse, snap: Snapshot, staged: dict[str, list[str]], ingest_id: str,
+          spill_dir: Path, out_dir: Path) -> tuple[dict[str, list[Path]], dict[str, TableOutcome]]:
+    """Decide every staged row's outcome against `snap` and write the accepted rows into
+    `out_dir/<table>/`. Returns those part files per table and the per-table outcome counts."""
     # bounded memory whatever the build size: DuckDB spills sorts and joins past the limit
     con = reader(wh, {"memory_limit": MERGE_MEMORY_LIMIT,
                       "temp_directory": str(spill_dir)})  # a path, never SQL text
@@ -162,7 +161,7 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
             else:
                 out.new += n
         outcomes[table] = out
-        new_parts[table] = _write_parts(con, _select_accepted(table), wh, table, ingest_id)
+        new_parts[table] = _write_parts(con, _select_accepted(table), out_dir, table, ingest_id)
         if out.rejected:
             merge_rejects.append(con.sql(f"""
                 SELECT md5(concat_ws(chr(31), dataset, _source_file, _record_ref, _reason))[:16]
@@ -192,7 +191,7 @@ def merge(wh: Warehouse, staged: dict[str, list[str]], ingest_id: str, dataset: 
         SELECT *, false AS _existing, NULL AS _reason FROM all_rejects
         WHERE id NOT IN (SELECT id FROM {existing_rejects})
         QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq) = 1""")
-    new_parts["rejects"] = _write_parts(con, _select_accepted("rejects"), wh, "rejects",
+    new_parts["rejects"] = _write_parts(con, _select_accepted("rejects"), out_dir, "rejects",
                                         ingest_id)
     con.close()
     return new_parts, outcomes
