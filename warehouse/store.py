@@ -76,8 +76,20 @@ class Warehouse:
         """Always a local folder: under the root when it is local, else in the temp folder."""
         if self.storage.is_local:
             return self.root / "_staging" / build_id
-        key = hashlib.sha256(self.storage.url().encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / "mvp-staging" / key / build_id
+        return Path(tempfile.gettempdir()) / "mvp-staging" / self._key() / build_id
+
+    def local_dir(self) -> Path:
+        """A local folder for what is derived from the warehouse and read from a local disk
+        (generated inputs, training caches): the root itself when it is local, else
+        ~/.cache/mvp/<digest of the root's URL>, never inside the bucket."""
+        if self.storage.is_local:
+            return self.root
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvp" / \
+            self._key()
+
+    def _key(self) -> str:
+        """A short name for this root in local folders shared by several warehouses."""
+        return hashlib.sha256(self.storage.url().encode()).hexdigest()[:16]
 
     def manifest_path(self, version: int) -> str:
         """The file that records version `version` and its build's manifest."""

@@ -34,8 +34,10 @@ STRINGS = ("caption_ids", "image_ids")
 
 
 def default_root(wh: Warehouse) -> Path:
-    """$MVP_CACHE_DIR (a node-local disk on a cluster), else the warehouse's _cache folder."""
-    return Path(os.environ.get("MVP_CACHE_DIR") or wh.root / "_cache") / "training"
+    """$MVP_CACHE_DIR (a node-local disk on a cluster), else the _cache folder of the
+    warehouse's local folder (the root itself, or a local one for an object store: the cache
+    is memory-mapped, so it must be on a local disk)."""
+    return Path(os.environ.get("MVP_CACHE_DIR") or wh.local_dir() / "_cache") / "training"
 
 
 def cache_key(wh: Warehouse, feature_set: str, vocab: str, cfg: ModelConfig,

@@ -123,3 +123,20 @@ def test_other_tokenization_settings_are_refused(store, tmp_path):
     folder = build_cache(wh, fs, vocab, cfg, root=tmp_path)
     with pytest.raises(ValueError, match="other tokenization settings"):
         open_cache(folder, dataclasses.replace(cfg, max_text_len=cfg.max_text_len - 1))
+
+
+def test_the_default_root_is_on_a_local_disk(tmp_path, monkeypatch):
+    """A warehouse's own folder when it is local; for an object store a local folder per
+    warehouse URL (the cache is memory-mapped), never a key in the bucket."""
+    from warehouse.store import Warehouse
+    monkeypatch.delenv("MVP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    local = Warehouse(tmp_path / "wh")
+    assert feature_cache.default_root(local) == tmp_path / "wh" / "_cache" / "training"
+    a, b = Warehouse("s3://bucket-a/wh"), Warehouse("s3://bucket-b/wh")
+    root = feature_cache.default_root(a)
+    assert root.is_relative_to(tmp_path / "xdg" / "mvp") and root.name == "training"
+    assert root == feature_cache.default_root(Warehouse("s3://bucket-a/wh"))
+    assert root != feature_cache.default_root(b)
+    monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "node"))
+    assert feature_cache.default_root(a) == tmp_path / "node" / "training"

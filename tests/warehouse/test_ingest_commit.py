@@ -62,3 +62,12 @@ def test_a_local_ingest_stages_its_parts_under_the_root(root, tmp_path):
     ingest("shapes", tmp_path / "img", root, n_images=3, workers=1)
     # staged parts are linked into tables/, not copied: nothing is left in _staging
     assert not any((tmp_path / "wh" / "_staging").iterdir())
+
+
+def test_generated_inputs_of_an_s3_warehouse_go_to_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    ctx = build.make_context("shapes", None, "s3://bucket/wh", seed=3)
+    assert ctx.source.is_relative_to(tmp_path / "xdg" / "mvp")
+    assert ctx.source.name == "shapes-seed3"
+    local = build.make_context("shapes", None, tmp_path / "wh")
+    assert local.source == tmp_path / "wh" / "sources" / "shapes-seed0"

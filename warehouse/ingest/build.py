@@ -208,8 +208,8 @@ def make_context(dataset, source, warehouse, split=None, image_root=None, n_imag
     if source is None:
         if dataset != "shapes" and dataset != "easy-vqa":
             raise InputError(f"--source is required for {dataset}")
-        source = Path(warehouse) / "sources" / (f"shapes-seed{seed}" if dataset == "shapes"
-                                                else dataset)
+        source = Warehouse(warehouse).local_dir() / "sources" / (
+            f"shapes-seed{seed}" if dataset == "shapes" else dataset)
     return SourceContext(dataset=dataset, source=Path(source).expanduser().resolve(),
                          split=split,
                          image_root=Path(image_root).expanduser().resolve() if image_root
