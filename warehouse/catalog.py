@@ -25,7 +25,7 @@ class QueryTimeout(TimeoutError):
     """A read-only query ran past its time limit."""
 
 
-def reader(wh: Warehouse, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+def open_duckdb(wh: Warehouse, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that can open the warehouse's part files by the names
     `Warehouse.files` gives: on an object store through the warehouse's own fsspec file system
     (DuckDB's httpfs extension cannot be installed here, and this way one set of credentials
@@ -42,7 +42,7 @@ def connect(warehouse: str | Warehouse, snapshot: Snapshot | None = None,
     views, so queries work on a new warehouse). `config` adds DuckDB settings."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     snap = snapshot or wh.current()
-    con = reader(wh, config)
+    con = open_duckdb(wh, config)
     for table, schema in TABLES.items():
         files = wh.files(table, snap)
         if files:

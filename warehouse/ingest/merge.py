@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.catalog import reader
+from warehouse.catalog import open_duckdb
 from warehouse.schemas import IMAGE_CHILDREN, KEYS, TABLES
 from warehouse.store import Snapshot, Warehouse
 
@@ -122,8 +122,8 @@ def merge(wh: Warehouse, snap: Snapshot, staged: dict[str, list[str]], ingest_id
     """Decide every staged row's outcome against `snap` and write the accepted rows into
     `out_dir/<table>/`. Returns those part files per table and the per-table outcome counts."""
     # bounded memory whatever the build size: DuckDB spills sorts and joins past the limit
-    con = reader(wh, {"memory_limit": MERGE_MEMORY_LIMIT,
-                      "temp_directory": str(spill_dir)})  # a path, never SQL text
+    con = open_duckdb(wh, {"memory_limit": MERGE_MEMORY_LIMIT,
+                          "temp_directory": str(spill_dir)})  # a path, never SQL text
     con.execute("SET preserve_insertion_order = false")
     new_parts: dict[str, list[str]] = {}
     outcomes: dict[str, TableOutcome] = {}
