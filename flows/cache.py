@@ -23,7 +23,7 @@ def cache_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
     """The feature cache that `mvp pretrain --feature-cache` reads with this config.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         config: preset name or YAML path (its text settings decide the tokenization)
         feature_set: feature-set id (none: the latest)
         vocab: concept vocabulary id (none: the latest)

@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def warehouse_arg(sp):  # for the commands that run no flow
-        sp.add_argument("--warehouse", default=WAREHOUSE, help="warehouse root folder")
+        sp.add_argument("--warehouse", default=WAREHOUSE, help="warehouse root, a local folder "
+                        "or an object-store URL (s3://bucket/prefix)")
 
     def no_prefect_arg(sp):
         sp.add_argument("--no-prefect", action="store_true",

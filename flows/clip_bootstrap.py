@@ -25,7 +25,7 @@ def clip_bootstrap_flow(warehouse: str = WAREHOUSE, out_dir: str = "runs/clip-bo
     that uses it.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         out_dir: where the pairs, open_clip_train's run and the weights go (rerun: resumes)
         model: OpenCLIP model config (mvp-clip-small: a ViT sized for CPU minutes)
         epochs: passes over the pairs

@@ -32,7 +32,7 @@ def compare_flow(warehouse: str = WAREHOUSE, config: str = DEFAULT_PRESET,
     """Pre-training variants side by side, each scored on `split`.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         config: preset name or YAML path (model + train)
         budget: pre-training optimizer steps of every variant (two stages: half each)
         vqa_steps: VQA fine-tuning steps per variant (0: retrieval only)

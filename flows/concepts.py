@@ -34,7 +34,7 @@ def concepts_flow(warehouse: str = WAREHOUSE, min_count: int = 50,
     """The concept vocabulary of the current snapshot, built once per distinct input.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         min_count: captions a tuple must appear in (paper: 50)
         max_size: vocabulary size cap
         dataset: only this dataset's captions and regions (none: all)

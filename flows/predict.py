@@ -27,7 +27,7 @@ def predict_flow(task: Literal["vqa"], model: str, warehouse: str = WAREHOUSE,
         task: the task whose results file is written
         model: fine-tuned VQA checkpoint file, or an MLflow URI of a package holding one, e.g.
             models:/mvp-vqa@champion
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         split: the questions' split as ingested (the file's data_subtype)
         dataset: the dataset the questions were ingested as
         out: the results file written ([{"question_id": int, "answer": str}])

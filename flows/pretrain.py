@@ -40,7 +40,7 @@ def pretrain_flow(warehouse: str = WAREHOUSE, stage: str = "stage1",
     """One pre-training stage; its checkpoint is <out_dir>/<stage>/last.pt.
 
     Args:
-        warehouse: warehouse root folder
+        warehouse: warehouse root, a local folder or an object-store URL (s3://bucket/prefix)
         stage: the stage to train (model/training/config.py: what each trains)
         config: preset name or YAML path (model + train)
         feature_set: feature-set id (none: the latest)
