@@ -69,9 +69,6 @@ class Warehouse:
         url = self.storage.url(rel)
         return Path(url) if self.storage.is_local else url
 
-    def table_dir(self, table: str) -> Path | str:
-        return self._at(f"tables/{table}")
-
     def staging_dir(self, build_id: str) -> Path:
         """Always a local folder: under the root when it is local, else in the temp folder."""
         if self.storage.is_local:

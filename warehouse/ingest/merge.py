@@ -125,7 +125,7 @@ def merge(wh: Warehouse, snap: Snapshot, staged: dict[str, list[str]], ingest_id
     con = open_duckdb(wh, {"memory_limit": MERGE_MEMORY_LIMIT,
                           "temp_directory": str(spill_dir)})  # a path, never SQL text
     con.execute("SET preserve_insertion_order = false")
-    new_parts: dict[str, list[str]] = {}
+    new_parts: dict[str, list[Path]] = {}
     outcomes: dict[str, TableOutcome] = {}
     con.execute("CREATE TEMP TABLE all_images AS SELECT id, width, height FROM "
                 + _files_sql(wh.files("images", snap), "images", "id, width, height"))
