@@ -163,6 +163,7 @@ def _concatenated(a, b):
                                if isinstance(getattr(a, f.name), torch.Tensor)
                                else _concatenated(getattr(a, f.name), getattr(b, f.name))
                                if dataclasses.is_dataclass(getattr(a, f.name))
+                               else None if getattr(a, f.name) is None   # an unknown field
                                else getattr(a, f.name) + getattr(b, f.name))
                       for f in dataclasses.fields(a)})
 
