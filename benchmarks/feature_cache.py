@@ -46,7 +46,7 @@ def make_warehouse(root: Path, n: int, regions: int, dim: int, seed: int = 0) ->
     spec = FeatureSetSpec(kind="imported", backbone="bench", pretrained="none",
                           weights_sha256="0" * 64, box_source="bench", image_size=None, dim=dim,
                           dtype="float16", max_regions=regions, grid=0, code_version="bench")
-    if wh.exists():
+    if wh.current().tables.get("region_features"):   # built by an earlier run
         return spec.id
     register_feature_set(wh, spec)
     rng = np.random.default_rng(seed)
@@ -135,22 +135,31 @@ def measure(args) -> dict:
     order = order[args.rank::args.world]  # this rank's samples
     batches = [[order[j % len(order)] for j in range(k, k + args.batch)]  # cycled when short
                for k in range(0, args.steps * args.batch, args.batch)]
-    data.collate([data[i] for i in batches[0]])
+    # the in-memory path as it ran before whole-batch loading (an object per item, then collate);
+    # the cache as the trainer's DataLoader reads it now (PretrainData.batch)
+    load = (lambda b: data.collate([data[i] for i in b])) if args.path == "memory" else data.batch
+    load(batches[0])
     first = time.perf_counter() - started
     t0 = time.perf_counter()
     for b in batches:
-        data.collate([data[i] for i in b])
+        load(b)
     seconds = time.perf_counter() - t0
     return {"first_batch_s": round(first, 2),
             "samples_per_s": round(len(batches) * args.batch / seconds, 1), **_memory()}
 
 
-def load_rate(folder: Path, cfg, batch: int = 256) -> dict:
-    """Bytes of region vectors per second into padded training batches (every image once, in
-    row order) against reading the same file whole with np.fromfile, warm page cache, best of 3."""
+READ_PER_REGION = ("vectors", "geometry", "region_labels", "tags")   # the cache files a batch reads
+
+
+def load_rate(folder: Path, cfg, batches=(256, 1024)) -> dict:
+    """Bytes per second from the cache's region files (vectors, geometry, labels, tags) into
+    padded training batches of each size (every image once, in row order; whole batches as the
+    loader reads them, and an object per item as before) against reading the same files whole
+    with np.fromfile; warm page cache, best of 3."""
     from model.training.feature_cache import open_cache
     side = open_cache(folder, cfg).images
-    n_bytes, n = (folder / "vectors.bin").stat().st_size, len(side.regions.offsets) - 1
+    files = [folder / f"{name}.bin" for name in READ_PER_REGION]
+    n_bytes, n = sum(f.stat().st_size for f in files), len(side.regions.offsets) - 1
 
     def best(fn) -> float:
         times = []
@@ -159,11 +168,17 @@ def load_rate(folder: Path, cfg, batch: int = 256) -> dict:
             fn()
             times.append(time.perf_counter() - t0)
         return min(times)
-    raw = best(lambda: np.fromfile(folder / "vectors.bin", np.uint8))
-    path = best(lambda: [side.collate([side.item(r) for r in range(s, min(s + batch, n))])
-                         for s in range(0, n, batch)])
-    return {"raw_gb_per_s": round(n_bytes / raw / 1e9, 3),
-            "batches_gb_per_s": round(n_bytes / path / 1e9, 3), "ratio": round(raw / path, 3)}
+    raw = best(lambda: [np.fromfile(f, np.uint8) for f in files])
+    out = {"bytes": n_bytes, "raw_gb_per_s": round(n_bytes / raw / 1e9, 3)}
+    for size in batches:
+        path = best(lambda: [side.batch(np.arange(s, min(s + size, n)))
+                             for s in range(0, n, size)])
+        out[f"batch_{size}"] = {"gb_per_s": round(n_bytes / path / 1e9, 3),
+                                "ratio": round(raw / path, 3)}
+    items = best(lambda: [side.collate([side.item(r) for r in range(s, min(s + 256, n))])
+                          for s in range(0, n, 256)])
+    out["items_256"] = {"gb_per_s": round(n_bytes / items / 1e9, 3), "ratio": round(raw / items, 3)}
+    return out
 
 
 def run(args, path: str, n: int, spec: str, rank: int = 0, world: int = 1,
@@ -194,6 +209,8 @@ def main() -> None:
     p.add_argument("--cache-root")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--world", type=int, default=1)
+    p.add_argument("--memory-up-to", type=int, default=100_000,
+                   help="largest size to run the in-memory path at (1M needs ~40-60 GB)")
     args = p.parse_args()
     if args.path:
         print(json.dumps(measure(args)))
@@ -205,7 +222,8 @@ def main() -> None:
         row = {"images": n, "regions": n * args.regions,
                "vector_mib": round(n * args.regions * args.dim * 2 / 2**20, 1),
                "synthesis_s": round(time.perf_counter() - t0, 1),
-               "in_memory": run(args, "memory", n, spec), "build": run(args, "build", n, spec),
+               "in_memory": (run(args, "memory", n, spec) if n <= args.memory_up_to else None),
+               "build": run(args, "build", n, spec),
                "cache": run(args, "cache", n, spec)}
         ranks = [run(args, "cache", n, spec, r, 2, wait=False) for r in range(2)]
         row["cache_2_ranks"] = [json.loads(r.communicate()[0].strip().splitlines()[-1])
@@ -218,6 +236,9 @@ def main() -> None:
     for row in results:
         for name in ("in_memory", "cache"):
             r = row[name]
+            if r is None:
+                print(f"{row['images']:>9} {name:>10} not run (--memory-up-to)")
+                continue
             print(f"{row['images']:>9} {name:>10} {r['pss_mib']:>8} {r['pss_anon_mib']:>7} "
                   f"{r['pss_file_mib']:>7} {r['peak_rss_mib']:>9} {r['first_batch_s']:>11} "
                   f"{r['samples_per_s']:>10}")
@@ -227,15 +248,27 @@ def main() -> None:
               + ", ".join(f"{r['pss_mib']} (anon {r['pss_anon_mib']})"
                           for r in row["cache_2_ranks"]))
         lr = row["load_rate"]
-        print(f"{row['images']:>9} {'load rate':>10} {lr['batches_gb_per_s']} GB/s into batches vs "
-              f"{lr['raw_gb_per_s']} GB/s np.fromfile: x{lr['ratio']}")
-    if len(results) > 1:
-        a, z = results[0], results[-1]
-        for name in ("in_memory", "cache"):
-            print(f"{name}: PSS x{z[name]['pss_mib'] / a[name]['pss_mib']:.2f}, anon "
-                  f"x{z[name]['pss_anon_mib'] / a[name]['pss_anon_mib']:.2f}, samples/s "
-                  f"x{z[name]['samples_per_s'] / a[name]['samples_per_s']:.2f} over "
-                  f"{z['images'] // a['images']}x the images")
+        print(f"{row['images']:>9} {'load rate':>10} np.fromfile {lr['raw_gb_per_s']} GB/s; into "
+              "batches: " + ", ".join(f"{k} {v['gb_per_s']} GB/s (x{v['ratio']})"
+                                      for k, v in lr.items() if isinstance(v, dict)))
+    for name in ("in_memory", "cache"):
+        rows = [r for r in results if r[name] is not None]
+        if len(rows) > 1:
+            a, z = rows[0][name], rows[-1][name]
+            print(f"{name}: PSS x{z['pss_mib'] / a['pss_mib']:.2f}, anon "
+                  f"x{z['pss_anon_mib'] / a['pss_anon_mib']:.2f}, samples/s "
+                  f"x{z['samples_per_s'] / a['samples_per_s']:.2f} over "
+                  f"{rows[-1]['images'] // rows[0]['images']}x the images")
+    cache = [r["cache"] for r in results]
+    for target, ok in (
+            ("anonymous PSS per rank within +-10% of the smallest size",
+             all(abs(c["pss_anon_mib"] / cache[0]["pss_anon_mib"] - 1) <= 0.10 for c in cache)),
+            ("samples/s within +-5% of the smallest size",
+             all(abs(c["samples_per_s"] / cache[0]["samples_per_s"] - 1) <= 0.05 for c in cache)),
+            ("time to first batch < 5 s", all(c["first_batch_s"] < 5 for c in cache)),
+            ("load rate >= 0.8 of np.fromfile (batch 256)",
+             all(r["load_rate"]["batch_256"]["ratio"] >= 0.8 for r in results))):
+        print(f"cache: {target}: {'met' if ok else 'NOT met'}")
     save_json(args.out, results)
 
 

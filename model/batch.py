@@ -32,7 +32,8 @@ class VisualInputs(TensorBatch):
     """What `MVP.encode_visual` reads: tags then regions, the same in every batch kind."""
     tag_ids: torch.Tensor         # [B, Lg] long: [CLS] region-label BPE tokens [SEP], then pad_id
     tag_mask: torch.Tensor        # [B, Lg] bool
-    regions: torch.Tensor         # [B, R, feat_dim] float
+    regions: torch.Tensor         # [B, R, feat_dim] float (a feature set's float16 as stored:
+    #                               the model casts it where it reads it)
     geometry: torch.Tensor        # [B, R, 6] float
     region_mask: torch.Tensor     # [B, R] bool
     # [B, R] long: each region's label as one word (model/text.py label_word), -100 where it has

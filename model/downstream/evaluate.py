@@ -52,7 +52,7 @@ class SplitEmbeddings:
 def _batches(data: PretrainData, indices, batch_size: int, device):
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
-        yield data.collate([data[int(i)] for i in chunk]).to(device)
+        yield data.batch(chunk).to(device)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -128,6 +128,9 @@ class _WithoutConcepts:
     def collate(self, items: list[dict]):
         return without_concepts(self.data.collate(items), self.data.cfg)
 
+    def batch(self, indices):
+        return without_concepts(self.data.batch(indices), self.data.cfg)
+
 
 def evaluate_as_trained(root, warehouse, trained: dict, split: str = "test", k_text: int = K_TEXT,
                         k_image: int = K_IMAGE) -> dict:

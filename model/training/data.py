@@ -23,6 +23,49 @@ from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
 
+def ragged_layout(offsets: np.ndarray, rows: np.ndarray, limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded layout of CSR rows `rows` (each cut to its first `limit` entries): the value index
+    each [len(rows), longest] slot reads (0 on padding) and the mask of real slots."""
+    starts = offsets[rows]
+    counts = offsets[rows + 1] - starts
+    if limit is not None:
+        counts = np.minimum(counts, limit)
+    steps = np.arange(int(counts.max(initial=0)))
+    mask = steps[None] < counts[:, None]
+    return torch.from_numpy(np.where(mask, starts[:, None] + steps[None], 0)), torch.from_numpy(mask)
+
+
+def padded(values, slots: torch.Tensor, mask: torch.Tensor, pad) -> torch.Tensor:
+    """values (a NumPy array or tensor, rows may have trailing dims) laid out as `ragged_layout`
+    says, `pad` on padding: one gather for the whole batch, then one fill."""
+    flat = slots.reshape(-1)
+    if len(values) == 0:   # nothing to read (e.g. no concepts at all): every slot is padding
+        flat = flat[:0]
+    taken = (torch.from_numpy(values[flat.numpy()]) if isinstance(values, np.ndarray)
+             else torch.index_select(values, 0, flat))
+    if len(values) == 0:
+        return torch.full((*mask.shape, *taken.shape[1:]), pad, dtype=taken.dtype)
+    taken = taken.view(*mask.shape, *taken.shape[1:])
+    # by index, not by bool mask: a bool index_put costs as much as the whole batch
+    taken[(~mask).nonzero(as_tuple=True)] = pad
+    return taken
+
+
+def gather_ragged(values, offsets: np.ndarray, rows: np.ndarray, pad
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR rows `rows` of (values, offsets) padded with `pad`, and their real-entry mask: what
+    pad_rows gives for the same rows sliced one by one."""
+    slots, mask = ragged_layout(offsets, rows)
+    return padded(values, slots, mask, pad), mask
+
+
+def strings_at(column, rows: np.ndarray) -> list[str]:
+    """column[rows] as str: a NumPy array (in memory) or a feature cache's StringColumn."""
+    taken = column.take(rows)
+    return [str(v) for v in taken] if isinstance(taken, np.ndarray) else taken
+
+
 def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Ragged int rows as (values, offsets): row k is values[offsets[k]:offsets[k+1]]."""
     offsets = np.zeros(len(rows) + 1, np.int64)
@@ -140,7 +183,28 @@ class PretrainData(Dataset):
             item["also_true"] = torch.from_numpy(self.true_rows[m0:m1])
         return item
 
-    def collate(self, items: list[dict]) -> PretrainBatch:
+    def batch(self, indices) -> PretrainBatch:
+        """The batch of these captions straight from the flat arrays: equal to
+        collate([self[i] for i in indices]), without a Python object per item."""
+        rows, pad = np.asarray(indices, np.int64), self.cfg.pad_id
+        token_ids, token_mask = gather_ragged(self.tokens, self.token_offsets, rows, pad)
+        concept_ids, concept_mask = gather_ragged(self.concepts, self.concept_offsets, rows, pad)
+        concept_spans, _ = gather_ragged(self.spans.reshape(-1, 2), self.concept_offsets, rows, 0)
+        visual = self.images.batch(self.image_of[rows])
+        also = None
+        if self.true_rows is not None:
+            also, real = gather_ragged(self.true_rows, self.true_offsets, rows, -1)
+            also = _compact(also, real & torch.isin(also, visual["image_index"]))
+        return PretrainBatch(
+            token_ids=token_ids, token_mask=token_mask, concept_ids=concept_ids,
+            concept_mask=concept_mask, concept_spans=concept_spans, **visual,
+            caption_ids=strings_at(self.caption_ids, rows), also_true=also)
+
+    __getitems__ = batch   # torch's DataLoader fetches a whole batch through this hook
+
+    def collate(self, items: list[dict] | PretrainBatch) -> PretrainBatch:
+        if isinstance(items, PretrainBatch):   # a DataLoader fetched it whole (__getitems__)
+            return items
         pad = self.cfg.pad_id
         token_ids, token_mask = pad_rows([x["token_ids"] for x in items], pad)
         concept_ids, concept_mask = pad_rows([x["concept_ids"] for x in items], pad)
@@ -151,6 +215,14 @@ class PretrainData(Dataset):
             concept_mask=concept_mask, concept_spans=concept_spans.view(len(items), -1, 2),
             **visual, caption_ids=[x["caption_id"] for x in items],
             also_true=_in_batch(items, visual["image_index"]))
+
+
+def _compact(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Each row's kept entries moved to its front in order, -1 after them, cut to the most any
+    row keeps."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    kept = torch.where(keep, values, -1).gather(1, order)
+    return kept[:, :int(keep.sum(1).max())] if len(keep) else kept
 
 
 def _in_batch(items: list[dict], image_index: torch.Tensor) -> torch.Tensor | None:
@@ -227,34 +299,23 @@ class VisualSource:
                 "regions": self.regions.vectors[r0:r1], "geometry": self.geometry[r0:r1],
                 "image_index": row, "image_id": str(self.regions.image_ids[row])}
 
-    def _regions(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
-        """Padded regions (float32), geometry and label words of these image rows, and the
-        real-entry mask, gathered in one indexing operation per array (not one copy per
-        image)."""
-        offsets = self.regions.offsets
+    def batch(self, rows) -> dict:
+        """The padded visual inputs of these image rows and which images they are, named as in
+        the batch dataclasses; each array gathered in one indexing operation."""
         rows = np.asarray(rows, np.int64)
-        starts = offsets[rows]
-        counts = np.minimum(offsets[rows + 1] - starts, self.cfg.max_regions)
-        # flat indices of every kept region, image after image
-        before = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        index = torch.from_numpy(np.repeat(starts - before, counts) + np.arange(counts.sum()))
-        mask = torch.arange(int(counts.max(initial=0)))[None] < torch.from_numpy(counts)[:, None]
-        regions = torch.zeros((len(rows), mask.shape[1], self.regions.vectors.shape[1]))
-        regions[mask] = self.regions.vectors[index].float()
-        geometry = torch.zeros((len(rows), mask.shape[1], 6))
-        geometry[mask] = self.geometry[index]
-        labels = torch.full(mask.shape, IGNORE_LABEL, dtype=torch.long)
-        labels[mask] = self.region_labels[index]
-        return regions, geometry, mask, labels
+        tag_ids, tag_mask = gather_ragged(self.tags, self.tag_offsets, rows, self.cfg.pad_id)
+        slots, mask = ragged_layout(self.regions.offsets, rows, self.cfg.max_regions)
+        # vectors stay in the feature set's dtype (half the bytes to copy and move to a GPU); the
+        # model casts them where it reads them, exactly as a cast here would
+        visual = VisualInputs(tag_ids, tag_mask, padded(self.regions.vectors, slots, mask, 0.0),
+                              padded(self.geometry, slots, mask, 0.0), mask,
+                              padded(self.region_labels, slots, mask, IGNORE_LABEL))
+        return {"visual": visual, "image_index": torch.from_numpy(rows),
+                "image_ids": strings_at(self.regions.image_ids, rows)}
 
     def collate(self, items: list[dict]) -> dict:
-        """The padded visual inputs of a batch of `item`s and which images they are, named as in the
-        batch dataclasses."""
-        tag_ids, tag_mask = pad_rows([x["tag_ids"] for x in items], self.cfg.pad_id)
-        regions, geometry, region_mask, labels = self._regions([x["image_index"] for x in items])
-        return {"visual": VisualInputs(tag_ids, tag_mask, regions, geometry, region_mask, labels),
-                "image_index": torch.tensor([x["image_index"] for x in items], dtype=torch.long),
-                "image_ids": [x["image_id"] for x in items]}
+        """`batch` of the items' images."""
+        return self.batch([x["image_index"] for x in items])
 
 
 def _in_image_id_order(rf: RegionFeatures) -> RegionFeatures:

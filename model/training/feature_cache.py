@@ -200,6 +200,9 @@ class StringColumn:
             return self.column[i].to_pylist()
         return self.column[int(i)].as_py()
 
+    def take(self, rows) -> list[str]:
+        return self.column.take(pa.array(rows, pa.int64())).to_pylist()
+
     def __iter__(self):
         for chunk in self.column.chunks:
             yield from chunk.to_pylist()

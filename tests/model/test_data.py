@@ -11,6 +11,7 @@ from features.load import load_region_features
 from features.text_concepts import tokenize
 from model.batch import PretrainBatch
 from model.config import load_config
+from model.mvp import MVP
 from model.text import MAX_CONCEPTS, bpe, bpe_tokenizer
 from model.training.data import DeterministicSampler, PretrainData
 from warehouse.catalog import connect
@@ -43,11 +44,19 @@ def test_batch_matches_the_contract(built, data):
     v = b.visual
     for part, name, dtype in [(b, "token_ids", torch.long), (b, "concept_ids", torch.long),
                               (b, "concept_spans", torch.long), (v, "tag_ids", torch.long),
-                              (v, "regions", torch.float32), (v, "geometry", torch.float32),
+                              (v, "regions", data.regions.vectors.dtype),
+                              (v, "geometry", torch.float32),
                               (b, "image_index", torch.long), (b, "token_mask", torch.bool),
                               (b, "concept_mask", torch.bool), (v, "tag_mask", torch.bool),
                               (v, "region_mask", torch.bool)]:
         assert getattr(part, name).dtype == dtype, name
+    # regions stay as stored (float16 here): the model reads them exactly as a float32 cast
+    assert v.regions.dtype == torch.float16
+    model = MVP(cfg).eval()
+    with torch.no_grad():
+        as_stored = model.encode_visual(v).hidden
+        as_float = model.encode_visual(dataclasses.replace(v, regions=v.regions.float())).hidden
+    assert torch.equal(as_stored, as_float)
     B, Lw = b.token_ids.shape
     C, Lg, R = b.concept_ids.shape[1], b.visual.tag_ids.shape[1], b.visual.regions.shape[1]
     assert b.concept_spans.shape == (B, C, 2) and b.visual.regions.shape == (B, R, cfg.feat_dim)

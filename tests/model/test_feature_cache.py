@@ -44,13 +44,43 @@ def test_cached_items_and_batches_equal_the_in_memory_ones(store, split):
             else:
                 assert a[key] == b[key], key
     rows = list(range(len(memory)))[::-1]
-    a, b = memory.collate([memory[i] for i in rows]), cached.collate([cached[i] for i in rows])
+    assert_same_batch(memory.collate([memory[i] for i in rows]),
+                      cached.collate([cached[i] for i in rows]))
+
+
+def assert_same_batch(a, b):
+    """Every field equal, dtypes and shapes included (None where both are None)."""
     for f in dataclasses.fields(a.visual):
-        assert torch.equal(getattr(a.visual, f.name), getattr(b.visual, f.name)), f.name
+        x, y = getattr(a.visual, f.name), getattr(b.visual, f.name)
+        assert x.dtype == y.dtype and torch.equal(x, y), f.name
     for name in ("token_ids", "token_mask", "concept_ids", "concept_mask", "concept_spans",
                  "image_index", "also_true"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or (x.dtype == y.dtype and torch.equal(x, y)), name
     assert a.image_ids == b.image_ids and a.caption_ids == b.caption_ids
+
+
+def test_whole_batches_from_the_flat_arrays_equal_collated_items(store):
+    """PretrainData.batch (the loader's path, no object per item) against collate of the items,
+    in memory and through the cache, on batches in any order, with repeats and of one."""
+    wh, fs, vocab, cfg, tmp = store
+    memory = PretrainData(wh, fs, vocab, cfg, split="train")
+    cached = open_cache(build_cache(wh, fs, vocab, cfg, "train", root=tmp / "b",
+                                    chunk_images=5), cfg)
+    g = torch.Generator().manual_seed(0)
+    # the tiny store's captions prove no other image: 0-3 random images each, so that also_true
+    # is exercised (kept where the image is in the batch, in order, -1 padded)
+    counts = torch.randint(0, 4, (len(memory),), generator=g).numpy()
+    true_offsets = np.r_[0, np.cumsum(counts)]
+    true_rows = torch.randint(0, len(memory.images.regions.offsets) - 1,
+                              (int(counts.sum()),), generator=g).numpy()
+    for data in (memory, cached):
+        data.true_rows, data.true_offsets = true_rows, true_offsets
+    picks = [torch.randperm(len(memory), generator=g)[:n].tolist() for n in (1, 7, len(memory))]
+    picks.append([3, 3, 0, len(memory) - 1, 3])
+    for data in (memory, cached):
+        for rows in picks:
+            assert_same_batch(data.batch(rows), data.collate([data[i] for i in rows]))
 
 
 @pytest.mark.slow
