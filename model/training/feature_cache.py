@@ -22,15 +22,16 @@ from model.training.data import PretrainData, RegionArrays, VisualSource, provab
 from warehouse.catalog import connect
 from warehouse.store import ORPHAN_GRACE_S, Warehouse
 
-FORMAT = 3                     # bump when what is stored, or how it is tokenized, changes
+FORMAT = 4                     # bump when what is stored, or how it is tokenized, changes
 CHUNK_IMAGES = 20_000          # images read into memory at a time while building
 # the model config fields tokenization reads: another value means other token arrays
 TEXT_FIELDS = ("max_text_len", "max_tags", "cls_id", "sep_id", "pad_id", "mask_id",
                "concept_offset")
 # arrays of ragged rows: values and offsets, appended chunk by chunk
+# (ids as UTF-8 bytes: a batch's ids are then a gather like any other, whatever the corpus size)
 RAGGED = {"tokens": "token_offsets", "concepts": "concept_offsets", "tags": "tag_offsets",
-          "vectors": "region_offsets", "true_rows": "true_offsets"}
-STRINGS = ("caption_ids", "image_ids")
+          "vectors": "region_offsets", "true_rows": "true_offsets",
+          "caption_ids": "caption_id_offsets", "image_ids": "image_id_offsets"}
 
 
 def default_root(wh: Warehouse) -> Path:
@@ -128,7 +129,6 @@ class _Writer:
 
     def __init__(self, folder: Path):
         self.folder, self.meta, self.files = folder, {}, {}
-        self.strings: dict[str, pa.RecordBatchFileWriter] = {}
         self.n_images = self.n_concepts = 0
 
     def _write(self, name: str, array: np.ndarray) -> None:
@@ -146,10 +146,9 @@ class _Writer:
         self._write(RAGGED[values], offsets[(0 if first else 1):] + base)
 
     def _string(self, name: str, values) -> None:
-        batch = pa.record_batch([pa.array([str(v) for v in values], pa.string())], names=[name])
-        if name not in self.strings:
-            self.strings[name] = pa.ipc.new_file(str(self.folder / f"{name}.arrow"), batch.schema)
-        self.strings[name].write_batch(batch)
+        encoded = [str(v).encode() for v in values]
+        offsets = np.r_[0, np.cumsum([len(e) for e in encoded])].astype(np.int64)
+        self._ragged(name, np.frombuffer(b"".join(encoded), np.uint8), offsets)
 
     def append(self, part: PretrainData) -> None:
         images = part.images
@@ -176,8 +175,6 @@ class _Writer:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        for w in self.strings.values():
-            w.close()
         if not self.n_images:
             raise LookupError(f"no captions of split {record['split']!r} have an image with "
                               f"regions in feature set {record['feature_set']}: nothing to cache")
@@ -187,25 +184,24 @@ class _Writer:
 
 
 class StringColumn:
-    """A memory-mapped Arrow string column read like a list of str."""
+    """Strings stored as UTF-8 bytes and offsets (mapped arrays), read like a list of str."""
 
-    def __init__(self, path: Path):
-        self.column = pa.ipc.open_file(pa.memory_map(str(path))).read_all().column(0)
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        self.values, self.offsets = values, offsets
 
     def __len__(self) -> int:
-        return len(self.column)
+        return len(self.offsets) - 1
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self.column[i].to_pylist()
-        return self.column[int(i)].as_py()
+            return [self[k] for k in range(len(self))[i]]
+        return self.values[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
 
     def take(self, rows) -> list[str]:
-        return self.column.take(pa.array(rows, pa.int64())).to_pylist()
+        return [self[k] for k in np.asarray(rows, np.int64).tolist()]
 
     def __iter__(self):
-        for chunk in self.column.chunks:
-            yield from chunk.to_pylist()
+        return (self[k] for k in range(len(self)))
 
 
 def open_cache(folder, cfg: ModelConfig) -> PretrainData:
@@ -225,13 +221,16 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
         return np.asarray(np.memmap(folder / f"{name}.bin", np.dtype(spec["dtype"]), "c",
                                     shape=tuple(spec["shape"])))
 
-    regions = RegionArrays(StringColumn(folder / "image_ids.arrow"), mapped("region_offsets"),
+    def strings(name: str) -> StringColumn:
+        return StringColumn(mapped(name), mapped(RAGGED[name]))
+
+    regions = RegionArrays(strings("image_ids"), mapped("region_offsets"),
                            torch.from_numpy(mapped("geometry")),
                            torch.from_numpy(mapped("vectors")))
     images = VisualSource.mapped(cfg, regions, mapped("tags"), mapped("tag_offsets"),
                                  torch.from_numpy(mapped("region_labels")))
     return PretrainData.mapped(cfg, images, meta["n_concepts"],
-                               StringColumn(folder / "caption_ids.arrow"), mapped("image_of"),
+                               strings("caption_ids"), mapped("image_of"),
                                mapped("tokens"), mapped("token_offsets"), mapped("concepts"),
                                mapped("concept_offsets"), mapped("spans"),
                                mapped("true_rows"), mapped("true_offsets"))
