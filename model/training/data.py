@@ -47,8 +47,8 @@ def padded(values, slots: torch.Tensor, mask: torch.Tensor, pad) -> torch.Tensor
     if len(values) == 0:
         return torch.full((*mask.shape, *taken.shape[1:]), pad, dtype=taken.dtype)
     taken = taken.view(*mask.shape, *taken.shape[1:])
-    # by index, not by bool mask: a bool index_put costs as much as the whole batch
-    taken[(~mask).nonzero(as_tuple=True)] = pad
+    if not mask.all():   # by index, not by bool mask: a bool index_put costs the whole batch
+        taken[(~mask).nonzero(as_tuple=True)] = pad
     return taken
 
 

@@ -198,7 +198,18 @@ class StringColumn:
         return self.values[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
 
     def take(self, rows) -> list[str]:
-        return [self[k] for k in np.asarray(rows, np.int64).tolist()]
+        """column[rows]: their bytes gathered at once, cut apart after one decode."""
+        rows = np.asarray(rows, np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        ends = np.cumsum(lengths)
+        blob = self.values[np.repeat(starts - (ends - lengths), lengths)
+                           + np.arange(ends[-1] if len(ends) else 0)].tobytes()
+        ends = ends.tolist()
+        text = blob.decode()
+        if len(text) != len(blob):   # not ASCII: byte positions are not character positions
+            return [blob[a:b].decode() for a, b in zip([0, *ends], ends)]
+        return [text[a:b] for a, b in zip([0, *ends], ends)]
 
     def __iter__(self):
         return (self[k] for k in range(len(self)))

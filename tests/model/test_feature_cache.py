@@ -170,3 +170,13 @@ def test_the_default_root_is_on_a_local_disk(tmp_path, monkeypatch):
     assert root != feature_cache.default_root(b)
     monkeypatch.setenv("MVP_CACHE_DIR", str(tmp_path / "node"))
     assert feature_cache.default_root(a) == tmp_path / "node" / "training"
+
+
+@pytest.mark.parametrize("words", [["é", "", "abc", "日本", "x"], ["coco:1", "", "vg:22", "a"]])
+def test_string_columns_take_rows_in_any_order(words):
+    values = np.frombuffer("".join(words).encode(), np.uint8)
+    offsets = np.r_[0, np.cumsum([len(w.encode()) for w in words])]
+    column = feature_cache.StringColumn(values, offsets)
+    rows = [4, 3, 1, 0, 2, 3, 1][:len(words) + 2]
+    assert column.take(rows) == [words[i] for i in rows] == [column[i] for i in rows]
+    assert column.take([]) == [] and list(column) == words and column[1:3] == words[1:3]
