@@ -109,6 +109,8 @@ def _memory() -> dict:
     return {"pss_mib": round(rollup["Pss"], 1), "pss_anon_mib": round(rollup["Pss_Anon"], 1),
             "pss_file_mib": round(rollup["Pss_File"], 1),
             "private_dirty_mib": round(rollup["Private_Dirty"], 1),
+            # USS: pages no other process maps (file pages read by this rank alone count too)
+            "uss_mib": round(rollup["Private_Clean"] + rollup["Private_Dirty"], 1),
             "peak_rss_mib": round(peak, 1)}
 
 
@@ -120,6 +122,7 @@ def measure(args) -> dict:
     cfg = load_config("tiny", feat_dim=args.dim, n_concepts=len(SHAPES),
                       feature_set=args.feature_set, vocab_version=VOCAB)
     started = time.perf_counter()
+    runtime = _memory()   # the interpreter, torch and the project's modules, before any data
     if args.path == "build":
         folder = build_cache(wh, args.feature_set, VOCAB, cfg, root=args.cache_root)
         return {"build_s": round(time.perf_counter() - started, 2),
@@ -145,7 +148,8 @@ def measure(args) -> dict:
         load(b)
     seconds = time.perf_counter() - t0
     return {"first_batch_s": round(first, 2),
-            "samples_per_s": round(len(batches) * args.batch / seconds, 1), **_memory()}
+            "samples_per_s": round(len(batches) * args.batch / seconds, 1), **_memory(),
+            "runtime_uss_mib": runtime["uss_mib"]}
 
 
 READ_PER_REGION = ("vectors", "geometry", "region_labels", "tags")   # the cache files a batch reads
@@ -179,6 +183,11 @@ def load_rate(folder: Path, cfg, batches=(256, 1024)) -> dict:
                           for s in range(0, n, 256)])
     out["items_256"] = {"gb_per_s": round(n_bytes / items / 1e9, 3), "ratio": round(raw / items, 3)}
     return out
+
+
+def _uss(ranks: list[dict], data_only: bool = False) -> float:
+    """USS summed over ranks (MiB); `data_only`: less what each held before it opened the data."""
+    return sum(r["uss_mib"] - (r["runtime_uss_mib"] if data_only else 0) for r in ranks)
 
 
 def run(args, path: str, n: int, spec: str, rank: int = 0, world: int = 1,
@@ -247,6 +256,11 @@ def main() -> None:
               f"{b['build_s']} s, peak RSS {b['peak_rss_mib']} MiB; 2 ranks on one cache: PSS "
               + ", ".join(f"{r['pss_mib']} (anon {r['pss_anon_mib']})"
                           for r in row["cache_2_ranks"]))
+        ranks, dataset = row["cache_2_ranks"], b["cache_bytes"] / 2**20
+        print(f"{row['images']:>9} {'one copy':>10} USS over 2 ranks {_uss(ranks):.0f} MiB = "
+              f"{_uss(ranks) / dataset:.1%} of the cache's {dataset:.0f} MiB; less each rank's "
+              f"runtime before data: {_uss(ranks, data_only=True):.0f} MiB = "
+              f"{_uss(ranks, data_only=True) / dataset:.1%}")
         lr = row["load_rate"]
         print(f"{row['images']:>9} {'load rate':>10} np.fromfile {lr['raw_gb_per_s']} GB/s; into "
               "batches: " + ", ".join(f"{k} {v['gb_per_s']} GB/s (x{v['ratio']})"
@@ -267,7 +281,13 @@ def main() -> None:
              all(abs(c["samples_per_s"] / cache[0]["samples_per_s"] - 1) <= 0.05 for c in cache)),
             ("time to first batch < 5 s", all(c["first_batch_s"] < 5 for c in cache)),
             ("load rate >= 0.8 of np.fromfile (batch 256)",
-             all(r["load_rate"]["batch_256"]["ratio"] >= 0.8 for r in results))):
+             all(r["load_rate"]["batch_256"]["ratio"] >= 0.8 for r in results)),
+            ("USS summed over 2 ranks < 10% of the cache's bytes",
+             all(_uss(r["cache_2_ranks"]) < 0.1 * r["build"]["cache_bytes"] / 2**20
+                 for r in results)),
+            ("the same, less each rank's runtime before data",
+             all(_uss(r["cache_2_ranks"], data_only=True)
+                 < 0.1 * r["build"]["cache_bytes"] / 2**20 for r in results))):
         print(f"cache: {target}: {'met' if ok else 'NOT met'}")
     save_json(args.out, results)
 

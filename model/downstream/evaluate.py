@@ -20,12 +20,12 @@ from model.downstream.retrieval import (
     K_IMAGE,
     K_TEXT,
     chance_recall_at_1,
-    recall_at_k,
-    recall_at_k_chunked,
-    rerank,
+    dual_ranks,
+    rerank_recall,
 )
 from model.masking import IGNORE, mask_with_concepts
 from model.mvp import MVP, TextOutput, VisualOutput
+from model.training import distributed
 from model.training.checkpoint import load_checkpoint, load_mvp
 from model.training.config import TrainConfig
 from model.training.data import PretrainData
@@ -106,7 +106,7 @@ def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEm
 
 
 def itm_scorer(model: MVP, emb: SplitEmbeddings):
-    """itm_score_fn for `rerank`: p(match) of (caption, image) pairs by the cross encoder."""
+    """p(match) of (caption, image) pairs (rows of `emb`) by the cross encoder."""
     @torch.no_grad()
     def score(text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
         was_training = model.training
@@ -120,25 +120,38 @@ def itm_scorer(model: MVP, emb: SplitEmbeddings):
     return score
 
 
+def scored_across_ranks(score, batch_size: int):
+    """score_pairs for rerank_recall: each process scores its contiguous share of the pairs,
+    `batch_size` at a time, and only the scores are gathered (every process gets all of them);
+    one process scores them all."""
+    def score_pairs(text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
+        share = torch.arange(len(text_rows)).tensor_split(distributed.world_size())
+        mine = share[distributed.rank()]
+        scores = [score(text_rows[p], image_rows[p]).float().reshape(-1)
+                  for p in mine.split(batch_size) if len(p)]
+        mine = torch.cat(scores) if scores else torch.zeros(0)
+        return torch.cat(distributed.gather_objects(mine))
+    return score_pairs
+
+
 def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = K_TEXT, k_image: int = K_IMAGE,
                        batch_size: int = 64, rerank_itm: bool = True) -> dict:
     """Dual-encoder R@1/5/10 both ways, and (`rerank_itm`) the same after ITM re-ranking of the
-    top `k_text` captions per image and `k_image` images per caption, as rerank_* keys."""
+    top `k_text` captions per image and `k_image` images per caption, as rerank_* keys. Never
+    an [n_text, n_image] matrix; under torchrun the processes share the ITM pairs."""
     emb = embed_split(model, data, batch_size)
     text_image = emb.text_image.cpu()
     n_text, n_image = len(emb.text.g), len(emb.images.g)
     chance = chance_recall_at_1(text_image, n_image)
-    # chunked: without re-ranking no [n_text, n_image] matrix is ever held
+    ranks = dual_ranks(emb.text.g.cpu(), emb.images.g.cpu(), text_image,
+                       k_text=k_text if rerank_itm else 0, k_image=k_image if rerank_itm else 0)
     out = {"n_images": n_image, "n_captions": n_text, "chance_t2i_r1": chance["t2i"],
-           "chance_i2t_r1": chance["i2t"],
-           **recall_at_k_chunked(emb.text.g.cpu(), emb.images.g.cpu(), text_image)}
+           "chance_i2t_r1": chance["i2t"], **ranks.recalls()}
     if rerank_itm:
-        sim = emb.similarity.cpu()
         out.update(itm_heldout(model, emb))
-        t2i, i2t = rerank(sim, itm_scorer(model, emb), k_text=k_text, k_image=k_image,
-                          batch_size=batch_size)
-        out.update({f"rerank_{k}": v
-                    for k, v in recall_at_k(t2i, text_image, i2t_sim=i2t).items()})
+        reranked = rerank_recall(ranks, text_image,
+                                 scored_across_ranks(itm_scorer(model, emb), batch_size))
+        out.update({f"rerank_{k}": v for k, v in reranked.items()})
         out.update(rerank_k_text=min(k_text, n_text), rerank_k_image=min(k_image, n_image))
     return out
 
@@ -289,9 +302,14 @@ def main(argv=None) -> None:
     ap.add_argument("--device")
     ap.add_argument("--json", help="also write the metrics to this JSON file")
     args = ap.parse_args(argv)
-    metrics = evaluate(args.checkpoint, args.warehouse, args.split, args.feature_set, args.vocab,
-                       k_text=args.k_text, k_image=args.k_image, batch_size=args.batch_size,
-                       device=args.device)
+    # under torchrun (WORLD_SIZE > 1) the processes share the ITM re-ranking; rank 0 reports
+    with distributed.distributed(args.device) as device:
+        metrics = evaluate(args.checkpoint, args.warehouse, args.split, args.feature_set,
+                           args.vocab, k_text=args.k_text, k_image=args.k_image,
+                           batch_size=args.batch_size, device=device)
+        reports = distributed.is_main()
+    if not reports:
+        return
     width = max(len(k) for k in metrics)
     for name, value in results_rows(metrics):
         print(f"{name:<{width}}  {value}")

@@ -2,6 +2,7 @@
 matrices: rows are captions, columns are gallery images (each image once)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,12 +53,34 @@ def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS,
     return out
 
 
-def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
-                        ks=KS, chunk: int = 1024) -> dict[str, float]:
-    """recall_at_k of sim = text_g @ image_g.T, computed `chunk` captions at a time: memory
-    O(chunk x n_image), never the dense [n_text, n_image] matrix (all of COCO's is 300 GB).
-    Same ranks and tie rule as recall_at_k."""
+@dataclass
+class DualRanks:
+    """The dual encoder's ranks and (when asked) top candidates, from `dual_ranks`."""
+    t2i: torch.Tensor            # [n_text] other images scoring >= each caption's gold image
+    i2t: torch.Tensor            # [n_image] other images' captions scoring >= its best caption
+    has_caption: torch.Tensor    # [n_image] bool: images i2t ranks (those with a caption)
+    t2i_top: torch.Tensor        # [n_text, k_image] each caption's best images, best first
+    i2t_top: torch.Tensor        # [k_text, n_image] each image's best captions, best first
+
+    def recalls(self, ks=KS, t2i: torch.Tensor | None = None,
+                i2t: torch.Tensor | None = None) -> dict[str, float]:
+        """R@k both ways from these ranks, or from `t2i` / `i2t` ranks given instead."""
+        t2i = self.t2i if t2i is None else t2i
+        i2t = (self.i2t if i2t is None else i2t)[self.has_caption]
+        out = {f"{d}_r{k}": (rank < k).float().mean().item()
+               for d, rank in (("t2i", t2i), ("i2t", i2t)) for k in ks}
+        out["rsum"] = sum(out.values())
+        return out
+
+
+def dual_ranks(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
+               chunk: int = 1024, k_text: int = 0, k_image: int = 0) -> DualRanks:
+    """The ranks recall_at_k gives sim = text_g @ image_g.T (same tie rule), computed `chunk`
+    captions at a time: memory O(chunk x n_image + (k_text + k_image) x n), never the dense
+    [n_text, n_image] matrix (all of COCO's is 300 GB). Also each caption's top `k_image` images
+    and each image's top `k_text` captions, the candidates ITM re-ranks."""
     n_text, n_image = len(text_g), len(image_g)
+    k_text, k_image = min(k_text, n_text), min(k_image, n_image)
     text_image = torch.as_tensor(text_image, dtype=torch.long, device=text_g.device)
     images = image_g.float().t()
 
@@ -71,21 +94,69 @@ def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image:
     # pass 1: each image's best gold score, which i2t ranks the other captions against
     best_gold = torch.full((n_image,), float("-inf"), device=text_g.device)
     t2i_rank = torch.empty(n_text, dtype=torch.long, device=text_g.device)
+    t2i_top = torch.empty(n_text, k_image, dtype=torch.long, device=text_g.device)
+    top_sim = torch.empty(0, n_image, device=text_g.device)     # running best captions per image
+    i2t_top = torch.empty(0, n_image, dtype=torch.long, device=text_g.device)
     for rows, sim, own, local in chunks():
         gold = sim[local, own]
         best_gold.scatter_reduce_(0, own, gold, "amax")
         t2i_rank[rows] = (sim >= gold[:, None] - TIE).sum(1) - 1
+        t2i_top[rows] = sim.topk(k_image, dim=1).indices
+        if k_text:
+            caption = torch.arange(rows.start, rows.stop, device=sim.device)[:, None]
+            merged = torch.cat([top_sim, sim])
+            best = merged.topk(min(k_text, len(merged)), dim=0)
+            top_sim = best.values
+            i2t_top = torch.cat([i2t_top, caption.expand_as(sim)]).gather(0, best.indices)
     # pass 2 (the same products again, not kept between passes): captions of other images
     i2t_rank = torch.zeros(n_image, dtype=torch.long, device=text_g.device)
     for _, sim, own, local in chunks():
         beats = sim >= best_gold[None, :] - TIE
         beats[local, own] = False                          # an image's own captions never count
         i2t_rank += beats.sum(0)
-    i2t_rank = i2t_rank[torch.isfinite(best_gold)]       # images with a caption
-    out = {f"{d}_r{k}": (rank < k).float().mean().item()
-           for d, rank in (("t2i", t2i_rank), ("i2t", i2t_rank)) for k in ks}
-    out["rsum"] = sum(out.values())
-    return out
+    return DualRanks(t2i_rank, i2t_rank, torch.isfinite(best_gold), t2i_top, i2t_top)
+
+
+def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
+                        ks=KS, chunk: int = 1024) -> dict[str, float]:
+    """recall_at_k of sim = text_g @ image_g.T without holding it (see dual_ranks)."""
+    return dual_ranks(text_g, image_g, text_image, chunk).recalls(ks)
+
+
+def rerank_recall(ranks: DualRanks, text_image: torch.Tensor,
+                  score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  ks=KS) -> dict[str, float]:
+    """R@k after ITM re-ranks the candidates in `ranks` (the paper's protocol), without an
+    [n_text, n_image] matrix: equal to recall_at_k of `rerank`'s two matrices. A caption whose
+    gold image is among its candidates ranks by ITM among them; otherwise every candidate stays
+    ahead of it and its rank is the dual encoder's (each candidate scores >= it). Likewise per
+    image over its candidate captions. score_pairs(text_rows [P], image_rows [P]) -> [P] match
+    scores (higher = better), called once with every (caption, image) pair that is a candidate
+    either way, each once."""
+    text_image = torch.as_tensor(text_image, dtype=torch.long, device=ranks.t2i.device)
+    n_text, n_image = len(ranks.t2i), len(ranks.i2t)
+    t2i_text = torch.arange(n_text, device=text_image.device)[:, None].expand_as(ranks.t2i_top)
+    i2t_image = torch.arange(n_image, device=text_image.device).expand_as(ranks.i2t_top)
+    t2i_key = t2i_text * n_image + ranks.t2i_top               # a pair's key: text * n_image + image
+    i2t_key = ranks.i2t_top * n_image + i2t_image
+    keys = torch.cat([t2i_key.reshape(-1), i2t_key.reshape(-1)]).unique()     # sorted
+    scores = torch.as_tensor(score_pairs(keys // n_image, keys % n_image)).float().reshape(-1)
+    if scores.shape != keys.shape:
+        raise ValueError(f"score_pairs gave {tuple(scores.shape)} scores for {len(keys)} pairs")
+    scores = scores.to(keys.device)
+
+    def itm(key: torch.Tensor) -> torch.Tensor:
+        return scores[torch.searchsorted(keys, key)]
+
+    # t2i: a caption's candidates, its gold image among them or not
+    t2i_score, is_gold = itm(t2i_key), ranks.t2i_top == text_image[:, None]
+    gold = t2i_score.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
+    t2i = torch.where(is_gold.any(1), ((t2i_score >= gold - TIE) & ~is_gold).sum(1), ranks.t2i)
+    # i2t: an image's candidate captions, any of its own among them or not
+    i2t_score, is_gold = itm(i2t_key), text_image[ranks.i2t_top] == i2t_image
+    best = i2t_score.masked_fill(~is_gold, float("-inf")).max(0).values[None, :]
+    i2t = torch.where(is_gold.any(0), ((i2t_score >= best - TIE) & ~is_gold).sum(0), ranks.i2t)
+    return ranks.recalls(ks, t2i, i2t)
 
 
 def chance_recall_at_1(text_image: torch.Tensor, n_image: int) -> dict[str, float]:

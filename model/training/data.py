@@ -78,6 +78,9 @@ class PretrainData(Dataset):
     """One item per caption of an image that has region features in `feature_set_id`. All is
     read here, once (DuckDB/Arrow; the region vectors as one tensor with per-image offsets), and
     tokenised into flat arrays, so an item is a few slices, cheap in DataLoader workers."""
+    # (function, args) that maps the same arrays again, for data over memory maps: pickled (to a
+    # DataLoader worker started by spawn, or a rank) it travels as this recipe, not as its bytes
+    reopen: tuple | None = None
 
     def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
                  split: str | None = "train", dataset: str | None = None,
@@ -160,6 +163,9 @@ class PretrainData(Dataset):
         data.concepts, data.concept_offsets, data.spans = concepts, concept_offsets, spans
         data.true_rows, data.true_offsets = true_rows, true_offsets
         return data
+
+    def __reduce_ex__(self, protocol):
+        return self.reopen if self.reopen is not None else super().__reduce_ex__(protocol)
 
     def __len__(self) -> int:
         return len(self.caption_ids)

@@ -240,11 +240,13 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
                            torch.from_numpy(mapped("vectors")))
     images = VisualSource.mapped(cfg, regions, mapped("tags"), mapped("tag_offsets"),
                                  torch.from_numpy(mapped("region_labels")))
-    return PretrainData.mapped(cfg, images, meta["n_concepts"],
+    data = PretrainData.mapped(cfg, images, meta["n_concepts"],
                                strings("caption_ids"), mapped("image_of"),
                                mapped("tokens"), mapped("token_offsets"), mapped("concepts"),
                                mapped("concept_offsets"), mapped("spans"),
                                mapped("true_rows"), mapped("true_offsets"))
+    data.reopen = (open_cache, (folder, cfg))
+    return data
 
 
 def cached_data(warehouse, feature_set: str, vocab: str, cfg: ModelConfig,

@@ -22,6 +22,24 @@ from model.training.config import TrainConfig
 from model.training.data import DeterministicSampler
 
 
+def rank_loader(data, seed: int, position: dict, batch_size: int, rank: int, world: int,
+                num_workers: int = 0, pin_memory: bool = False) -> tuple[DataLoader, list[int]]:
+    """This rank's DataLoader over the rest of epoch position["epoch"] from sample
+    position["index"] on: its slice of each global batch of the DeterministicSampler order (the
+    order is the same at any world size), and the global batches' sizes."""
+    sampler = DeterministicSampler(len(data), seed, position["epoch"], start=position["index"])
+    # An epoch's last global batch, if smaller than the number of ranks, would leave a rank
+    # without data: it is skipped (never with one process).
+    global_batches = [b for b in sampler.batches(batch_size) if len(b) >= world]
+    # its own generator: creating a loader draws a seed, which from the global RNG would shift
+    # dropout after a resume (a new loader mid-epoch) against an uninterrupted run
+    loader = DataLoader(data, collate_fn=data.collate, num_workers=num_workers,
+                        pin_memory=pin_memory, generator=torch.Generator(),
+                        batch_sampler=[distributed.rank_slice(b, rank, world)
+                                       for b in global_batches])
+    return loader, [len(b) for b in global_batches]
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Multiplier of the base lr at optimizer step `step` (0-based): (step+1)/warmup during warmup
     (no step is wasted at lr 0), then cosine from 1 down to 0 at `total_steps`, 0 after."""
@@ -112,19 +130,9 @@ class Trainer:
         tcfg, last = self.tcfg, {}
         rank, world = distributed.rank(), distributed.world_size()
         while self.step < stop:
-            sampler = DeterministicSampler(len(data), tcfg.seed, position["epoch"],
-                                           start=position["index"])
-            # An epoch's last global batch, if smaller than the number of ranks, would leave a
-            # rank without data: it is skipped (never with one process).
-            global_batches = [b for b in sampler.batches(tcfg.batch_size) if len(b) >= world]
-            # its own generator: creating a loader draws a seed, which from the global RNG would
-            # shift dropout after a resume (a new loader mid-epoch) against an uninterrupted run
-            loader = iter(DataLoader(data, collate_fn=data.collate, num_workers=tcfg.num_workers,
-                                     pin_memory=self.device.type == "cuda",
-                                     generator=torch.Generator(), batch_sampler=[
-                                         distributed.rank_slice(b, rank, world)
-                                         for b in global_batches]))
-            sizes = iter(len(b) for b in global_batches)
+            loader, sizes = rank_loader(data, tcfg.seed, position, tcfg.batch_size, rank, world,
+                                        tcfg.num_workers, self.device.type == "cuda")
+            loader, sizes = iter(loader), iter(sizes)
             epoch_done = False
             while self.step < stop:
                 t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 is built once per key, appears whole or not at all, and refuses other tokenization settings."""
 import dataclasses
 import os
+import pickle
 import time
 
 import numpy as np
@@ -81,6 +82,23 @@ def test_whole_batches_from_the_flat_arrays_equal_collated_items(store):
     for data in (memory, cached):
         for rows in picks:
             assert_same_batch(data.batch(rows), data.collate([data[i] for i in rows]))
+
+
+def test_pickled_cache_data_maps_the_files_again_and_memory_data_travels_whole(store):
+    """A DataLoader worker started by spawn (macOS, or a rank started by mp.spawn) gets the
+    dataset pickled: through the cache that is the recipe to map it, not a copy of its bytes."""
+    wh, fs, vocab, cfg, tmp = store
+    cached = open_cache(build_cache(wh, fs, vocab, cfg, "train", root=tmp / "p"), cfg)
+    memory = PretrainData(wh, fs, vocab, cfg, split="train")
+    vectors = cached.regions.vectors.numel() * cached.regions.vectors.element_size()
+    sent = pickle.dumps(cached)
+    assert len(sent) < 4096   # the recipe, whatever the corpus size
+    assert len(pickle.dumps(memory)) > vectors   # in-memory data has nothing to map: its bytes
+    received = pickle.loads(sent)
+    assert received.reopen == cached.reopen and received.reopen[0] is open_cache
+    rows = [5, 0, len(cached) - 1]
+    for data in (received, pickle.loads(pickle.dumps(memory))):
+        assert_same_batch(data.batch(rows), cached.batch(rows))
 
 
 @pytest.mark.slow

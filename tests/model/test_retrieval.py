@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from model.downstream.retrieval import chance_recall_at_1, recall_at_k, recall_at_k_chunked, rerank
+from model.downstream.retrieval import (
+    chance_recall_at_1,
+    dual_ranks,
+    recall_at_k,
+    recall_at_k_chunked,
+    rerank,
+    rerank_recall,
+)
 
 # 4 captions of 3 images: captions 0, 1 of image 0, caption 2 of image 1, caption 3 of image 2
 TEXT_IMAGE = torch.tensor([0, 0, 1, 2])
@@ -139,3 +146,31 @@ def test_rerank_by_columns_and_batching():
     assert torch.equal(t2i.argmax(1), sim.argmax(1))
     r = recall_at_k(t2i, torch.tensor([1, 0, 0, 1]), ks=(1,), i2t_sim=i2t)
     assert r["i2t_r1"] == 1.0 and r["t2i_r1"] == pytest.approx(3 / 4)  # caption 0 misses
+
+
+@pytest.mark.parametrize(("chunk", "k_text", "k_image"), [(1, 3, 2), (7, 5, 4), (1000, 100, 40)])
+def test_chunked_rerank_equals_the_dense_one(chunk, k_text, k_image):
+    g = torch.Generator().manual_seed(1)
+    # 60 captions of 30 images (5 without captions); distinct scores both ways, so the top-k
+    # candidate sets are the same however the chunks cut the captions
+    image_g = torch.randn(30, 8, generator=g)
+    text_image = torch.randint(0, 25, (60,), generator=g)
+    text_g = image_g[text_image] + 1.5 * torch.randn(60, 8, generator=g)
+    itm = torch.rand(60, 30, generator=g)
+    dense_calls, calls = [], []
+    t2i, i2t = rerank(text_g @ image_g.t(), _scorer(itm, dense_calls), k_text=k_text,
+                      k_image=k_image)
+    dense = recall_at_k(t2i, text_image, i2t_sim=i2t)
+    ranks = dual_ranks(text_g, image_g, text_image, chunk=chunk, k_text=k_text, k_image=k_image)
+    got = rerank_recall(ranks, text_image, _scorer(itm, calls))
+    assert got == dense
+    assert got != recall_at_k(text_g @ image_g.t(), text_image)   # ITM changed the ranking
+    assert calls == [sum(dense_calls)]             # the same pairs, each once, in one call
+    assert ranks.t2i_top.shape == (60, min(k_image, 30))
+    assert ranks.i2t_top.shape == (min(k_text, 60), 30)
+
+
+def test_a_scorer_that_drops_pairs_is_refused():
+    ranks = dual_ranks(SIM, torch.eye(3), TEXT_IMAGE, k_text=1, k_image=1)
+    with pytest.raises(ValueError, match="scores for"):
+        rerank_recall(ranks, TEXT_IMAGE, lambda t, i: torch.zeros(len(t) - 1))
