@@ -19,6 +19,7 @@ from model.batch import PretrainBatch, assemble_text
 from model.downstream.retrieval import (
     K_IMAGE,
     K_TEXT,
+    ann_ranks,
     chance_recall_at_1,
     dual_ranks,
     rerank_recall,
@@ -33,6 +34,8 @@ from model.training.diagnostics import other_image
 from model.training.pretrain import pick_feature_set
 from model.training.task import PretrainTask
 from warehouse.store import Warehouse
+
+ANN_ABOVE = 1_000_000   # gallery images above which retrieval is searched through an index
 
 
 @dataclass
@@ -135,18 +138,21 @@ def scored_across_ranks(score, batch_size: int):
 
 
 def evaluate_retrieval(model: MVP, data: PretrainData, k_text: int = K_TEXT, k_image: int = K_IMAGE,
-                       batch_size: int = 64, rerank_itm: bool = True) -> dict:
+                       batch_size: int = 64, rerank_itm: bool = True,
+                       ann_above: int = ANN_ABOVE) -> dict:
     """Dual-encoder R@1/5/10 both ways, and (`rerank_itm`) the same after ITM re-ranking of the
     top `k_text` captions per image and `k_image` images per caption, as rerank_* keys. Never
-    an [n_text, n_image] matrix; under torchrun the processes share the ITM pairs."""
+    an [n_text, n_image] matrix; under torchrun the processes share the ITM pairs. Galleries of
+    more than `ann_above` images are searched through an index (ann_ranks; "ann": true)."""
     emb = embed_split(model, data, batch_size)
     text_image = emb.text_image.cpu()
     n_text, n_image = len(emb.text.g), len(emb.images.g)
     chance = chance_recall_at_1(text_image, n_image)
-    ranks = dual_ranks(emb.text.g.cpu(), emb.images.g.cpu(), text_image,
-                       k_text=k_text if rerank_itm else 0, k_image=k_image if rerank_itm else 0)
+    ranking = ann_ranks if n_image > ann_above else dual_ranks
+    ranks = ranking(emb.text.g.cpu(), emb.images.g.cpu(), text_image,
+                    k_text=k_text if rerank_itm else 0, k_image=k_image if rerank_itm else 0)
     out = {"n_images": n_image, "n_captions": n_text, "chance_t2i_r1": chance["t2i"],
-           "chance_i2t_r1": chance["i2t"], **ranks.recalls()}
+           "chance_i2t_r1": chance["i2t"], "ann": ranking is ann_ranks, **ranks.recalls()}
     if rerank_itm:
         out.update(itm_heldout(model, emb))
         reranked = rerank_recall(ranks, text_image,

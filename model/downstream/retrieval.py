@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+
+from warehouse.vector_index import NPROBE, VectorIndex
 
 KS = (1, 5, 10)
 # Scores this close count as tied: identical captions (templated data repeats them) score the
@@ -117,6 +120,40 @@ def dual_ranks(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Te
     return DualRanks(t2i_rank, i2t_rank, torch.isfinite(best_gold), t2i_top, i2t_top)
 
 
+def ann_ranks(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
+              k_text: int = 0, k_image: int = 0, ks=KS, nprobe: int = NPROBE) -> DualRanks:
+    """dual_ranks for galleries too large to scan per caption: each caption's top images and
+    each image's top captions come from a VectorIndex (an inverted file above EXACT_UP_TO rows),
+    depth = max(k_image or k_text, max(ks)) deep. A gold item within that depth ranks among what
+    the index returned (same tie rule); one outside it, or one the index missed, gets rank
+    `depth`: a miss at every k. Candidates the index could not fill are -1. Cost O(n x depth x
+    the cells a query scans), not O(n_text x n_image). The index ranks by cosine: the dual
+    encoder's score for its unit g vectors."""
+    text_image = torch.as_tensor(text_image, dtype=torch.long)
+    n_text, n_image = len(text_g), len(image_g)
+    text, images = text_g.float().cpu().numpy(), image_g.float().cpu().numpy()
+
+    def nearest(rows: np.ndarray, queries: np.ndarray, k: int):
+        depth = min(max(k, max(ks)), len(rows))
+        sim, found = VectorIndex.build(rows, nprobe=nprobe).search(queries, depth)
+        return torch.from_numpy(sim), torch.from_numpy(found), depth
+
+    # t2i: a caption's images; its gold one among them or not
+    sim, found, depth = nearest(images, text, k_image)
+    is_gold = found == text_image[:, None]
+    gold = sim.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
+    t2i = torch.where(is_gold.any(1), ((sim >= gold - TIE) & ~is_gold).sum(1), depth)
+    t2i_top = found[:, :min(k_image, n_image)]
+    # i2t: an image's captions; the best of its own among them, if any
+    sim, found, depth = nearest(text, images, k_text)
+    is_gold = (found >= 0) & (text_image[found.clamp(min=0)] == torch.arange(n_image)[:, None])
+    best = sim.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
+    i2t = torch.where(is_gold.any(1), ((sim >= best - TIE) & ~is_gold).sum(1), depth)
+    i2t_top = found[:, :min(k_text, n_text)].t().contiguous()
+    has_caption = torch.bincount(text_image, minlength=n_image) > 0
+    return DualRanks(t2i, i2t, has_caption, t2i_top, i2t_top)
+
+
 def recall_at_k_chunked(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
                         ks=KS, chunk: int = 1024) -> dict[str, float]:
     """recall_at_k of sim = text_g @ image_g.T without holding it (see dual_ranks)."""
@@ -139,21 +176,25 @@ def rerank_recall(ranks: DualRanks, text_image: torch.Tensor,
     i2t_image = torch.arange(n_image, device=text_image.device).expand_as(ranks.i2t_top)
     t2i_key = t2i_text * n_image + ranks.t2i_top               # a pair's key: text * n_image + image
     i2t_key = ranks.i2t_top * n_image + i2t_image
-    keys = torch.cat([t2i_key.reshape(-1), i2t_key.reshape(-1)]).unique()     # sorted
+    t2i_real, i2t_real = ranks.t2i_top >= 0, ranks.i2t_top >= 0   # -1: a candidate not found
+    keys = torch.cat([t2i_key[t2i_real], i2t_key[i2t_real]]).unique()     # sorted
     scores = torch.as_tensor(score_pairs(keys // n_image, keys % n_image)).float().reshape(-1)
     if scores.shape != keys.shape:
         raise ValueError(f"score_pairs gave {tuple(scores.shape)} scores for {len(keys)} pairs")
     scores = scores.to(keys.device)
 
-    def itm(key: torch.Tensor) -> torch.Tensor:
-        return scores[torch.searchsorted(keys, key)]
+    def itm(key: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        at = torch.searchsorted(keys, key).clamp(max=max(len(keys) - 1, 0))
+        return scores[at].masked_fill(~real, float("-inf")) if len(keys) else \
+            torch.full(key.shape, float("-inf"))
 
     # t2i: a caption's candidates, its gold image among them or not
-    t2i_score, is_gold = itm(t2i_key), ranks.t2i_top == text_image[:, None]
+    t2i_score, is_gold = itm(t2i_key, t2i_real), ranks.t2i_top == text_image[:, None]
     gold = t2i_score.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
     t2i = torch.where(is_gold.any(1), ((t2i_score >= gold - TIE) & ~is_gold).sum(1), ranks.t2i)
     # i2t: an image's candidate captions, any of its own among them or not
-    i2t_score, is_gold = itm(i2t_key), text_image[ranks.i2t_top] == i2t_image
+    i2t_score = itm(i2t_key, i2t_real)
+    is_gold = i2t_real & (text_image[ranks.i2t_top.clamp(min=0)] == i2t_image)
     best = i2t_score.masked_fill(~is_gold, float("-inf")).max(0).values[None, :]
     i2t = torch.where(is_gold.any(0), ((i2t_score >= best - TIE) & ~is_gold).sum(0), ranks.i2t)
     return ranks.recalls(ks, t2i, i2t)

@@ -174,3 +174,29 @@ def test_a_scorer_that_drops_pairs_is_refused():
     ranks = dual_ranks(SIM, torch.eye(3), TEXT_IMAGE, k_text=1, k_image=1)
     with pytest.raises(ValueError, match="scores for"):
         rerank_recall(ranks, TEXT_IMAGE, lambda t, i: torch.zeros(len(t) - 1))
+
+
+@pytest.mark.parametrize("exact_up_to", [None, 10])
+def test_ranks_from_an_index_equal_the_scan_within_its_depth(exact_up_to, monkeypatch):
+    """ann_ranks with an exact index is dual_ranks for every k within its depth, re-ranked too;
+    with an inverted file of every cell scanned, the same."""
+    from model.downstream import retrieval
+    if exact_up_to is not None:   # an inverted file over 30 images / 60 captions
+        monkeypatch.setattr(retrieval, "NPROBE", 10_000)
+        build = retrieval.VectorIndex.build
+        monkeypatch.setattr(retrieval.VectorIndex, "build", classmethod(
+            lambda cls, v, **kw: build.__func__(cls, v, **{**kw, "exact_up_to": exact_up_to})))
+    g = torch.Generator().manual_seed(2)
+    unit = torch.nn.functional.normalize   # the model's g vectors: cosine = the dot product
+    image_g = unit(torch.randn(30, 8, generator=g), dim=-1)
+    text_image = torch.randint(0, 25, (60,), generator=g)
+    text_g = unit(image_g[text_image] + 0.4 * torch.randn(60, 8, generator=g), dim=-1)
+    itm = torch.rand(60, 30, generator=g)
+    scan = dual_ranks(text_g, image_g, text_image, k_text=12, k_image=10)
+    ann = retrieval.ann_ranks(text_g, image_g, text_image, k_text=12, k_image=10,
+                              nprobe=retrieval.NPROBE)
+    assert ann.recalls() == scan.recalls()
+    assert torch.equal(ann.t2i_top, scan.t2i_top) and torch.equal(ann.i2t_top, scan.i2t_top)
+    assert rerank_recall(ann, text_image, _scorer(itm, [])) == \
+        rerank_recall(scan, text_image, _scorer(itm, []))
+    assert (ann.t2i <= 10).all() and (scan.t2i > 10).any()   # beyond the depth: capped, a miss
