@@ -89,12 +89,8 @@ def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEm
             out = model.encode_text(*_text_input(model, batch)[:2])
             texts.append((out.hidden, out.mask))
             text_g.append(out.g)
-        # one caption of each image brings its visual input; rows follow data.regions
-        rows, first = np.unique(data.image_of, return_index=True)
-        assert (rows == np.arange(len(rows))).all(), "every gallery image has a caption"
         regions, region_g = [], []
-        for batch in _batches(data, first, batch_size, device):
-            out = model.encode_visual(batch.visual)
+        for out in _image_outputs(model, data, batch_size):
             regions.append((out.region_hidden, out.region_mask))
             region_g.append(out.g)
     finally:
@@ -106,6 +102,27 @@ def embed_split(model: MVP, data: PretrainData, batch_size: int = 64) -> SplitEm
     images = VisualOutput(hidden=hidden, tag_mask=mask[:, :0], region_mask=mask,
                           g=torch.cat(region_g))
     return SplitEmbeddings(text, images, torch.from_numpy(data.image_of).to(device))
+
+
+def _image_outputs(model: MVP, data: PretrainData, batch_size: int):
+    """encode_visual of each gallery image once, batch by batch; rows follow data.regions."""
+    # one caption of each image brings its visual input
+    rows, first = np.unique(data.image_of, return_index=True)
+    assert (rows == np.arange(len(rows))).all(), "every gallery image has a caption"
+    for batch in _batches(data, first, batch_size, _device(model)):
+        yield model.encode_visual(batch.visual)
+
+
+@torch.no_grad()
+def gallery_vectors(model: MVP, data: PretrainData, batch_size: int = 64) -> torch.Tensor:
+    """[n_image, dim] g_v of every image of `data` (rows follow data.regions.image_ids), in
+    eval mode, holding nothing else of the encoder's output."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([out.g.float().cpu() for out in _image_outputs(model, data, batch_size)])
+    finally:
+        model.train(was_training)
 
 
 def itm_scorer(model: MVP, emb: SplitEmbeddings):

@@ -30,6 +30,7 @@ from model.config import ModelConfig
 from model.downstream.tasks import TASKS
 from model.mvp import MVP
 from model.serving import heads
+from model.serving.gallery import Gallery, build_gallery
 from model.text import readable, tag_sequence, text_batch
 from model.training import concepts
 from model.training.checkpoint import load_checkpoint, load_weights, save_weights_only
@@ -43,8 +44,9 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR  # noqa: E402
 from mlflow.types.schema import Array, ColSpec, Schema  # noqa: E402
 
-# The request: every column optional, but each row needs `image` or `image_path`. MLflow's JSON
-# reader (scoring server, `mlflow models predict`) takes no null in a binary or array column: a
+# The request: every column optional, but each row needs `image` or `image_path`, except a row
+# with `text` alone to a package with a gallery (log_pyfunc gallery_split), which searches it.
+# MLflow's JSON reader (scoring server, `mlflow models predict`) takes no null in a binary or array column: a
 # JSON request gives `image`, `boxes`, `tags` in every row or in none, and box coordinates as JSON
 # floats (10.0: it refuses to cast integers to double).
 INPUT_SCHEMA = Schema([
@@ -74,6 +76,9 @@ OUTPUT_SCHEMA = Schema([   # one row per request row; a row with an `error` has 
     ColSpec(Array("double"), "entailment_probs", required=False),
     ColSpec(Array("double"), "box", required=False),   # [x1, y1, x2, y2] pixels of the region
     ColSpec("double", "box_score", required=False),    # the expression refers to (and its score)
+    # with a gallery packaged: the text's nearest gallery images (ids) and cosines, best first
+    ColSpec(Array("string"), "gallery_images", required=False),
+    ColSpec(Array("double"), "gallery_scores", required=False),
     # null, or one line saying why this row has no answer ("row 2: text must be a string")
     ColSpec("string", "error", required=False),
 ])
@@ -110,6 +115,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         self.vocabulary = concepts.ConceptVocabulary.read(art["vocabulary"])
         self.heads = {t.column: served for t in heads.HEADS
                       if (served := heads.load(t, art.get(heads.artifact(t)))) is not None}
+        self.gallery = Gallery.open(art)
         root = os.environ.get(IMAGE_ROOT_ENV)
         self.image_root = Path(root).resolve() if root else None   # None: image bytes only
         self.time_budget = float(os.environ.get(TIME_BUDGET_ENV, DEFAULT_TIME_BUDGET_S))
@@ -137,8 +143,8 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
             "image_embedding": none, "text_embedding": none, "cosine": np.full(n, np.nan),
             "match_score": np.full(n, np.nan), "concepts": none, "n_regions": none,
             "box_source": none, "answer": none, "entailment": none, "entailment_probs": none,
-            "box": none, "box_score": np.full(n, np.nan),
-            "error": pd.Series(errors, dtype=object)},
+            "box": none, "box_score": np.full(n, np.nan), "gallery_images": none,
+            "gallery_scores": none, "error": pd.Series(errors, dtype=object)},
             columns=OUTPUT_SCHEMA.input_names())
         good = [k for k, p in enumerate(parsed) if p is not None]
         for start in range(0, len(good), BATCH_ROWS):   # memory bounded however many rows
@@ -149,7 +155,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
                 log.exception("a request batch failed")
                 raise MlflowException("the model failed on this batch (see the server log)",
                                       INTERNAL_ERROR) from None
-        if all(e is None for e in errors):   # n_regions is a long column when every row has it
+        if out["n_regions"].notna().all():   # a long column when every row has it
             out["n_regions"] = out["n_regions"].astype("int64")
         return out
 
@@ -162,45 +168,63 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
         if tags is not None and (isinstance(tags, (str, bytes)) or not hasattr(tags, "__iter__")
                                  or not all(isinstance(t, str) for t in tags)):
             raise RowError("tags must be a list of strings")
+        searches = (bool(text) and self.gallery is not None and _value(row, "image") is None
+                    and _value(row, "image_path") is None)
+        if searches and sentences:
+            raise RowError(f"{', '.join(sentences)} needs an image")
         return _Row(
-            image=self._image(row), tags=list(tags) if tags is not None else [],
+            image=None if searches else self._image(row),
+            tags=list(tags) if tags is not None else [],
             # cut to what the model can read before NLTK and BPE see it; encoded as training captions
             text=self.vocabulary.encode(readable(text, self.cfg), self.cfg)
             if text else None,
             sentences=sentences)
 
     def _answer(self, rows: list["_Row"], at: list[int], out: pd.DataFrame) -> None:
-        """Fill rows `at` of `out` with the answers for `rows`."""
-        images = [r.image for r in rows]
-        visual_inputs = _visual_batch(self.cfg, images, [r.tags for r in rows])
-        visual = self.model.encode_visual(visual_inputs)
-        for j, k in enumerate(at):
-            out.at[k, "image_embedding"] = visual.g[j].float().tolist()
-            out.at[k, "n_regions"] = len(images[j].boxes)
-            out.at[k, "box_source"] = images[j].box_source
+        """Fill rows `at` of `out` with the answers for `rows` (a row without an image: its
+        text's embedding and gallery search only)."""
+        seen = [j for j, r in enumerate(rows) if r.image is not None]
+        position = {j: i for i, j in enumerate(seen)}   # row -> its place in the visual batch
+        images = [rows[j].image for j in seen]
+        if seen:
+            visual_inputs = _visual_batch(self.cfg, images, [rows[j].tags for j in seen])
+            visual = self.model.encode_visual(visual_inputs)
+        for i, j in enumerate(seen):
+            out.at[at[j], "image_embedding"] = visual.g[i].float().tolist()
+            out.at[at[j], "n_regions"] = len(images[i].boxes)
+            out.at[at[j], "box_source"] = images[i].box_source
         with_text = [j for j, r in enumerate(rows) if r.text is not None]
         if with_text:
             encoded = [rows[j].text for j in with_text]
             ids, mask = text_batch(self.cfg, encoded)
             text = self.model.encode_text(ids, mask)
-            sel = torch.tensor(with_text)
-            fused = self.model.fuse(text, visual.take(sel))
-            p_match = self.model.itm_logits(fused).float().softmax(-1)[:, 1]
-            cosine = (text.g * visual.g[sel]).sum(-1).float()
             for i, j in enumerate(with_text):
-                k = at[j]
-                out.at[k, "text_embedding"] = text.g[i].float().tolist()
-                out.at[k, "cosine"] = float(cosine[i])
-                out.at[k, "match_score"] = float(p_match[i])
-                out.at[k, "concepts"] = encoded[i].concepts
+                out.at[at[j], "text_embedding"] = text.g[i].float().tolist()
+                out.at[at[j], "concepts"] = encoded[i].concepts
+            paired = [i for i, j in enumerate(with_text) if j in position]
+            if paired:
+                sel = torch.tensor([position[with_text[i]] for i in paired])
+                pairs = text.take(torch.tensor(paired))
+                p_match = self.model.itm_logits(self.model.fuse(pairs, visual.take(sel)))
+                p_match = p_match.float().softmax(-1)[:, 1]
+                cosine = (pairs.g * visual.g[sel]).sum(-1).float()
+                for n, i in enumerate(paired):
+                    out.at[at[with_text[i]], "cosine"] = float(cosine[n])
+                    out.at[at[with_text[i]], "match_score"] = float(p_match[n])
+            if self.gallery is not None:
+                found = self.gallery.nearest(text.g.float().numpy())
+                for (image_ids, scores), j in zip(found, with_text):
+                    out.at[at[j], "gallery_images"] = image_ids
+                    out.at[at[j], "gallery_scores"] = scores
         for column, head in self.heads.items():
-            asked = [j for j, r in enumerate(rows) if column in r.sentences]
+            asked = [j for j in seen if column in rows[j].sentences]
             if not asked:
                 continue
             sentences = [rows[j].sentences[column] for j in asked]
             concept_ids = [self.vocabulary.encode(s, self.cfg).concept_ids for s in sentences]
-            cells = head.respond(sentences, concept_ids, visual_inputs.take(torch.tensor(asked)),
-                                 [images[j].boxes for j in asked])
+            cells = head.respond(sentences, concept_ids,
+                                 visual_inputs.take(torch.tensor([position[j] for j in asked])),
+                                 [rows[j].image.boxes for j in asked])
             for j, row_cells in zip(asked, cells):
                 for name, value in row_cells.items():
                     out.at[at[j], name] = value
@@ -260,7 +284,7 @@ class MVPServingModel(mlflow.pyfunc.PythonModel):
 
 @dataclass
 class _Row:
-    image: object            # features.extract.EncodedImage
+    image: object            # features.extract.EncodedImage; None: a text-only gallery search
     tags: list
     text: object             # model.text.EncodedText or None
     sentences: dict          # request column of a task head -> its text (questions, ...)
@@ -318,14 +342,15 @@ def packaged_weights(spec) -> str | None:
 def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str | None = None,
                artifact_path: str = "model", head_checkpoints: dict | None = None,
                input_example=None, backbone_weights=None,
-               registered_model_name: str | None = None):
+               registered_model_name: str | None = None, gallery_split: str | None = None):
     """Log the served model to the active MLflow run (or a new one) and return its ModelInfo.
     `feature_set`/`vocab` default to the ones the checkpoint's config was built for.
     `backbone_weights`: the backbone checkpoint file when the feature set was extracted from a
     local file (its hash must be the recorded one; a seeded random init needs none). The package
     holds all it needs (weights-only checkpoints, feature-set record, concept vocabulary, backbone
-    weights, optional task-head checkpoints: `head_checkpoints` {"vqa" | "ve" | "refexp": file}),
-    and loading it runs only the project's code (CODE)."""
+    weights, optional task-head checkpoints: `head_checkpoints` {"vqa" | "ve" | "refexp": file},
+    and with `gallery_split` the image vectors of that split in an index, which a caption
+    searches), and loading it runs only the project's code (CODE)."""
     wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
     state = load_checkpoint(checkpoint)
     state_cfg = state["model_config"]
@@ -362,6 +387,11 @@ def log_pyfunc(checkpoint, warehouse, feature_set: str | None = None, vocab: str
                 raise ValueError(f"the {name} checkpoint was built for feature set "
                                  f"{head_cfg.get('feature_set')}, the package serves {spec.id}")
             artifacts[heads.artifact(task)] = str(head_checkpoint)
+        if gallery_split is not None:
+            model = MVP(ModelConfig(**{**state_cfg, "feature_set": spec.id,
+                                       "vocab_version": vocab}))
+            load_weights(model, state)
+            artifacts.update(build_gallery(model, wh, gallery_split, tmp))
         return mlflow.pyfunc.log_model(
             # models-from-code: the package holds CODE, not a CloudPickle of a Python object
             name=artifact_path, python_model=str(CODE), artifacts=artifacts,

@@ -164,3 +164,34 @@ def test_served_answers_are_the_fine_tuning_path_ones(served, tmp_path):
     assert heads.question_tokens(data.questions[0], tags, cfg, concepts) == \
         data.tokens[0].tolist()
     assert any(any(t >= cfg.concept_offset for t in row) for row in data.tokens)  # concepts in
+
+
+@pytest.mark.slow
+def test_a_caption_searches_the_packaged_gallery(served):
+    """A package logged with a gallery answers a caption alone with its nearest images: the
+    dual encoder's cosine against every image of the split, best first; rows with an image
+    are answered as before, and a head column without an image is refused."""
+    from model.downstream.evaluate import gallery_vectors
+    from model.training.data import PretrainData
+    checkpoint = served["tmp"] / "runs" / "joint" / "last.pt"
+    with mlflow.start_run():
+        info = log_pyfunc(checkpoint, served["wh"], gallery_split="train")
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    _, _, boxes, labels, path, text = training_view(served)
+    out = pyfunc.predict(pd.DataFrame({"text": [text, "a blue circle", text],
+                                       "image_path": [None, None, path],
+                                       "question": [None, "what colour?", None]}))
+    assert list(out["error"][:1]) + list(out["error"][2:]) == [None, None]
+    assert out["error"][1] == "row 1: question needs an image"
+    m = served["model"]
+    data = PretrainData(served["wh"], served["fs"], served["vocab"], m.cfg, split="train")
+    cosine = gallery_vectors(m, data).numpy() @ np.array(out["text_embedding"][0])
+    best = np.argsort(-cosine, kind="stable")[:10]
+    assert out["gallery_images"][0] == [str(data.regions.image_ids[i]) for i in best]
+    np.testing.assert_allclose(out["gallery_scores"][0], cosine[best], atol=1e-5)
+    assert out["image_embedding"][0] is None and np.isnan(out["match_score"][0])
+    assert out["gallery_images"][2] == out["gallery_images"][0]   # the same caption
+    assert out["image_embedding"][2] is not None and not np.isnan(out["match_score"][2])
+    # the package without a gallery still refuses a row without an image
+    assert served["pyfunc"].predict(pd.DataFrame({"text": [text]}))["error"][0].startswith(
+        "row 0: give `image`")
