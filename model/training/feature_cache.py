@@ -19,6 +19,7 @@ import torch
 from model.config import ModelConfig
 from model.training import distributed
 from model.training.data import PretrainData, RegionArrays, VisualSource, provable_matches
+from model.training.prefault import prefault
 from warehouse.catalog import connect
 from warehouse.store import ORPHAN_GRACE_S, Warehouse
 
@@ -217,20 +218,24 @@ class StringColumn:
 
 def open_cache(folder, cfg: ModelConfig) -> PretrainData:
     """The pre-training data over a cache's arrays, mapped copy-on-write: pages come from the
-    page cache, shared by every process that maps them, and nothing is read until touched."""
+    page cache, shared by every process that maps them; a cache that fits in memory is mapped
+    into the page tables in the background (prefault), a larger one page by page as touched."""
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     if meta["format"] != FORMAT or meta["text"] != {f: getattr(cfg, f) for f in TEXT_FIELDS}:
         raise ValueError(f"feature cache {folder} was built for other tokenization settings "
                          f"({meta['text']}, format {meta['format']})")
 
+    maps = []
+
     def mapped(name: str) -> np.ndarray:
         spec = meta["arrays"][name]
         if spec["shape"][0] == 0:
             return np.zeros(spec["shape"], np.dtype(spec["dtype"]))
         # a plain view of the map: slicing an np.memmap costs a subclass object per slice
-        return np.asarray(np.memmap(folder / f"{name}.bin", np.dtype(spec["dtype"]), "c",
-                                    shape=tuple(spec["shape"])))
+        maps.append(np.asarray(np.memmap(folder / f"{name}.bin", np.dtype(spec["dtype"]), "c",
+                                         shape=tuple(spec["shape"]))))
+        return maps[-1]
 
     def strings(name: str) -> StringColumn:
         return StringColumn(mapped(name), mapped(RAGGED[name]))
@@ -246,6 +251,7 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
                                mapped("concept_offsets"), mapped("spans"),
                                mapped("true_rows"), mapped("true_offsets"))
     data.reopen = (open_cache, (folder, cfg))
+    prefault(maps)
     return data
 
 
