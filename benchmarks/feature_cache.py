@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -143,14 +144,34 @@ def measure(args) -> dict:
     load = (lambda b: data.collate([data[i] for i in b])) if args.path == "memory" else data.batch
     load(batches[0])
     first = time.perf_counter() - started
+    if data.prefaulting is not None:   # steady state: the rate once the cache is mapped in
+        data.prefaulting.join()
+    prefaulted = time.perf_counter() - started
     t0 = time.perf_counter()
     for b in batches:
         load(b)
     seconds = time.perf_counter() - t0
-    return {"first_batch_s": round(first, 2),
-            "samples_per_s": round(len(batches) * args.batch / seconds, 1), **_memory(),
+    _all_ranks_here(args, "measured")   # ranks of one cache measure while all of them map it
+    memory = _memory()
+    _all_ranks_here(args, "done")
+    return {"first_batch_s": round(first, 2), "prefaulted_s": round(prefaulted, 2),
+            "samples_per_s": round(len(batches) * args.batch / seconds, 1), **memory,
             "runtime_uss_mib": runtime["uss_mib"],
             "runtime_private_dirty_mib": runtime["private_dirty_mib"]}
+
+
+def _all_ranks_here(args, phase: str, timeout_s: float = 600) -> None:
+    """A file barrier between the --world processes of one measurement."""
+    if args.world == 1:
+        return
+    folder = Path(args.cache_root) / "barrier"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{phase}-{args.rank}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not all((folder / f"{phase}-{r}").exists() for r in range(args.world)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ranks did not all reach {phase}")
+        time.sleep(0.01)
 
 
 READ_PER_REGION = ("vectors", "geometry", "region_labels", "tags")   # the cache files a batch reads
@@ -239,6 +260,7 @@ def main() -> None:
                "in_memory": (run(args, "memory", n, spec) if n <= args.memory_up_to else None),
                "build": run(args, "build", n, spec),
                "cache": run(args, "cache", n, spec)}
+        shutil.rmtree(args.root / str(n) / "cache" / "barrier", ignore_errors=True)
         ranks = [run(args, "cache", n, spec, r, 2, wait=False) for r in range(2)]
         row["cache_2_ranks"] = [json.loads(r.communicate()[0].strip().splitlines()[-1])
                                 for r in ranks]
@@ -246,7 +268,7 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{'images':>9} {'path':>10} {'PSS MiB':>8} {'anon':>7} {'file':>7} {'peak RSS':>9} "
-          f"{'1st batch s':>11} {'samples/s':>10}")
+          f"{'1st batch s':>11} {'mapped in s':>11} {'samples/s':>10}")
     for row in results:
         for name in ("in_memory", "cache"):
             r = row[name]
@@ -255,7 +277,7 @@ def main() -> None:
                 continue
             print(f"{row['images']:>9} {name:>10} {r['pss_mib']:>8} {r['pss_anon_mib']:>7} "
                   f"{r['pss_file_mib']:>7} {r['peak_rss_mib']:>9} {r['first_batch_s']:>11} "
-                  f"{r['samples_per_s']:>10}")
+                  f"{r['prefaulted_s']:>11} {r['samples_per_s']:>10}")
         b = row["build"]
         print(f"{row['images']:>9} {'build':>10} cache {b['cache_bytes'] / 2**20:.0f} MiB in "
               f"{b['build_s']} s, peak RSS {b['peak_rss_mib']} MiB; 2 ranks on one cache: PSS "

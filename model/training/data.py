@@ -81,6 +81,7 @@ class PretrainData(Dataset):
     # (function, args) that maps the same arrays again, for data over memory maps: pickled (to a
     # DataLoader worker started by spawn, or a rank) it travels as this recipe, not as its bytes
     reopen: tuple | None = None
+    prefaulting = None   # the thread mapping a cache's pages in (model/training/prefault.py)
 
     def __init__(self, warehouse, feature_set_id: str, vocab_id: str, cfg: ModelConfig,
                  split: str | None = "train", dataset: str | None = None,

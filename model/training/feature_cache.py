@@ -251,7 +251,7 @@ def open_cache(folder, cfg: ModelConfig) -> PretrainData:
                                mapped("concept_offsets"), mapped("spans"),
                                mapped("true_rows"), mapped("true_offsets"))
     data.reopen = (open_cache, (folder, cfg))
-    prefault(maps)
+    data.prefaulting = prefault(maps)   # the background thread, or None
     return data
 
 
