@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -79,20 +80,27 @@ def _vectors(folder: Path, dtype: str, dim: int, n: int) -> np.ndarray:
     return np.memmap(folder / "vectors.bin", vectors.DTYPES[dtype], "r", shape=(n, dim))
 
 
+@lru_cache(maxsize=8)
+def _opened(folder: Path) -> tuple[pa.Table, np.ndarray, VectorIndex]:
+    """A built index's ids, vectors and index, read once per process (a folder never changes:
+    its name is the digest of what it was built from)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    return (pq.read_table(folder / "regions.parquet"),
+            _vectors(folder, meta["dtype"], meta["dim"], meta["regions"]),
+            VectorIndex.open(folder / "index.faiss"))
+
+
 def nearest_regions(warehouse, feature_set: str, region_id: str, k: int = 10,
                     root=None) -> list[tuple]:
     """What warehouse.feature_queries.nearest_regions gives, (region id, image id, label,
     cosine) of the k regions closest to `region_id`'s vector, most similar first, searched
     through the index (exact up to EXACT_UP_TO regions, an inverted file above); [] for a
     region the feature set does not have."""
-    folder = build_region_index(warehouse, feature_set, root)
-    meta = json.loads((folder / "meta.json").read_text())
-    ids = pq.read_table(folder / "regions.parquet")
+    ids, vectors, index = _opened(build_region_index(warehouse, feature_set, root))
     row = pc.index(ids.column("region_id"), pa.scalar(region_id, pa.string())).as_py()
     if row < 0 or k <= 0:
         return []
-    query = _vectors(folder, meta["dtype"], meta["dim"], meta["regions"])[row:row + 1]
-    scores, rows = VectorIndex.open(folder / "index.faiss").search(query, k + 1)
+    scores, rows = index.search(vectors[row:row + 1], k + 1)
     keep = (rows[0] >= 0) & (rows[0] != row)
     hits = ids.take(pa.array(rows[0][keep][:k]))
     return [(r["region_id"], r["image_id"], r["label"], float(cos))

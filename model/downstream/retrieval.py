@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from warehouse.vector_index import NPROBE, VectorIndex
+from warehouse.vector_index import EXACT_UP_TO, NPROBE, VectorIndex
 
 KS = (1, 5, 10)
 # Scores this close count as tied: identical captions (templated data repeats them) score the
@@ -120,35 +120,42 @@ def dual_ranks(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Te
     return DualRanks(t2i_rank, i2t_rank, torch.isfinite(best_gold), t2i_top, i2t_top)
 
 
+def _rank_among(scores: torch.Tensor, is_gold: torch.Tensor, dim: int,
+                otherwise: torch.Tensor | int) -> torch.Tensor:
+    """Along `dim` of a candidate list: how many non-gold candidates score >= the best gold one
+    (the tie rule of recall_at_k), or `otherwise` where no candidate is gold."""
+    best = scores.masked_fill(~is_gold, float("-inf")).max(dim, keepdim=True).values
+    return torch.where(is_gold.any(dim), ((scores >= best - TIE) & ~is_gold).sum(dim), otherwise)
+
+
 def ann_ranks(text_g: torch.Tensor, image_g: torch.Tensor, text_image: torch.Tensor,
-              k_text: int = 0, k_image: int = 0, ks=KS, nprobe: int = NPROBE) -> DualRanks:
+              k_text: int = 0, k_image: int = 0, ks=KS, nprobe: int = NPROBE,
+              exact_up_to: int = EXACT_UP_TO) -> DualRanks:
     """dual_ranks for galleries too large to scan per caption: each caption's top images and
     each image's top captions come from a VectorIndex (an inverted file above EXACT_UP_TO rows),
     depth = max(k_image or k_text, max(ks)) deep. A gold item within that depth ranks among what
     the index returned (same tie rule); one outside it, or one the index missed, gets rank
     `depth`: a miss at every k. Candidates the index could not fill are -1. Cost O(n x depth x
     the cells a query scans), not O(n_text x n_image). The index ranks by cosine: the dual
-    encoder's score for its unit g vectors."""
+    encoder's score for its unit g vectors. `nprobe`, `exact_up_to`: VectorIndex.build's."""
     text_image = torch.as_tensor(text_image, dtype=torch.long)
     n_text, n_image = len(text_g), len(image_g)
     text, images = text_g.float().cpu().numpy(), image_g.float().cpu().numpy()
 
     def nearest(rows: np.ndarray, queries: np.ndarray, k: int):
         depth = min(max(k, max(ks)), len(rows))
-        sim, found = VectorIndex.build(rows, nprobe=nprobe).search(queries, depth)
+        index = VectorIndex.build(rows, exact_up_to=exact_up_to, nprobe=nprobe)
+        sim, found = index.search(queries, depth)
         return torch.from_numpy(sim), torch.from_numpy(found), depth
 
     # t2i: a caption's images; its gold one among them or not
     sim, found, depth = nearest(images, text, k_image)
-    is_gold = found == text_image[:, None]
-    gold = sim.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
-    t2i = torch.where(is_gold.any(1), ((sim >= gold - TIE) & ~is_gold).sum(1), depth)
+    t2i = _rank_among(sim, found == text_image[:, None], 1, depth)
     t2i_top = found[:, :min(k_image, n_image)]
     # i2t: an image's captions; the best of its own among them, if any
     sim, found, depth = nearest(text, images, k_text)
     is_gold = (found >= 0) & (text_image[found.clamp(min=0)] == torch.arange(n_image)[:, None])
-    best = sim.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
-    i2t = torch.where(is_gold.any(1), ((sim >= best - TIE) & ~is_gold).sum(1), depth)
+    i2t = _rank_among(sim, is_gold, 1, depth)
     i2t_top = found[:, :min(k_text, n_text)].t().contiguous()
     has_caption = torch.bincount(text_image, minlength=n_image) > 0
     return DualRanks(t2i, i2t, has_caption, t2i_top, i2t_top)
@@ -181,22 +188,17 @@ def rerank_recall(ranks: DualRanks, text_image: torch.Tensor,
     scores = torch.as_tensor(score_pairs(keys // n_image, keys % n_image)).float().reshape(-1)
     if scores.shape != keys.shape:
         raise ValueError(f"score_pairs gave {tuple(scores.shape)} scores for {len(keys)} pairs")
-    scores = scores.to(keys.device)
+    # the last entry scores a candidate the index did not find: below every real one
+    lookup = torch.cat([scores.to(keys.device), scores.new_full((1,), float("-inf"))])
 
     def itm(key: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        at = torch.searchsorted(keys, key).clamp(max=max(len(keys) - 1, 0))
-        return scores[at].masked_fill(~real, float("-inf")) if len(keys) else \
-            torch.full(key.shape, float("-inf"))
+        return lookup[torch.where(real, torch.searchsorted(keys, key), len(keys))]
 
     # t2i: a caption's candidates, its gold image among them or not
-    t2i_score, is_gold = itm(t2i_key, t2i_real), ranks.t2i_top == text_image[:, None]
-    gold = t2i_score.masked_fill(~is_gold, float("-inf")).max(1).values[:, None]
-    t2i = torch.where(is_gold.any(1), ((t2i_score >= gold - TIE) & ~is_gold).sum(1), ranks.t2i)
+    t2i = _rank_among(itm(t2i_key, t2i_real), ranks.t2i_top == text_image[:, None], 1, ranks.t2i)
     # i2t: an image's candidate captions, any of its own among them or not
-    i2t_score = itm(i2t_key, i2t_real)
     is_gold = i2t_real & (text_image[ranks.i2t_top.clamp(min=0)] == i2t_image)
-    best = i2t_score.masked_fill(~is_gold, float("-inf")).max(0).values[None, :]
-    i2t = torch.where(is_gold.any(0), ((i2t_score >= best - TIE) & ~is_gold).sum(0), ranks.i2t)
+    i2t = _rank_among(itm(i2t_key, i2t_real), is_gold, 0, ranks.i2t)
     return ranks.recalls(ks, t2i, i2t)
 
 

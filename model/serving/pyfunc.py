@@ -46,9 +46,9 @@ from mlflow.types.schema import Array, ColSpec, Schema  # noqa: E402
 
 # The request: every column optional, but each row needs `image` or `image_path`, except a row
 # with `text` alone to a package with a gallery (log_pyfunc gallery_split), which searches it.
-# MLflow's JSON reader (scoring server, `mlflow models predict`) takes no null in a binary or array column: a
-# JSON request gives `image`, `boxes`, `tags` in every row or in none, and box coordinates as JSON
-# floats (10.0: it refuses to cast integers to double).
+# MLflow's JSON reader (scoring server, `mlflow models predict`) takes no null in a binary or
+# array column: a JSON request gives `image`, `boxes`, `tags` in every row or in none, and box
+# coordinates as JSON floats (10.0: it refuses to cast integers to double).
 INPUT_SCHEMA = Schema([
     ColSpec("binary", "image", required=False),       # the image file (PNG, JPEG...; base64 in JSON)
     ColSpec("string", "image_path", required=False),  # a regular file under $MVP_SERVING_IMAGE_ROOT

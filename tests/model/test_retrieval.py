@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from model.downstream.retrieval import (
+    ann_ranks,
     chance_recall_at_1,
     dual_ranks,
     recall_at_k,
@@ -177,15 +178,11 @@ def test_a_scorer_that_drops_pairs_is_refused():
 
 
 @pytest.mark.parametrize("exact_up_to", [None, 10])
-def test_ranks_from_an_index_equal_the_scan_within_its_depth(exact_up_to, monkeypatch):
+def test_ranks_from_an_index_equal_the_scan_within_its_depth(exact_up_to):
     """ann_ranks with an exact index is dual_ranks for every k within its depth, re-ranked too;
     with an inverted file of every cell scanned, the same."""
-    from model.downstream import retrieval
-    if exact_up_to is not None:   # an inverted file over 30 images / 60 captions
-        monkeypatch.setattr(retrieval, "NPROBE", 10_000)
-        build = retrieval.VectorIndex.build
-        monkeypatch.setattr(retrieval.VectorIndex, "build", classmethod(
-            lambda cls, v, **kw: build.__func__(cls, v, **{**kw, "exact_up_to": exact_up_to})))
+    # exact_up_to 10: an inverted file over 30 images / 60 captions, every cell scanned
+    index = {} if exact_up_to is None else {"exact_up_to": exact_up_to, "nprobe": 10_000}
     g = torch.Generator().manual_seed(2)
     unit = torch.nn.functional.normalize   # the model's g vectors: cosine = the dot product
     image_g = unit(torch.randn(30, 8, generator=g), dim=-1)
@@ -193,8 +190,7 @@ def test_ranks_from_an_index_equal_the_scan_within_its_depth(exact_up_to, monkey
     text_g = unit(image_g[text_image] + 0.4 * torch.randn(60, 8, generator=g), dim=-1)
     itm = torch.rand(60, 30, generator=g)
     scan = dual_ranks(text_g, image_g, text_image, k_text=12, k_image=10)
-    ann = retrieval.ann_ranks(text_g, image_g, text_image, k_text=12, k_image=10,
-                              nprobe=retrieval.NPROBE)
+    ann = ann_ranks(text_g, image_g, text_image, k_text=12, k_image=10, **index)
     assert ann.recalls() == scan.recalls()
     assert torch.equal(ann.t2i_top, scan.t2i_top) and torch.equal(ann.i2t_top, scan.i2t_top)
     assert rerank_recall(ann, text_image, _scorer(itm, [])) == \
