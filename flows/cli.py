@@ -141,6 +141,15 @@ def cmd_verify(args) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_compact(args) -> int:
+    from warehouse.compact import compact
+    rows = [(r["table"], r["parts_before"], r["parts_merged"], r.get("parts_after"), r["rows"],
+             r["snapshot"]) for r in compact(args.warehouse, args.table,
+                                             int(args.target_mb * (1 << 20)))]
+    print_table(["table", "parts before", "merged", "parts after", "rows", "snapshot"], rows)
+    return 0
+
+
 def cmd_features(args) -> int:
     kwargs = FEATURES.kwargs(args)
     if args.no_prefect:
@@ -219,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "snapshot (exists, size, sha256); exit 1 if any is bad")
     warehouse_arg(sp)
     sp.set_defaults(func=cmd_verify, prefect=False)
+
+    from warehouse.compact import TARGET_BYTES
+    sp = add_command(sub, "compact", "merge small parts into large ones sorted by image, one "
+                                     "commit per table; replaced parts are vacuumed by the "
+                                     "cleanup once the grace period has passed")
+    warehouse_arg(sp)
+    sp.add_argument("--table", action="append", help="only this table (repeatable; default all)")
+    sp.add_argument("--target-mb", type=float, default=TARGET_BYTES / (1 << 20),
+                    help="size of a merged part")
+    sp.set_defaults(func=cmd_compact, prefect=False)
 
     from warehouse.vectors import DTYPES
     dtypes = {"dtype": {"choices": list(DTYPES)}}

@@ -72,8 +72,25 @@ class CommitLog:
             self._follow(snap, raw)
         return snap
 
-    def _base(self) -> Snapshot:
+    def at(self, version: int) -> Snapshot:
+        """The snapshot as it was at `version` (time travel): the newest checkpoint at or before
+        it plus the entries up to it. WarehouseError if the log does not reach that far."""
+        snap = self._base(upto=version)
+        while snap.version < version:
+            raw = self.storage.read(entry_name(snap.version + 1))
+            if raw is None:
+                raise WarehouseError(f"version {version} is not in the log (it ends at "
+                                     f"{snap.version})")
+            self._follow(snap, raw)
+        if snap.version != version:
+            raise WarehouseError(f"version {version} is older than the log's base, "
+                                 f"{snap.version}")
+        return snap
+
+    def _base(self, upto: int | None = None) -> Snapshot:
         for version in self._checkpoint_candidates():
+            if upto is not None and version > upto:
+                continue
             raw = self.storage.read(checkpoint_name(version))
             if raw is not None:
                 data = parse(raw, f"checkpoint {checkpoint_name(version)}")
@@ -137,14 +154,17 @@ class CommitLog:
 
     # ---- writing ---------------------------------------------------------------------------
     def append(self, parent: Snapshot, new_parts: dict[str, list[str]], records: dict[str, dict],
-               build: dict) -> Snapshot:
+               build: dict, removed: dict[str, list[str]] | None = None) -> Snapshot:
         """Commit the next version after `parent`: create its entry unless another writer did
-        (CommitConflict). Every `checkpoint_every` versions, also write a checkpoint."""
+        (CommitConflict). It adds `new_parts` and takes `removed` parts out of their tables (a
+        compaction). Every `checkpoint_every` versions, also write a checkpoint."""
         version = parent.version + 1
         # the manifest records the version it is published as (`mvp history`, ingest reruns)
         entry = {"version": version, "parent": parent.link(),
                  "tables": {t: list(ps) for t, ps in new_parts.items() if ps},
                  "parts": records, "build": {**build, "snapshot": version}}
+        if removed := {t: list(ps) for t, ps in (removed or {}).items() if ps}:
+            entry["removed"] = removed
         raw = _encode(entry)
         if not self.storage.put_if_absent(entry_name(version), raw):
             raise CommitConflict(f"snapshot {version} was committed by another writer")

@@ -196,6 +196,17 @@ TABLES: dict[str, pa.Schema] = {
 KEYS = {"images": "id", "captions": "id", "regions": "region_id", "questions": "id",
         "relations": "id", "entailment": "id", "referring": "id", "rejects": "id"}
 
+# What a compacted part is sorted by (stably, so rows of one group keep their stored order, e.g.
+# an image's regions): the columns among these a table has, else its key. Scans that filter on
+# them then skip whole row groups.
+GROUP_COLUMNS = ("feature_set", "vocab", "tagging", "image_id", "caption_id")
+
+
+def sort_columns(table: str) -> list[str]:
+    names = TABLES[table].names
+    return [c for c in GROUP_COLUMNS if c in names] or [KEYS.get(table, "id")]
+
+
 # Tables whose rows belong to an image: an image_id that is neither in the warehouse nor accepted
 # in the same ingest makes the row a reject.
 IMAGE_CHILDREN = ("captions", "regions", "questions", "relations", "entailment", "referring")

@@ -43,12 +43,27 @@ class Snapshot:
         return Snapshot(self.version, {t: list(p) for t, p in self.tables.items()},
                         list(self.builds), dict(self.parts), self.parent, self.digest)
 
+    def since(self, base: Snapshot) -> Snapshot:
+        """What the commits after `base` (an earlier version of this warehouse) added: a
+        snapshot holding only their parts and builds, so a check against other writers reads
+        what they published, not the whole history."""
+        before = {t: set(ps) for t, ps in base.tables.items()}
+        tables = {t: [p for p in ps if p not in before.get(t, ())] for t, ps in self.tables.items()}
+        return Snapshot(self.version, tables, self.builds[len(base.builds):], self.parts,
+                        self.parent, self.digest)
+
     def link(self) -> dict | None:
         """What the next commit records as its parent."""
         return {"version": self.version, "sha256": self.digest} if self.version else None
 
     def apply(self, entry: dict, digest: str) -> None:
-        """Advance this snapshot in place by one commit-log entry (what it adds)."""
+        """Advance this snapshot in place by one commit-log entry: the parts it removes (a
+        compaction's inputs), then the parts it adds."""
+        for table, parts in entry.get("removed", {}).items():
+            gone = set(parts)
+            self.tables[table] = [p for p in self.tables.get(table, []) if p not in gone]
+            for part in gone:
+                self.parts.pop(part, None)
         for table, parts in entry["tables"].items():
             self.tables.setdefault(table, []).extend(parts)
         self.parts.update(entry["parts"])

@@ -143,17 +143,24 @@ class Warehouse:
         return ds.dataset([self.storage.fs._strip_protocol(f) for f in files], schema=schema,
                           format="parquet", filesystem=self.storage.fs)
 
+    def snapshot_at(self, version: int) -> Snapshot:
+        """The snapshot as it was at `version` (its parts may since have been vacuumed)."""
+        return self.log.at(version)
+
     def commit(self, parent: Snapshot, new_parts: dict[str, list[str]], build: dict,
-               records: dict[str, dict] | None = None) -> Snapshot:
+               records: dict[str, dict] | None = None,
+               removed: dict[str, list[str]] | None = None) -> Snapshot:
         """Commit parts already in place (paths relative to the root) as the version after
-        `parent`. `records` gives part_record() of parts hashed earlier; the others are hashed
-        here. Raises CommitConflict if another writer committed that version first."""
+        `parent`, taking `removed` parts out of their tables. `records` gives part_record() of
+        parts hashed earlier; the others are hashed here. Raises CommitConflict if another
+        writer committed that version first."""
         records = dict(records or {})
         added = [rel for rels in new_parts.values() for rel in rels]
         for rel in added:
             if rel not in records:
                 records[rel] = {"size": self.storage.size(rel), "sha256": self.storage.sha256(rel)}
-        return self.log.append(parent, new_parts, {rel: records[rel] for rel in added}, build)
+        return self.log.append(parent, new_parts, {rel: records[rel] for rel in added}, build,
+                               removed)
 
     # ---- writers -----------------------------------------------------------------------------
     @contextmanager
@@ -205,12 +212,25 @@ class Warehouse:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def publish(self, staged: dict[str, list[Path]], build: dict, check=None) -> Snapshot:
+    def publish(self, staged: dict[str, list[Path]], build: dict, check=None,
+                removed: dict[str, list[str]] | None = None) -> Snapshot:
         """Put finished part files from a local staging folder into their tables and commit them
-        as the next version. `check(snapshot)`, when given, runs before anything is uploaded
-        and raises to refuse the publish (e.g. rows that another writer committed meanwhile);
-        the files then stay staged. When another writer commits first, the check runs again on
-        what it published, and the commit is retried (refused: the uploaded parts are deleted)."""
+        as the next version, taking the parts `removed` names out of their tables (a compaction
+        replacing them; the publish is refused if one of them is no longer live). `check(snapshot)`,
+        when given, runs before anything is uploaded and raises to refuse the publish (e.g. rows
+        that another writer committed meanwhile); the files then stay staged. When another
+        writer commits first, the checks run again on what it published, and the commit is
+        retried (refused: the uploaded parts are deleted)."""
+        removed = removed or {}
+
+        def checks(snap: Snapshot) -> None:
+            for table, rels in removed.items():
+                if gone := set(rels) - set(snap.tables.get(table, [])):
+                    raise WarehouseError(f"{len(gone)} parts of {table} this commit replaces "
+                                         f"are no longer live (another compaction?)")
+            if check is not None:
+                check(snap)
+
         new_parts = {table: [f"tables/{table}/{Path(p).name}" for p in paths]
                      for table, paths in staged.items()}
         # hashed before any lock: staged files are private to this build
@@ -219,13 +239,12 @@ class Warehouse:
         with self.lock():
             snap, uploaded = self.current(), False
             for attempt in range(PUBLISH_ATTEMPTS):
-                if check is not None:
-                    try:
-                        check(snap)
-                    except BaseException:
-                        if uploaded:
-                            self._delete(new_parts)
-                        raise
+                try:
+                    checks(snap)
+                except BaseException:
+                    if uploaded:
+                        self._delete(new_parts)
+                    raise
                 if not uploaded:
                     for table, paths in staged.items():
                         for path, rel in zip(paths, new_parts[table]):
@@ -233,7 +252,7 @@ class Warehouse:
                     uploaded = True
                     fault_point(f"{build.get('kind')}-after-upload")  # parts in, no commit yet
                 try:
-                    return self.commit(snap, new_parts, build, records)
+                    return self.commit(snap, new_parts, build, records, removed)
                 except CommitConflict:
                     # jittered backoff, so racing writers do not collide again in lockstep
                     time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** attempt)))
@@ -260,14 +279,18 @@ class Warehouse:
             return False
 
     def remove_orphans(self, grace_s: float = ORPHAN_GRACE_S) -> int:
-        """Delete staging folders of dead builds and part files no commit references: the
-        leftovers of builds killed midway. A part is kept if any commit file or checkpoint
-        present refers to it, and an unreferenced one only goes once it is older than `grace_s`
-        seconds or its build is known dead. Refuses (BrokenChain) on a broken chain. Returns
-        the number of parts deleted."""
+        """Delete staging folders of dead builds, part files no commit references (the
+        leftovers of builds killed midway) and parts a compaction replaced (a vacuum: time
+        travel to versions before it then fails). A part is kept if any commit file present
+        adds it, unless a commit removed it more than `grace_s` seconds ago; an unreferenced
+        one only goes once it is older than `grace_s` seconds or its build is known dead.
+        Refuses (BrokenChain) on a broken chain. Returns the number of parts deleted."""
         # every commit, not just the newest: a stale newest file must not free live parts
-        live = {p for _, data in self.verify_chain()
-                for parts in data.get("tables", {}).values() for p in parts}
+        live, replaced = set(), {}
+        for version, data in self.verify_chain():
+            live.update(p for parts in data.get("tables", {}).values() for p in parts)
+            replaced.update((p, version) for parts in data.get("removed", {}).values()
+                            for p in parts)
         staging_root = self.staging_dir("_").parent
         dead = [f for f in staging_root.iterdir() if not self._is_live(f)] \
             if staging_root.is_dir() else []
@@ -277,6 +300,10 @@ class Warehouse:
         removed, now = 0, time.time()
         listed = {**self.storage.listing("tables"), **self.storage.listing(log.FOLDER),
                   **self.storage.listing(legacy.FOLDER)}
+        for rel, version in replaced.items():
+            _, removed_at = listed.get(log.entry_name(version), (0, float("inf")))
+            if now - removed_at >= grace_s:
+                live.discard(rel)
         for rel, (_, mtime) in listed.items():
             name = posixpath.basename(rel)
             old = now - mtime >= grace_s
