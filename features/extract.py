@@ -2,7 +2,8 @@
     spec = plan_feature_set(wh, backbone="ViT-B-32")      # learn dim and weights hash
     register_feature_set(wh, spec)                         # the feature_sets row (idempotent)
     for shard in chunks(pending_images(wh, spec)):         # images the feature set lacks
-        extract_shard(wh, spec, shard)                     # decode, forward, RoIAlign, publish"""
+        extract_shard(wh, spec, shard)                     # decode, forward, RoIAlign, publish
+A shard holds about COMMIT_BYTES of vectors; the forward pass batches independently of it."""
 from __future__ import annotations
 
 import json
@@ -31,14 +32,18 @@ from warehouse.schemas import IMAGE_FEATURES, REGION_FEATURES, REJECTS
 from warehouse.store import Snapshot, Warehouse
 
 __all__ = ["EXTRACT_CODE_VERSION", "plan_feature_set", "register_feature_set", "pending_images",
-           "extract_shard", "extract_features", "encode_regions", "backbone_for_feature_set",
-           "EncodedImage", "encode_image"]
+           "extract_shard", "extract_features", "images_per_commit", "encode_regions",
+           "backbone_for_feature_set", "EncodedImage", "encode_image"]
 
 # Bump whenever the vectors this code writes for the same inputs would change (preprocessing,
 # map choice, RoIAlign settings, projection, box policy): it is part of the feature-set id.
 EXTRACT_CODE_VERSION = "1"
 BOX_POLICY = "regions|grid"   # the regions table's boxes, else a grid
 DECODE_WORKERS = max(2, min(8, os.cpu_count() or 1))  # PIL decode + resize release the GIL
+# A shard commits about this many bytes of vectors: few commits for a large corpus (1M images at
+# 50 x 512-d fp16 are ~50 GiB: ~50 commits), while the forward pass keeps its own batch size.
+COMMIT_BYTES = 1 << 30
+BATCH_SIZE = {"cuda": 256, "cpu": 32}  # images per forward pass when none is given
 
 
 def plan_feature_set(warehouse: str | Warehouse, backbone: str = "ViT-B-32",
@@ -100,13 +105,43 @@ def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
     return [r[0] for r in rows]
 
 
+def _published_since(wh: Warehouse, base: Snapshot, snapshot: Snapshot, spec: FeatureSetSpec,
+                     image_ids: set[str]) -> set[str]:
+    """Those of `image_ids` (pending at `base`) that commits after `base`, up to `snapshot`,
+    extracted or rejected for the feature set. Reads only the parts those commits added: the
+    check costs what other writers published meanwhile, not the size of the feature set."""
+    if snapshot.version == base.version or not image_ids:
+        return set()
+    added = snapshot.since(base)
+    with connect(wh, added) as con:
+        con.register("_ids", pa.table({"id": pa.array(sorted(image_ids), pa.string())}))
+        con.register("_builds", pa.table({"build_id": pa.array(_feature_builds(added, spec),
+                                                               pa.string())}))
+        rows = con.execute("""
+            SELECT image_id FROM image_features
+            WHERE feature_set = ? AND image_id IN (SELECT id FROM _ids)
+            UNION
+            SELECT r.record_ref FROM rejects r JOIN _builds b ON r.ingest_id = b.build_id
+            WHERE r.record_ref IN (SELECT id FROM _ids)""", [spec.id]).fetchall()
+    return {r[0] for r in rows}
+
+
+def images_per_commit(spec: FeatureSetSpec, commit_bytes: int = COMMIT_BYTES) -> int:
+    """How many images make about `commit_bytes` of vectors (every region slot filled, plus the
+    global vector): the shard size that keeps commits few and large, whatever the batch."""
+    per_image = (spec.max_regions + 1) * spec.dim * vectors.DTYPES[spec.dtype].itemsize
+    return max(1, commit_bytes // per_image)
+
+
 def pending_images(warehouse: str | Warehouse, spec: FeatureSetSpec,
                    image_ids: list[str] | None = None, dataset: str | None = None,
-                   max_images: int | None = None) -> list[str]:
+                   max_images: int | None = None, version: int | None = None) -> list[str]:
     """Sorted ids of images (optionally only among `image_ids`, or of one dataset, or of its
-    fixed sample of `max_images`) that the feature set has neither extracted nor rejected."""
+    fixed sample of `max_images`) that the feature set has neither extracted nor rejected, at
+    `version` (default: the newest)."""
     wh = _warehouse(warehouse)
-    return _pending(wh, wh.current(), spec, image_ids, dataset, max_images)
+    snap = wh.current() if version is None else wh.snapshot_at(version)
+    return _pending(wh, snap, spec, image_ids, dataset, max_images)
 
 
 def encode_regions(backbone: Backbone, pixels: torch.Tensor, boxes: list[torch.Tensor]
@@ -282,10 +317,12 @@ def _usable_regions(rows: _ShardRows, image: dict, regions: ImageRegions, grid: 
     return regions.subset(usable), clipped[usable]
 
 
-def _extract(wh: Warehouse, spec: FeatureSetSpec, image_ids: list[str], batch_size: int,
-             on_images: Callable[[int], None] | None) -> dict:
+def _extract(wh: Warehouse, spec: FeatureSetSpec, image_ids: list[str], batch_size: int | None,
+             on_images: Callable[[int], None] | None, base: Snapshot) -> dict:
+    """Extract `image_ids` (pending at `base`) and publish them as one commit."""
     started = time.time()
     backbone = _backbone_for(spec)
+    batch_size = batch_size or BATCH_SIZE.get(backbone.device.type, BATCH_SIZE["cpu"])
     build_id = f"features-{spec.id}-{uuid.uuid4().hex[:12]}"
     rows = _ShardRows(spec, build_id)
     with connect(wh) as con:
@@ -318,7 +355,7 @@ def _extract(wh: Warehouse, spec: FeatureSetSpec, image_ids: list[str], batch_si
               "rejected_images": len(set(rows.reject_images) - set(rows.image_ids)),
               "rejected": len(rows.rejects), "clipped_boxes": rows.clipped}
     published = _publish(wh, spec, rows, counts, {"batch_size": batch_size,
-                                                  "device": str(backbone.device)})
+                                                  "device": str(backbone.device)}, base)
     counts["seconds"] = round(time.time() - started, 3)
     counts["images_per_s"] = round(counts["images"] / max(counts["seconds"], 1e-9), 2)
     return {"feature_set": spec.id, "build_id": build_id, **counts, **published}
@@ -361,9 +398,10 @@ def _require_registered(con, wh: Warehouse, spec: FeatureSetSpec) -> None:
 
 
 def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict,
-             run_params: dict) -> dict:
-    """Write the shard's parts and commit them. Under the writer lock, images that another run
-    published meanwhile are found and dropped, so no (feature set, region) row is ever doubled."""
+             run_params: dict, base: Snapshot) -> dict:
+    """Write the shard's parts and commit them. Images that another run published after `base`
+    (where they were pending) are found in what it added and dropped, so no (feature set,
+    region) row is ever doubled."""
     touched = set(rows.image_ids) | set(rows.reject_images)
     build = new_build("features", build_id=rows.build_id,
                       params={"feature_set": spec.id, "backbone": spec.backbone,
@@ -371,9 +409,8 @@ def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict
                       inputs={"images": len(touched)}, counts={})
 
     def published(snapshot: Snapshot) -> set[str]:
-        with connect(wh, snapshot) as con:
-            _require_registered(con, wh, spec)
-        return touched - set(_pending(wh, snapshot, spec, sorted(touched), None))
+        # the feature set was registered at `base`, and rows are never taken back
+        return _published_since(wh, base, snapshot, spec, touched)
 
     def rows_without(drop: frozenset) -> dict[str, pa.Table] | None:
         kept = touched - drop
@@ -395,20 +432,29 @@ def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict
 
 
 def extract_shard(warehouse: str | Warehouse, spec: FeatureSetSpec, image_ids: list[str],
-                  batch_size: int = 32, progress: bool = False) -> dict:
+                  batch_size: int | None = None, progress: bool = False,
+                  base_version: int | None = None) -> dict:
     """Extract and publish one shard: region_features, image_features and rejects rows of those
     given images that the feature set still lacks (retried or overlapping shards redo nothing).
+    With `base_version`, the version where `image_ids` were found pending, only what commits
+    since then added is checked; otherwise the shard is checked against the whole feature set.
     Returns counts: images, regions, rejected (rows), rejected_images, clipped_boxes, seconds,
     images_per_s, published, snapshot.
 
     Each shard commits its own snapshot, so a run killed midway keeps every finished shard, and an
-    image already in the feature set is never extracted twice (checked again under the writer lock).
+    image already in the feature set is never extracted twice (checked again at the commit).
     """
     wh = _warehouse(warehouse)
-    todo = pending_images(wh, spec, image_ids)
+    if base_version is None:
+        base = wh.current()
+        todo = _pending(wh, base, spec, image_ids, None)
+    else:
+        base = wh.snapshot_at(base_version)
+        done = _published_since(wh, base, wh.current(), spec, set(image_ids))
+        todo = sorted(set(image_ids) - done)
     bar = _progress_bar(len(todo), spec, progress)
     try:
-        return _extract(wh, spec, todo, batch_size, bar.update if bar else None)
+        return _extract(wh, spec, todo, batch_size, bar.update if bar else None, base)
     finally:
         if bar:
             bar.close()
@@ -425,23 +471,29 @@ def _progress_bar(total: int, spec: FeatureSetSpec, enabled: bool):
 def extract_features(warehouse: str | Warehouse, backbone: str = "ViT-B-32",
                      pretrained: str | None = None, max_regions: int = 50, grid: int = 4,
                      dtype: str = "float16", image_size: int | None = None,
-                     shard_size: int = 256, batch_size: int = 32, dataset: str | None = None,
-                     progress: bool = True, max_images: int | None = None) -> dict:
+                     shard_size: int | None = None, batch_size: int | None = None,
+                     dataset: str | None = None, progress: bool = True,
+                     max_images: int | None = None) -> dict:
     """Plan, register and extract every pending image (of `dataset`, of its fixed sample of
-    `max_images`), shard by shard (no Prefect)."""
+    `max_images`), shard by shard (no Prefect). The pending set is computed once; each shard
+    (default: about COMMIT_BYTES of vectors) commits once, checked only against what other
+    writers committed since."""
     started = time.time()
     spec = plan_feature_set(warehouse, backbone, pretrained, max_regions, grid, dtype,
                             image_size)
     register_feature_set(warehouse, spec)
-    pending = pending_images(warehouse, spec, dataset=dataset, max_images=max_images)
+    wh = _warehouse(warehouse)
+    base = wh.current()
+    pending = _pending(wh, base, spec, None, dataset, max_images)
+    shard_size = shard_size or images_per_commit(spec)
     bar = _progress_bar(len(pending), spec, progress)
     total = {"feature_set": spec.id, "dim": spec.dim, "pending": len(pending), "shards": 0,
              "images": 0, "regions": 0, "rejected": 0, "rejected_images": 0,
              "clipped_boxes": 0}
     try:
         for start in range(0, len(pending), shard_size):
-            result = _extract(_warehouse(warehouse), spec, pending[start:start + shard_size],
-                              batch_size, bar.update if bar else None)
+            result = _extract(wh, spec, pending[start:start + shard_size], batch_size,
+                              bar.update if bar else None, base)
             total["shards"] += 1
             for key in ("images", "regions", "rejected", "rejected_images", "clipped_boxes"):
                 total[key] += result[key]

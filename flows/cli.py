@@ -153,13 +153,14 @@ def cmd_compact(args) -> int:
 def cmd_features(args) -> int:
     kwargs = FEATURES.kwargs(args)
     if args.no_prefect:
-        if args.dask_address:
-            raise ValueError("--dask-address runs shards as Prefect tasks: drop --no-prefect")
+        if args.dask_address or args.gpus:
+            raise ValueError("--dask-address and --gpus run shards as Prefect tasks: drop "
+                             "--no-prefect")
         from features.extract import extract_features
         print(extract_features(**kwargs))
     else:
         from flows.feature_store import run_features
-        run_features(dask_address=args.dask_address, **kwargs)
+        run_features(dask_address=args.dask_address, gpus=args.gpus, **kwargs)
     return 0
 
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                      FEATURES, options=dtypes)
     sp.add_argument("--dask-address", help="run shards on this Dask cluster "
                                            "(e.g. tcp://127.0.0.1:8786)")
+    sp.add_argument("--gpus", type=int, help="run shards on a local Dask cluster of one worker "
+                                             "per GPU, each pinned to its own (needs dask-cuda)")
     no_prefect_arg(sp)
     sp.set_defaults(func=cmd_features)
 

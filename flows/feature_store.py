@@ -10,36 +10,61 @@ from prefect.cache_policies import NONE
 from features import extract
 from features.feature_sets import register_feature_set
 from flows.defaults import WAREHOUSE
+from warehouse.store import Warehouse
 
 
 @task(name="plan-feature-set", cache_policy=NONE)
 def plan_task(warehouse: str, backbone: str, pretrained: str | None, max_regions: int,
               grid: int, dtype: str, dataset: str | None, max_images: int | None = None):
+    """The feature set, its pending images and the version they were found pending at: shards
+    check only what commits after that version added."""
     spec = extract.plan_feature_set(warehouse, backbone=backbone, pretrained=pretrained,
                                     max_regions=max_regions, grid=grid, dtype=dtype)
     register_feature_set(warehouse, spec)
-    return spec, extract.pending_images(warehouse, spec, dataset=dataset, max_images=max_images)
+    wh = Warehouse(warehouse)
+    base = wh.current().version
+    # pinned to `base`: a commit landing in between must not be missed by the shards' checks
+    pending = extract.pending_images(wh, spec, dataset=dataset, max_images=max_images,
+                                     version=base)
+    return spec, pending, base
 
 
 # Retries are safe: a shard publishes atomically, and a retried shard only redoes its images.
 # No result cache: the warehouse itself knows which images are done (by feature-set id).
 @task(name="extract-shard", retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def shard_task(warehouse: str, spec, image_ids: list[str], batch_size: int) -> dict:
-    todo = extract.pending_images(warehouse, spec, image_ids)  # a retry skips published images
-    return extract.extract_shard(warehouse, spec, todo, batch_size=batch_size)
+def shard_task(warehouse: str, spec, image_ids: list[str], batch_size: int | None,
+               base_version: int) -> dict:
+    return extract.extract_shard(warehouse, spec, image_ids, batch_size=batch_size,
+                                 base_version=base_version)
 
 
-def _task_runner(dask_address: str | None):
-    if not dask_address:
+def _task_runner(dask_address: str | None, gpus: int | None = None):
+    """A Dask cluster's task runner: the one at `dask_address` (start its GPU workers with
+    `dask cuda worker`, one per GPU), or with `gpus`, a local one of one worker per GPU, each
+    pinned to its device by CUDA_VISIBLE_DEVICES (dask-cuda's LocalCUDACluster)."""
+    if gpus and dask_address:
+        raise ValueError("give --dask-address or --gpus, not both: a running cluster has its own "
+                         "workers")
+    if not (dask_address or gpus):
         return None
     from prefect_dask import DaskTaskRunner
-    return DaskTaskRunner(address=dask_address)
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--gpus starts one Dask worker per GPU with dask-cuda: "
+                           "pip install dask-cuda") from None
+    return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
+                          cluster_kwargs={"CUDA_VISIBLE_DEVICES": list(range(gpus)),
+                                          "threads_per_worker": 1})
 
 
 @flow(name="mvp-features", log_prints=True)
 def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
                   pretrained: str | None = None, max_regions: int = 50, grid: int = 4,
-                  dtype: str = "float16", shard_size: int = 256, batch_size: int = 32,
+                  dtype: str = "float16", shard_size: int | None = None,
+                  batch_size: int | None = None,
                   dataset: str | None = None, max_images: int | None = None) -> dict:
     """Region features of every image the feature set has not done yet, in shards.
 
@@ -51,17 +76,18 @@ def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
         max_regions: regions kept per image
         grid: grid cells per side for images without boxes
         dtype: how the vectors are stored (warehouse/vectors.py DTYPES)
-        shard_size: images per task
-        batch_size: images per forward pass
+        shard_size: images per task and commit (none: about 1 GiB of vectors)
+        batch_size: images per forward pass (none: 256 on a GPU, 32 on a CPU)
         dataset: only this dataset's images (none: all)
         max_images: a fixed sample of this many images (of `dataset`); rerun-stable
     """
-    spec, pending = plan_task(warehouse, backbone, pretrained, max_regions, grid, dtype,
-                              dataset, max_images)
+    spec, pending, base = plan_task(warehouse, backbone, pretrained, max_regions, grid, dtype,
+                                    dataset, max_images)
+    shard_size = shard_size or extract.images_per_commit(spec)
     shards = [pending[i:i + shard_size] for i in range(0, len(pending), shard_size)]
     print(f"feature set {spec.id} ({backbone}, {spec.dim}-d): {len(pending)} images to extract "
           f"in {len(shards)} shards")
-    futures = [shard_task.submit(warehouse, spec, shard, batch_size) for shard in shards]
+    futures = [shard_task.submit(warehouse, spec, shard, batch_size, base) for shard in shards]
     results = [f.result() for f in futures]
     total = {"feature_set": spec.id, "images": sum(r.get("images", 0) for r in results),
              "regions": sum(r.get("regions", 0) for r in results),
@@ -76,9 +102,9 @@ def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
     return total
 
 
-def run_features(dask_address: str | None = None, **params) -> dict:
-    """Run the flow, on a Dask cluster when an address is given."""
-    runner = _task_runner(dask_address)
+def run_features(dask_address: str | None = None, gpus: int | None = None, **params) -> dict:
+    """Run the flow, on a Dask cluster when an address or a GPU count is given."""
+    runner = _task_runner(dask_address, gpus)
     f = features_flow.with_options(task_runner=runner) if runner else features_flow
     return f(**params)
 

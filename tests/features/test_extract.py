@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -242,17 +243,48 @@ def test_killed_extraction_resumes_without_duplicates(tmp_path, query, point):
     assert not any((wh / "_staging").glob("*"))
 
 
-def test_publish_guard_drops_images_another_run_already_published(tmp_path, query):
+def test_publish_guard_drops_images_another_run_published_after_this_one_planned(tmp_path,
+                                                                                  query):
     wh = _shapes(tmp_path, n=4)
     spec = plan_feature_set(wh, backbone="mvp-tiny")
     register_feature_set(wh, spec)
-    ids = pending_images(wh, spec)
-    assert extract_shard(wh, spec, ids)["images"] == 4
-    assert extract_shard(wh, spec, ids)["images"] == 0    # filtered up front
-    # a run that planned the same images before the first one published (a race)
-    late = extract._extract(Warehouse(wh), spec, ids, 32, None)
-    assert (late["published"], late["dropped_images"]) == (False, 4)
+    base = Warehouse(wh).current()
+    ids = pending_images(wh, spec, version=base.version)
+    # another run, planned at the same version, publishes 3 of the 4 images first
+    assert extract_shard(wh, spec, ids[:3], base_version=base.version)["images"] == 3
+    late = extract._extract(Warehouse(wh), spec, ids, 32, None, base)
+    assert (late["published"], late["dropped_images"], late["images"]) == (True, 3, 1)
     assert _count(query, wh, "SELECT count(*) FROM image_features") == 4
+    assert extract_shard(wh, spec, ids, base_version=base.version)["images"] == 0  # up front
+    assert extract_shard(wh, spec, ids)["images"] == 0  # and against the whole feature set
+
+
+def test_shard_checks_read_only_what_was_committed_since_the_plan(tmp_path, monkeypatch):
+    wh = _shapes(tmp_path, n=6)
+    spec = plan_feature_set(wh, backbone="mvp-tiny")
+    register_feature_set(wh, spec)
+    pending = pending_images(wh, spec)
+    for shard in (pending[:2], pending[2:4]):  # history the checks must not read again
+        extract_shard(wh, spec, shard)
+    base = Warehouse(wh).current()
+    rest = pending_images(wh, spec, version=base.version)
+    assert rest == pending[4:]
+    extract_shard(wh, spec, rest[:1], base_version=base.version)  # another writer, meanwhile
+    other_part = set(Warehouse(wh).current().tables["image_features"]) - \
+        set(base.tables["image_features"])
+    seen, real = [], extract.connect
+    monkeypatch.setattr(extract, "connect", lambda w, snap=None, **kw: (
+        seen.append(snap), real(w, snap, **kw))[1])
+    assert extract_shard(wh, spec, rest, base_version=base.version)["images"] == 1
+    checked = [s.tables["image_features"] for s in seen if s is not None]
+    assert len(checked) == 2  # before the work and at the commit
+    assert all(set(parts) == other_part for parts in checked)
+
+
+def test_a_shard_commits_about_a_gibibyte_of_vectors_whatever_the_batch():
+    spec = SimpleNamespace(max_regions=49, dim=512, dtype="float16")  # what the size reads
+    assert extract.images_per_commit(spec) == (1 << 30) // (50 * 512 * 2) == 20971
+    assert extract.images_per_commit(spec, 1000) == 1  # never zero
 
 
 def test_feature_sets_never_mix_and_mismatches_are_refused(tmp_path, query):

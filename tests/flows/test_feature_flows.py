@@ -55,3 +55,17 @@ def test_concepts_flow_builds_then_reuses(tmp_path):
     assert again["vocab"] == first["vocab"]
     with connect(wh) as con:
         assert con.execute("SELECT count(DISTINCT vocab) FROM concepts").fetchone()[0] == 1
+
+
+def test_gpu_workers_need_dask_cuda_and_no_running_cluster(monkeypatch):
+    import sys
+
+    import pytest
+
+    from flows.feature_store import _task_runner
+    with pytest.raises(ValueError, match="not both"):
+        _task_runner("tcp://127.0.0.1:8786", gpus=2)
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # absent here: no GPU to pin
+    with pytest.raises(RuntimeError, match="pip install dask-cuda"):
+        _task_runner(None, gpus=2)
+    assert _task_runner(None) is None
