@@ -126,6 +126,16 @@ def _published_since(wh: Warehouse, base: Snapshot, snapshot: Snapshot, spec: Fe
     return {r[0] for r in rows}
 
 
+def advance(wh: Warehouse, spec: FeatureSetSpec, base: Snapshot, pending: list[str]
+            ) -> tuple[Snapshot, list[str]]:
+    """After a shard's commit: the newest snapshot as the run's new base, and `pending` (as of
+    `base`) without what other writers published since. Each shard's checks then read only
+    the commits after the one before it, so a run's cost does not grow with its own history."""
+    head = wh.current()
+    done = _published_since(wh, base, head, spec, set(pending))
+    return head, [i for i in pending if i not in done]
+
+
 def images_per_commit(spec: FeatureSetSpec, commit_bytes: int = COMMIT_BYTES) -> int:
     """How many images make about `commit_bytes` of vectors (every region slot filled, plus the
     global vector): the shard size that keeps commits few and large, whatever the batch."""
@@ -491,9 +501,10 @@ def extract_features(warehouse: str | Warehouse, backbone: str = "ViT-B-32",
              "images": 0, "regions": 0, "rejected": 0, "rejected_images": 0,
              "clipped_boxes": 0}
     try:
-        for start in range(0, len(pending), shard_size):
-            result = _extract(wh, spec, pending[start:start + shard_size], batch_size,
-                              bar.update if bar else None, base)
+        while pending:
+            shard, pending = pending[:shard_size], pending[shard_size:]
+            result = _extract(wh, spec, shard, batch_size, bar.update if bar else None, base)
+            base, pending = advance(wh, spec, base, pending)
             total["shards"] += 1
             for key in ("images", "regions", "rejected", "rejected_images", "clipped_boxes"):
                 total[key] += result[key]

@@ -259,6 +259,25 @@ def test_publish_guard_drops_images_another_run_published_after_this_one_planned
     assert extract_shard(wh, spec, ids)["images"] == 0  # and against the whole feature set
 
 
+def test_a_run_skips_images_another_writer_published_during_it(tmp_path, query, monkeypatch):
+    wh = _shapes(tmp_path, n=6)
+    real, shards, rival = extract._extract, [], []
+
+    def with_a_rival(w, spec, ids, *args):
+        shards.append(list(ids))
+        result = real(w, spec, ids, *args)
+        if not rival:  # after the run's first shard another writer takes the last image
+            rival.append(pending_images(w, spec)[-1])
+            assert extract_shard(w, spec, rival)["images"] == 1
+        return result
+    monkeypatch.setattr(extract, "_extract", with_a_rival)
+    result = extract_features(wh, shard_size=2, **TINY)
+    assert (result["images"], result["shards"]) == (5, 3)
+    assert [len(s) for s in shards] == [2, 1, 2, 1]  # the run's 2, the rival's, then 2 and 1
+    assert not any(rival[0] in s for s in shards[2:])  # dropped before extraction, not after
+    assert query(wh, "SELECT count(*), count(DISTINCT image_id) FROM image_features") == [(6, 6)]
+
+
 def test_shard_checks_read_only_what_was_committed_since_the_plan(tmp_path, monkeypatch):
     wh = _shapes(tmp_path, n=6)
     spec = plan_feature_set(wh, backbone="mvp-tiny")
