@@ -105,35 +105,23 @@ def _pending(wh: Warehouse, snapshot: Snapshot, spec: FeatureSetSpec,
     return [r[0] for r in rows]
 
 
-def _published_since(wh: Warehouse, base: Snapshot, snapshot: Snapshot, spec: FeatureSetSpec,
-                     image_ids: set[str]) -> set[str]:
-    """Those of `image_ids` (pending at `base`) that commits after `base`, up to `snapshot`,
-    extracted or rejected for the feature set. Reads only the parts those commits added: the
-    check costs what other writers published meanwhile, not the size of the feature set."""
-    if snapshot.version == base.version or not image_ids:
+def _published_since(wh: Warehouse, base: Snapshot, snapshot: Snapshot, spec: FeatureSetSpec
+                     ) -> set[str]:
+    """Images that commits after `base`, up to `snapshot`, extracted or rejected for the
+    feature set. Reads only the parts those commits added: a check costs what was published
+    meanwhile, not the size of the feature set."""
+    if snapshot.version == base.version:
         return set()
     added = snapshot.since(base)
     with connect(wh, added) as con:
-        con.register("_ids", pa.table({"id": pa.array(sorted(image_ids), pa.string())}))
         con.register("_builds", pa.table({"build_id": pa.array(_feature_builds(added, spec),
                                                                pa.string())}))
         rows = con.execute("""
-            SELECT image_id FROM image_features
-            WHERE feature_set = ? AND image_id IN (SELECT id FROM _ids)
+            SELECT image_id FROM image_features WHERE feature_set = ?
             UNION
-            SELECT r.record_ref FROM rejects r JOIN _builds b ON r.ingest_id = b.build_id
-            WHERE r.record_ref IN (SELECT id FROM _ids)""", [spec.id]).fetchall()
+            SELECT r.record_ref FROM rejects r JOIN _builds b ON r.ingest_id = b.build_id""",
+                           [spec.id]).fetchall()
     return {r[0] for r in rows}
-
-
-def advance(wh: Warehouse, spec: FeatureSetSpec, base: Snapshot, pending: list[str]
-            ) -> tuple[Snapshot, list[str]]:
-    """After a shard's commit: the newest snapshot as the run's new base, and `pending` (as of
-    `base`) without what other writers published since. Each shard's checks then read only
-    the commits after the one before it, so a run's cost does not grow with its own history."""
-    head = wh.current()
-    done = _published_since(wh, base, head, spec, set(pending))
-    return head, [i for i in pending if i not in done]
 
 
 def images_per_commit(spec: FeatureSetSpec, commit_bytes: int = COMMIT_BYTES) -> int:
@@ -420,7 +408,7 @@ def _publish(wh: Warehouse, spec: FeatureSetSpec, rows: _ShardRows, counts: dict
 
     def published(snapshot: Snapshot) -> set[str]:
         # the feature set was registered at `base`, and rows are never taken back
-        return _published_since(wh, base, snapshot, spec, touched)
+        return touched & _published_since(wh, base, snapshot, spec)
 
     def rows_without(drop: frozenset) -> dict[str, pa.Table] | None:
         kept = touched - drop
@@ -460,8 +448,7 @@ def extract_shard(warehouse: str | Warehouse, spec: FeatureSetSpec, image_ids: l
         todo = _pending(wh, base, spec, image_ids, None)
     else:
         base = wh.snapshot_at(base_version)
-        done = _published_since(wh, base, wh.current(), spec, set(image_ids))
-        todo = sorted(set(image_ids) - done)
+        todo = sorted(set(image_ids) - _published_since(wh, base, wh.current(), spec))
     bar = _progress_bar(len(todo), spec, progress)
     try:
         return _extract(wh, spec, todo, batch_size, bar.update if bar else None, base)
@@ -500,11 +487,19 @@ def extract_features(warehouse: str | Warehouse, backbone: str = "ViT-B-32",
     total = {"feature_set": spec.id, "dim": spec.dim, "pending": len(pending), "shards": 0,
              "images": 0, "regions": 0, "rejected": 0, "rejected_images": 0,
              "clipped_boxes": 0}
+    waiting = set(pending)
     try:
         while pending:
             shard, pending = pending[:shard_size], pending[shard_size:]
+            waiting.difference_update(shard)
             result = _extract(wh, spec, shard, batch_size, bar.update if bar else None, base)
-            base, pending = advance(wh, spec, base, pending)
+            # the next shard's checks start from here: what other writers published since the
+            # last base leaves the pending set now, so no check reads this run's own history
+            head = wh.current()
+            if done := waiting & _published_since(wh, base, head, spec):
+                waiting -= done
+                pending = [i for i in pending if i not in done]
+            base = head
             total["shards"] += 1
             for key in ("images", "regions", "rejected", "rejected_images", "clipped_boxes"):
                 total[key] += result[key]
