@@ -62,15 +62,32 @@ def _state(snap: Snapshot) -> dict:
 class CommitLog:
     def __init__(self, storage: Storage, checkpoint_every: int = CHECKPOINT_EVERY):
         self.storage, self.checkpoint_every = storage, checkpoint_every
+        self._head: Snapshot | None = None  # the last head read or committed (a private copy)
 
     # ---- reading ---------------------------------------------------------------------------
     def head(self) -> Snapshot:
         """The newest committed snapshot: the newest checkpoint plus the entries after it, each
-        checked against its parent (BrokenChain if one does not follow)."""
-        snap = self._base()
+        checked against its parent (BrokenChain if one does not follow). The head this log
+        read or committed last is the start instead, once its entry is found unchanged: a
+        long-running writer reads two objects per call, however far the last checkpoint is."""
+        snap = self._known_head() or self._base()
         while (raw := self.storage.read(entry_name(snap.version + 1))) is not None:
             self._follow(snap, raw)
+        self._remember(snap)
         return snap
+
+    def _known_head(self) -> Snapshot | None:
+        known, self._head = self._head, None
+        if known is None:
+            return None
+        raw = self.storage.read(entry_name(known.version))
+        if raw is None or sha256(raw) != known.digest:  # the warehouse was replaced or rewritten
+            return None
+        return known
+
+    def _remember(self, snap: Snapshot) -> None:
+        # a legacy base has no log entry to re-check it by
+        self._head = snap.copy() if snap.version and snap.digest else None
 
     def at(self, version: int) -> Snapshot:
         """The snapshot as it was at `version` (time travel): the newest checkpoint at or before
@@ -172,6 +189,7 @@ class CommitLog:
         snap.apply(entry, sha256(raw))
         if version % self.checkpoint_every == 0:
             self._write_checkpoint(snap)
+        self._remember(snap)
         return snap
 
     def _write_checkpoint(self, snap: Snapshot) -> None:

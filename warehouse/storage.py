@@ -33,8 +33,11 @@ class Storage:
 
     def read(self, rel: str) -> bytes | None:
         """The object's bytes; None if there is none."""
+        # s3fs asks for the size first (a HEAD, and a LIST when it is missing) to split large
+        # objects into concurrent ranges; log files are small: one GET
+        options = {"max_concurrency": 1} if getattr(self.fs, "max_concurrency", 1) > 1 else {}
         try:
-            return self.fs.cat_file(self.path(rel))
+            return self.fs.cat_file(self.path(rel), **options)
         except FileNotFoundError:
             return None
 

@@ -33,6 +33,8 @@ __all__ = ["ORPHAN_GRACE_S", "BrokenChain", "CommitConflict", "CorruptPart", "Sn
 # not visible yet (or a writer is between uploading them and committing); parts of builds known
 # to be dead go at once.
 ORPHAN_GRACE_S = 3600.0
+# Up to this many parts, Warehouse.files asks each part's size instead of listing its folder
+FEW_PARTS = 8
 # How often publish() re-reads, re-checks and retries after another writer committed first.
 PUBLISH_ATTEMPTS = 20
 
@@ -122,8 +124,12 @@ class Warehouse:
         snap = snapshot or self.current()
         rels = snap.tables.get(table, [])
         found: dict[str, tuple[int, float]] = {}
-        for folder in {posixpath.dirname(rel) for rel in rels}:
-            found.update(self.storage.listing(folder))
+        if len(rels) <= FEW_PARTS:  # e.g. what one commit added: no listing of the whole table
+            found = {rel: (size, 0.0) for rel in rels
+                     if (size := self.storage.size(rel)) is not None}
+        else:
+            for folder in {posixpath.dirname(rel) for rel in rels}:
+                found.update(self.storage.listing(folder))
         for rel in rels:
             if rel not in found:
                 raise CorruptPart(f"part {rel} of table {table} (snapshot {snap.version}) is "

@@ -113,6 +113,29 @@ def test_checkpoints_every_k_and_reads_start_at_the_newest(root):
         list(wh.verify_chain())
 
 
+def test_a_writer_rereads_two_objects_from_its_last_head_and_notices_a_replaced_warehouse(
+        root, monkeypatch):
+    wh = Warehouse(root, checkpoint_every=50)  # far from a checkpoint: a fresh read follows 6
+    for n in range(6):
+        _publish(wh, f"b{n}", ids=[f"r{n}"])
+    reads = []
+    real = type(wh.storage).read
+    monkeypatch.setattr(type(wh.storage), "read", lambda self, rel: (reads.append(rel),
+                                                                     real(self, rel))[1])
+    assert Warehouse(root).current().version == 6
+    fresh = len(reads)
+    _publish(Warehouse(root), "other", ids=["o"])  # another writer commits 7
+    reads[:] = []
+    assert wh.current().version == 7
+    assert fresh >= 8 and reads == [log.entry_name(6), log.entry_name(7), log.entry_name(8)]
+    # the warehouse replaced under the same root: its entry 7 differs, so it is read afresh
+    for rel in wh.storage.listing(""):
+        wh.storage.delete(rel)
+    _publish(Warehouse(root), "new", ids=["n"])
+    snap = wh.current()
+    assert snap.version == 1 and _ids(wh, snap) == ["n"]
+
+
 def test_a_checkpoint_that_differs_from_its_entries_is_refused(root):
     wh = Warehouse(root, checkpoint_every=2)
     for n in range(3):
