@@ -60,17 +60,21 @@ def full_copy_commit(storage: Storage, new_parts, build, records) -> None:
     tables = {t: parent.tables.get(t, []) + new_parts.get(t, []) for t in parent.tables}
     data = {"version": version, "parent": parent.link(), "tables": tables,
             "parts": {**parent.parts, **records},
-            "builds": parent.builds + [{**build, "snapshot": version}]}
+            "builds": [*parent.builds, {**build, "snapshot": version}]}
     if not storage.put_if_absent(legacy.name(version),
                                  json.dumps(data, indent=1, sort_keys=True).encode()):
         raise RuntimeError("full-copy commit lost a race it cannot have")
 
 
+def full_copy(snap: Snapshot) -> bytes:
+    """The full-copy snapshot file of state `snap`, as the old store wrote it."""
+    return json.dumps({"version": snap.version, "parent": snap.parent, "tables": snap.tables,
+                       "parts": snap.parts, "builds": list(snap.builds)}, indent=1,
+                      sort_keys=True).encode()
+
+
 def write_full_copy(storage: Storage, snap: Snapshot) -> bytes:
-    """The full-copy snapshot file of state `snap`."""
-    raw = json.dumps({"version": snap.version, "parent": snap.parent, "tables": snap.tables,
-                      "parts": snap.parts, "builds": snap.builds}, indent=1,
-                     sort_keys=True).encode()
+    raw = full_copy(snap)
     storage.write(legacy.name(snap.version), raw)
     return raw
 

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from commit_cost import moto_root  # noqa: E402
+from commit_cost import full_copy, moto_root  # noqa: E402
 from measure import save_json  # noqa: E402
 
 from features import extract  # noqa: E402
@@ -105,8 +105,9 @@ def publish_corpus(root: str, images: int, shard: int, spec: FeatureSetSpec, win
         commits.append({"ms": ms, "entry": written["entry"], "log": sum(written.values()),
                         "checkpoint": written["checkpoint"] > 0})
         if first_state is None:
-            first_state = len(log._encode(log._state(base)))
-    last_state = len(log._encode(log._state(base)))
+            first_state = len(full_copy(base))
+    last_state = len(full_copy(base))
+    hint = wh.storage.read(log.HINT)
     w = min(window, max(1, len(commits) // 2))
     first, last = window_stats(commits[:w]), window_stats(commits[-w:])
     return {"images": images, "root": root.split("://")[0] if "://" in root else "local",
@@ -115,6 +116,7 @@ def publish_corpus(root: str, images: int, shard: int, spec: FeatureSetSpec, win
             "first": first, "last": last,
             "ratio": {k: last[k] / first[k] for k in ("commit_ms", "entry_bytes", "log_bytes")},
             "full_copy_bytes": {"first": first_state, "last": last_state},
+            "last_checkpoint_bytes": wh.storage.size(log.checkpoint_name(int(hint))) if hint else 0,
             "read_ms": _timed(wh.current) * 1e3}
 
 

@@ -1,10 +1,12 @@
 """The commit log: a commit is one small file, `_log/<n:020d>.json`, created only if absent, that
 holds what the commit adds (its new parts with their size and sha256, its build manifest) and a
 link to its parent (version and sha256 of the parent entry's bytes). Every CHECKPOINT_EVERY
-commits the committer also writes `_log/<n:020d>.checkpoint.json`, the full state at n, and then
-`_log/_last_checkpoint`, a hint naming it. A reader starts from the newest checkpoint and follows
-entries n+1, n+2, ... until one is missing: O(CHECKPOINT_EVERY) small files, whatever the
-history. A warehouse written before the log grows its log from its newest `_snapshots/` file."""
+commits the committer also writes `_log/<n:020d>.builds.json`, the build manifests since the
+previous checkpoint (warehouse/builds.py), `_log/<n:020d>.checkpoint.json`, the live parts at n
+and the names of those segments, and then `_log/_last_checkpoint`, a hint naming it. A reader
+starts from the newest checkpoint and follows entries n+1, n+2, ... until one is missing:
+O(CHECKPOINT_EVERY) small files, whatever the history. A warehouse written before the log grows
+its log from its newest `_snapshots/` file."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 
 from warehouse import legacy
+from warehouse.builds import Builds
 from warehouse.schemas import TABLES
 from warehouse.snapshot import (
     BrokenChain,
@@ -27,7 +30,7 @@ from warehouse.storage import Storage
 FOLDER = "_log"
 HINT = f"{FOLDER}/_last_checkpoint"
 CHECKPOINT_EVERY = 100
-_ENTRY, _CHECKPOINT = ".json", ".checkpoint.json"
+_ENTRY, _CHECKPOINT, _SEGMENT = ".json", ".checkpoint.json", ".builds.json"
 
 
 def entry_name(version: int) -> str:
@@ -36,6 +39,10 @@ def entry_name(version: int) -> str:
 
 def checkpoint_name(version: int) -> str:
     return f"{FOLDER}/{version:020d}{_CHECKPOINT}"
+
+
+def segment_name(version: int) -> str:
+    return f"{FOLDER}/{version:020d}{_SEGMENT}"
 
 
 def _short(version: int) -> str:
@@ -52,17 +59,19 @@ def _numbered(names: list[str], suffix: str) -> list[int]:
 
 
 def _state(snap: Snapshot) -> dict:
-    """What a checkpoint holds; tables without parts are left out, so a table added to the
-    schemas later does not make old checkpoints differ from their entries."""
+    """What a checkpoint holds: the live parts, and the segments that hold every build manifest
+    (all of them sealed); tables without parts are left out, so a table added to the schemas
+    later does not make old checkpoints differ from their entries."""
     return {"version": snap.version, "parent": snap.parent, "entry_sha256": snap.digest,
             "tables": {t: ps for t, ps in snap.tables.items() if ps}, "parts": snap.parts,
-            "builds": snap.builds}
+            "build_segments": list(snap.builds.segments), "sealed_builds": snap.builds.sealed}
 
 
 class CommitLog:
     def __init__(self, storage: Storage, checkpoint_every: int = CHECKPOINT_EVERY):
         self.storage, self.checkpoint_every = storage, checkpoint_every
         self._head: Snapshot | None = None  # the last head read or committed (a private copy)
+        self._segments: dict[int, list[dict]] = {}
 
     # ---- reading ---------------------------------------------------------------------------
     def head(self) -> Snapshot:
@@ -115,9 +124,25 @@ class CommitLog:
                     raise BrokenChain(f"checkpoint {checkpoint_name(version)} says it is version "
                                       f"{data.get('version')}: a stale or misplaced copy?")
                 tables = {**{t: [] for t in TABLES}, **data["tables"]}
-                return Snapshot(version, tables, data["builds"], data["parts"],
-                                data["parent"], data["entry_sha256"])
+                builds = data["builds"] if "builds" in data else Builds(  # older checkpoints
+                    (), data["build_segments"], data["sealed_builds"], self._segment)
+                return Snapshot(version, tables, builds, data["parts"], data["parent"],
+                                data["entry_sha256"])
         return legacy.newest(self.storage) or Snapshot.empty()
+
+    def _segment(self, version: int) -> list[dict]:
+        """The build manifests sealed by checkpoint `version` (read once per log)."""
+        if version not in self._segments:
+            name = segment_name(version)
+            raw = self.storage.read(name)
+            if raw is None:
+                raise BrokenChain(f"build segment {name} named by a checkpoint is missing")
+            data = parse(raw, f"build segment {name}", key="builds", kind=list)
+            if data.get("version") != version:
+                raise BrokenChain(f"build segment {name} says it is version "
+                                  f"{data.get('version')}: a stale or misplaced copy?")
+            self._segments[version] = data["builds"]
+        return self._segments[version]
 
     def _checkpoint_candidates(self) -> Iterator[int]:
         hint = self.storage.read(HINT)
@@ -164,9 +189,23 @@ class CommitLog:
             raise BrokenChain(f"checkpoint {checkpoint_name(stray[0])} has no log entry")
 
     def _check_checkpoint(self, snap: Snapshot) -> None:
+        """The checkpoint at `snap.version` must hold the state its entries add up to, and its
+        segments every manifest up to it."""
         name = checkpoint_name(snap.version)
         data = parse(self.storage.read(name), f"checkpoint {name}")
-        if data != json.loads(_encode(_state(snap))):
+        state = json.loads(_encode(_state(snap)))
+        if "builds" in data:  # an older checkpoint, with every manifest inline
+            state = {k: v for k, v in state.items() if k not in ("build_segments",
+                                                                 "sealed_builds")}
+            state["builds"] = list(snap.builds)
+        else:
+            segments = data.get("build_segments") or []
+            state.update(build_segments=segments, sealed_builds=len(snap.builds))
+            held = [b for version in segments for b in self._segment(version)]
+            if json.loads(json.dumps(held)) != json.loads(json.dumps(list(snap.builds))):
+                raise BrokenChain(f"the build segments of checkpoint {name} differ from the "
+                                  f"log entries up to it")
+        if data != state:
             raise BrokenChain(f"checkpoint {name} differs from the log entries up to it")
 
     # ---- writing ---------------------------------------------------------------------------
@@ -195,8 +234,14 @@ class CommitLog:
     def _write_checkpoint(self, snap: Snapshot) -> None:
         # the commit already stands: a checkpoint that fails to write only makes reads longer
         try:
-            self.storage.write(checkpoint_name(snap.version), _encode(_state(snap)))
+            self.storage.write(segment_name(snap.version), _encode(
+                {"version": snap.version, "builds": snap.builds.unsealed()}))
+            sealed = snap.builds.seal(snap.version)
+            self.storage.write(checkpoint_name(snap.version),
+                               _encode(_state(Snapshot(snap.version, snap.tables, sealed,
+                                                       snap.parts, snap.parent, snap.digest))))
             self.storage.write(HINT, str(snap.version).encode())
+            snap.builds = sealed
         except OSError as e:
             warnings.warn(f"checkpoint {snap.version} not written ({e}); readers follow more "
                           f"log entries until the next one", stacklevel=3)

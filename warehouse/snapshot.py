@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from warehouse.builds import Builds
 from warehouse.schemas import TABLES
 
 
@@ -30,10 +31,14 @@ class CommitConflict(WarehouseError):
 class Snapshot:
     version: int
     tables: dict[str, list[str]]                 # table -> part paths relative to the root
-    builds: list[dict] = field(default_factory=list)  # manifests of every build, oldest first
+    builds: Builds = field(default_factory=Builds)  # manifests of every build, oldest first
     parts: dict[str, dict] = field(default_factory=dict)  # part path -> {"size", "sha256"}
     parent: dict | None = None                   # {"version", "sha256" of the parent's file}
     digest: str | None = None                    # sha256 of this version's commit file
+
+    def __post_init__(self):
+        if not isinstance(self.builds, Builds):
+            self.builds = Builds(self.builds)
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -41,7 +46,7 @@ class Snapshot:
 
     def copy(self) -> Snapshot:
         return Snapshot(self.version, {t: list(p) for t, p in self.tables.items()},
-                        list(self.builds), dict(self.parts), self.parent, self.digest)
+                        self.builds.copy(), dict(self.parts), self.parent, self.digest)
 
     def since(self, base: Snapshot) -> Snapshot:
         """What the commits after `base` (an earlier version of this warehouse) added: a
@@ -49,7 +54,7 @@ class Snapshot:
         what they published, not the whole history."""
         before = {t: set(ps) for t, ps in base.tables.items()}
         tables = {t: [p for p in ps if p not in before.get(t, ())] for t, ps in self.tables.items()}
-        return Snapshot(self.version, tables, self.builds[len(base.builds):], self.parts,
+        return Snapshot(self.version, tables, self.builds.after(len(base.builds)), self.parts,
                         self.parent, self.digest)
 
     def link(self) -> dict | None:
@@ -71,14 +76,15 @@ class Snapshot:
         self.version, self.parent, self.digest = entry["version"], entry["parent"], digest
 
 
-def parse(raw: bytes, name: str) -> dict:
-    """A commit file's JSON object; WarehouseError if it is not one."""
+def parse(raw: bytes, name: str, key: str = "tables", kind: type = dict) -> dict:
+    """A commit file's JSON object, whose `key` holds a `kind`; WarehouseError if it is not
+    one."""
     try:
         data = json.loads(raw)
     except ValueError as e:
         raise WarehouseError(f"{name} is unreadable: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("tables"), dict):
-        raise WarehouseError(f"{name} is unreadable: not a snapshot object")
+    if not isinstance(data, dict) or not isinstance(data.get(key), kind):
+        raise WarehouseError(f"{name} is unreadable: no {key!r} {kind.__name__} in it")
     return data
 
 

@@ -22,7 +22,7 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
 
 def test_every_flag_of_every_command_has_help():
     parsers = commands(cli.build_parser())
-    assert len(parsers) == 19   # the commands and the `demo` alias
+    assert len(parsers) == 20   # the commands and the `demo` alias
     missing = [f"mvp {name} {'/'.join(a.option_strings) or a.dest}"
                for name, parser in parsers.items() for a in parser._actions
                if not (a.help or "").strip()]

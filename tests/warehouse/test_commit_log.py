@@ -1,6 +1,7 @@
 """The commit log on every kind of root (a local folder and an s3:// prefix on a loopback S3
 server): commits chain and read back, entries stay small, reads start at the newest checkpoint,
 racing writers lose nothing and publish no row twice, and cleanup spares referenced parts."""
+import json
 import os
 import signal
 import subprocess
@@ -134,6 +135,36 @@ def test_a_writer_rereads_two_objects_from_its_last_head_and_notices_a_replaced_
     _publish(Warehouse(root), "new", ids=["n"])
     snap = wh.current()
     assert snap.version == 1 and _ids(wh, snap) == ["n"]
+
+
+def test_checkpoints_name_build_segments_read_only_when_old_manifests_are_asked_for(
+        root, monkeypatch):
+    wh = Warehouse(root, checkpoint_every=3)
+    for n in range(8):
+        _publish(wh, f"b{n}", ids=[f"r{n}"])
+    checkpoint = json.loads(wh.storage.read(log.checkpoint_name(6)))
+    assert "builds" not in checkpoint and checkpoint["build_segments"] == [3, 6]
+    assert [b["build_id"] for b in json.loads(wh.storage.read(log.segment_name(6)))["builds"]] \
+        == ["b3", "b4", "b5"]
+    reads = []
+    real = type(wh.storage).read
+    monkeypatch.setattr(type(wh.storage), "read", lambda self, rel: (reads.append(rel),
+                                                                     real(self, rel))[1])
+    fresh = Warehouse(root)
+    snap = fresh.current()
+    base = fresh.snapshot_at(8)
+    assert [b["build_id"] for b in snap.since(base).builds] == []
+    assert [b["build_id"] for b in snap.since(fresh.snapshot_at(6)).builds] == ["b6", "b7"]
+    assert not any(r.endswith(".builds.json") for r in reads)  # a writer's checks
+    assert [b["build_id"] for b in snap.builds] == [f"b{n}" for n in range(8)]  # history
+    assert {r for r in reads if r.endswith(".builds.json")} == {log.segment_name(3),
+                                                                log.segment_name(6)}
+    assert [v for v, _ in fresh.verify_chain()] == list(range(1, 9))
+    edited = json.loads(real(wh.storage, log.segment_name(3)))
+    edited["builds"][0]["build_id"] = "forged"
+    wh.storage.write(log.segment_name(3), json.dumps(edited).encode())
+    with pytest.raises(BrokenChain, match="build segments of checkpoint"):
+        list(Warehouse(root).verify_chain())
 
 
 def test_a_checkpoint_that_differs_from_its_entries_is_refused(root):
