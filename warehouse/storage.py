@@ -12,6 +12,8 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+PROBE_FOLDER = "_log/.create-probe"  # where an object store's exclusive create is tried once
+
 
 class Storage:
     """An object-store prefix: every write is a whole-object PUT, so nothing is ever seen half
@@ -19,6 +21,7 @@ class Storage:
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
         self.fs, self.root = fs, root.rstrip("/")
+        self._create_checked = False
 
     @property
     def is_local(self) -> bool:
@@ -43,12 +46,34 @@ class Storage:
 
     def put_if_absent(self, rel: str, data: bytes) -> bool:
         """Create `rel` holding `data` unless it exists; False if it did (another writer got
-        there first). S3 checks this server-side (PutObject with If-None-Match: *)."""
+        there first). The server checks it: S3's PutObject with If-None-Match: *, GCS's
+        ifGenerationMatch=0 (gcsfs), Azure's If-None-Match: * (adlfs), all behind fsspec's
+        mode="create"."""
+        if not self._create_checked:
+            self._check_exclusive_create()
+        return self._create(rel, data)
+
+    def _create(self, rel: str, data: bytes) -> bool:
         try:
             self.fs.pipe_file(self.path(rel), data, mode="create")
             return True
         except FileExistsError:
             return False
+
+    def _check_exclusive_create(self) -> None:
+        """Refuse to commit to a store that does not refuse a second create of one name (a
+        server without conditional writes, or a client that drops them): two writers could
+        then both commit the same version. Probed once per root and process."""
+        probe = f"{PROBE_FOLDER}/{uuid.uuid4().hex}"
+        try:
+            first, second = self._create(probe, b"1"), self._create(probe, b"2")
+        finally:
+            self.delete(probe)
+        if not (first and not second):
+            raise OSError(f"{self.url()} does not refuse a second create of one object "
+                          f"(fsspec mode='create' via {type(self.fs).__name__}): commits there "
+                          f"would not be safe with several writers")
+        self._create_checked = True
 
     def write(self, rel: str, data: bytes) -> None:
         """Create or replace `rel`; readers see the old bytes or the new ones."""
@@ -122,6 +147,7 @@ class LocalStorage(Storage):
         return tmp
 
     def put_if_absent(self, rel: str, data: bytes) -> bool:
+        # os.link fails on a taken name on every POSIX file system: nothing to probe
         tmp = self._temp_copy(rel, data)
         try:
             os.link(tmp, self.path(rel))  # exclusive: fails if the name is taken

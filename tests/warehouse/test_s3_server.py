@@ -49,3 +49,33 @@ def test_listings_see_what_other_writers_put(s3_server, s3_bucket, s3_root):
     assert sorted(storage.names("_log")) == ["a.json", "b.json"]
     assert sorted(storage.listing("_log")) == ["_log/a.json", "_log/b.json"]
     assert storage.size("_log/b.json") == 2
+
+
+class _CreateIgnoringFileSystem:
+    """An object store whose client drops the create condition: every write replaces."""
+
+    def __init__(self):
+        from fsspec.implementations.memory import MemoryFileSystem
+        self.inner = MemoryFileSystem(skip_instance_cache=True)
+        self.inner.store.clear()
+
+    def pipe_file(self, path, data, mode="overwrite"):
+        self.inner.pipe_file(path, data)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_store_that_does_not_refuse_a_second_create_gets_no_commit():
+    from warehouse.storage import PROBE_FOLDER, Storage
+    storage = Storage(_CreateIgnoringFileSystem(), "/bucket/wh")
+    with pytest.raises(OSError, match="does not refuse a second create"):
+        storage.put_if_absent("_log/00000000000000000001.json", b"{}")
+    assert storage.read("_log/00000000000000000001.json") is None
+    assert not storage.fs.inner.find(f"/bucket/wh/{PROBE_FOLDER}")  # the probe cleaned up
+
+
+def test_the_loopback_server_passes_the_probe_once_per_root(s3_root):
+    storage = open_storage(s3_root)
+    assert storage.put_if_absent("a", b"1") and not storage.put_if_absent("a", b"2")
+    assert storage._create_checked and storage.read("a") == b"1"
