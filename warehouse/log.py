@@ -30,6 +30,7 @@ from warehouse.storage import Storage
 FOLDER = "_log"
 HINT = f"{FOLDER}/_last_checkpoint"
 CHECKPOINT_EVERY = 100
+VERIFY_BATCH = 64  # log entries fetched at once when the whole log is read
 _ENTRY, _CHECKPOINT, _SEGMENT = ".json", ".checkpoint.json", ".builds.json"
 
 
@@ -163,10 +164,12 @@ class CommitLog:
         snap.apply(data, sha256(raw))
         return data
 
-    def verify(self) -> Iterator[tuple[int, dict]]:
+    def verify(self, checkpoints: str = "all") -> Iterator[tuple[int, dict]]:
         """Yield (version, data) of every commit file, legacy snapshots first, oldest first, after
-        checking its link to the one before and that no entry is missing; each checkpoint must
-        equal the state its entries add up to. Raises BrokenChain at the first fault."""
+        checking its link to the one before and that no entry is missing; each checkpoint
+        (`checkpoints="all"`), or the newest, the one readers start from ("newest"), must equal
+        the state its entries add up to. Raises BrokenChain at the first fault. Entries are
+        fetched VERIFY_BATCH at a time, concurrently on object stores."""
         last = None
         for version, data, raw in legacy.chain(self.storage):
             yield version, data
@@ -174,7 +177,8 @@ class CommitLog:
         snap = legacy.to_snapshot(*last) if last else Snapshot.empty()
         names = self.storage.names(FOLDER)
         entries = _numbered(names, _ENTRY)
-        checkpoints = set(_numbered(names, _CHECKPOINT))
+        checkpointed = set(_numbered(names, _CHECKPOINT))
+        checked = checkpointed if checkpoints == "all" else set(sorted(checkpointed)[-1:])
         if entries and entries[0] <= snap.version:  # e.g. a legacy file restored late
             raise BrokenChain(f"log entry {_short(entries[0])} and snapshot "
                               f"{legacy.name(entries[0])} both claim version {entries[0]}")
@@ -182,10 +186,16 @@ class CommitLog:
             if version != expected:
                 raise BrokenChain(f"log entry {_short(version)}: its parent "
                                   f"{_short(version - 1)} is missing")
-            yield version, self._follow(snap, self.storage.read(entry_name(version)))
-            if version in checkpoints:
-                self._check_checkpoint(snap)
-        if stray := sorted(checkpoints - set(entries)):
+        for start in range(0, len(entries), VERIFY_BATCH):
+            batch = entries[start:start + VERIFY_BATCH]
+            for version, raw in zip(batch, self.storage.read_many(
+                    [entry_name(v) for v in batch])):
+                if raw is None:
+                    raise BrokenChain(f"log entry {_short(version)} vanished while it was read")
+                yield version, self._follow(snap, raw)
+                if version in checked:
+                    self._check_checkpoint(snap)
+        if stray := sorted(checkpointed - set(entries)):
             raise BrokenChain(f"checkpoint {checkpoint_name(stray[0])} has no log entry")
 
     def _check_checkpoint(self, snap: Snapshot) -> None:

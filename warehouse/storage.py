@@ -44,6 +44,22 @@ class Storage:
         except FileNotFoundError:
             return None
 
+    def read_many(self, rels: list[str]) -> list[bytes | None]:
+        """Several objects' bytes (None where there is none), fetched concurrently."""
+        if not rels:
+            return []
+        paths = [self.path(rel) for rel in rels]
+        found = self.fs.cat(paths, on_error="return")
+        out = []
+        for path in paths:
+            value = found.get(self.fs._strip_protocol(path), found.get(path))
+            if isinstance(value, FileNotFoundError):
+                value = None
+            elif isinstance(value, BaseException):
+                raise value
+            out.append(value)
+        return out
+
     def put_if_absent(self, rel: str, data: bytes) -> bool:
         """Create `rel` holding `data` unless it exists; False if it did (another writer got
         there first). The server checks it: S3's PutObject with If-None-Match: *, GCS's
@@ -159,6 +175,9 @@ class LocalStorage(Storage):
 
     def write(self, rel: str, data: bytes) -> None:
         os.replace(self._temp_copy(rel, data), self.path(rel))
+
+    def read_many(self, rels: list[str]) -> list[bytes | None]:
+        return [self.read(rel) for rel in rels]
 
     def upload(self, local_path: str | os.PathLike, rel: str) -> None:
         target = self.path(rel)

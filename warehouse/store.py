@@ -111,11 +111,11 @@ class Warehouse:
         if an entry it reads does not follow its parent (e.g. a stale copy put ahead of it)."""
         return self.log.head()
 
-    def verify_chain(self):
+    def verify_chain(self, checkpoints: str = "all"):
         """Yield (version, data) of every commit file, oldest first, after checking its link to
-        the one before (and every checkpoint); raises BrokenChain at the first fault, including
-        a gap. Reads the whole history once."""
-        return self.log.verify()
+        the one before (and every checkpoint, or only the newest); raises BrokenChain at the
+        first fault, including a gap. Reads the whole history once."""
+        return self.log.verify(checkpoints)
 
     def files(self, table: str, snapshot: Snapshot | None = None) -> list[str]:
         """Paths (URLs on an object store) of a table's parts; raises CorruptPart if one is
@@ -293,7 +293,8 @@ class Warehouse:
         Refuses (BrokenChain) on a broken chain. Returns the number of parts deleted."""
         # every commit, not just the newest: a stale newest file must not free live parts
         live, replaced = set(), {}
-        for version, data in self.verify_chain():
+        # parts come from the entries; of the checkpoints, readers start from the newest
+        for version, data in self.verify_chain(checkpoints="newest"):
             live.update(p for parts in data.get("tables", {}).values() for p in parts)
             replaced.update((p, version) for parts in data.get("removed", {}).values()
                             for p in parts)
