@@ -1,13 +1,17 @@
 """Ingest one input into a warehouse: plan (fingerprint the inputs), stage (run the reader),
 merge and commit (one new snapshot). Each step is a plain function so the Prefect flow can run
-them as tasks and tests can call them without Prefect."""
+them as tasks and tests can call them without Prefect. A partitioned ingest runs one such build
+per partition of the input, in parallel processes, each committing on its own."""
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from itertools import repeat
+from multiprocessing import get_context
 from pathlib import Path
 
 from warehouse.faults import fault_point
@@ -15,47 +19,14 @@ from warehouse.hashing import file_sha256
 from warehouse.ingest.checks import DEFAULT_MAX_IMAGE_PIXELS
 from warehouse.ingest.emitter import Emitter
 from warehouse.ingest.merge import TableOutcome, merge, new_ingest_id
-from warehouse.ingest.sources import InputError, SourceContext, reader_for
+from warehouse.ingest.report import IngestReport, total
+from warehouse.ingest.sources import InputError, SourceContext, partition, reader_for
 from warehouse.ingest.staging import StagingWriter
 from warehouse.publish import AlreadyPublished, new_build
 from warehouse.store import Snapshot, Warehouse, WarehouseError
 
 # How often an ingest merges again after other writers published to the tables it checks.
 MERGE_ATTEMPTS = 5
-
-
-@dataclass
-class IngestReport:
-    dataset: str
-    ingest_id: str
-    snapshot: int
-    skipped: bool                     # True when this exact input was already ingested
-    read: int = 0
-    new: int = 0
-    existing: int = 0
-    rejected: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    tables: dict[str, dict] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def balanced(self) -> bool:
-        return self.read == self.new + self.existing + self.rejected
-
-    def summary(self) -> str:
-        if self.skipped:
-            return (f"{self.dataset}: input already ingested (snapshot {self.snapshot}); "
-                    "nothing to do")
-        lines = [f"{self.dataset}: read {self.read} = accepted {self.new + self.existing} "
-                 f"(new {self.new}, already present {self.existing}) + rejected {self.rejected}"
-                 f"  [{'balanced' if self.balanced else 'UNBALANCED'}]  "
-                 f"snapshot {self.snapshot}, {self.seconds:.1f}s"]
-        for table, t in self.tables.items():
-            lines.append(f"  {table:<10} new {t['new']:>9}  present {t['existing']:>9}  "
-                         f"rejected {sum(t['rejected'].values()):>7}")
-        for reason, n in sorted(self.rejected_by_reason.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  rejected {n:>7}  {reason}")
-        return "\n".join(lines)
 
 
 @dataclass
@@ -85,6 +56,8 @@ def plan(ctx: SourceContext, warehouse: str,
               "n_images": ctx.n_images, "seed": ctx.seed, "max_image_pixels": max_image_pixels}
     if hasattr(reader, "GENERATOR_VERSION"):  # a generator's output is defined by its code
         params["generator_version"] = reader.GENERATOR_VERSION
+    if ctx.partition is not None:  # absent when whole: unpartitioned fingerprints stay as they were
+        params["partition"] = str(ctx.partition)
     fingerprint = hashlib.sha256(repr((sorted(params.items()),
                                        [i["sha256"] for i in inputs])).encode()).hexdigest()
     done = _ingested_in(Warehouse(warehouse).current(), fingerprint)
@@ -130,15 +103,17 @@ def merge_and_commit(p: Plan, ingest_id: str, staged: dict[str, list[str]], read
     wh = Warehouse(p.warehouse)
     folder = wh.staging_dir(ingest_id)
     read = {"images", "regions", "rejects", *staged}
-    for _ in range(MERGE_ATTEMPTS):
+    # each sibling partition that publishes first costs one more merge
+    attempts = MERGE_ATTEMPTS + (p.ctx.partition.count if p.ctx.partition else 0)
+    for merges in range(1, attempts + 1):
         parent = wh.current()
         shutil.rmtree(folder / "merged", ignore_errors=True)
         new_parts, outcomes = merge(wh, parent, staged, ingest_id, folder, folder / "merged")
         report = _report(p, ingest_id, read_counts, outcomes)
-        report.seconds = time.time() - started
+        report.seconds, report.merges = time.time() - started, merges
         fault_point("before-commit")
         # the commit records the version the build lands as (its "snapshot"), not the counts
-        counts = {k: v for k, v in asdict(report).items() if k != "snapshot"}
+        counts = {k: v for k, v in asdict(report).items() if k not in ("snapshot", "partitions")}
         build = new_build("ingest", ingest_id=ingest_id, fingerprint=p.fingerprint,
                           params=p.params, inputs=p.inputs, counts=counts)
 
@@ -182,25 +157,46 @@ def call(step, *args):
     return step(*args)
 
 
-def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
-           split: str | None = None, image_root: str | Path | None = None,
-           n_images: int | None = None, seed: int = 0, workers: int | None = None,
-           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, run=call) -> IngestReport:
-    """Plan, stage, merge and commit one input. A build that dies midway leaves the previous
-    snapshot as it was; the next build clears its leftovers. Writers that want it wait for the
-    local writer lock while planning and cleaning up; the commit itself is optimistic."""
-    ctx = make_context(dataset, source, warehouse, split, image_root, n_images, seed, workers)
+def ingest_context(ctx: SourceContext, warehouse: str | Path,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, run=call) -> IngestReport:
+    """One build. A build that dies midway leaves the previous snapshot as it was; the next
+    build clears its leftovers. Writers that want it wait for the local writer lock while
+    planning and cleaning up; the commit itself is optimistic."""
     wh = Warehouse(warehouse)
     started = time.time()
     with wh.lock():
         p = run(plan, ctx, str(wh.root), max_image_pixels)
         if p.already_in_snapshot is not None:
-            return IngestReport(dataset, "", p.already_in_snapshot, skipped=True)
+            return IngestReport(ctx.dataset, "", p.already_in_snapshot, skipped=True)
         wh.remove_orphans()
     ingest_id = new_ingest_id()
     with wh.staging(ingest_id):
         staged, read_counts = run(stage, p, ingest_id)
         return run(merge_and_commit, p, ingest_id, staged, read_counts, started)
+
+
+def in_processes(contexts: list[SourceContext], warehouse: str | Path,
+                 max_image_pixels: int) -> list[IngestReport]:
+    """Each partition's build in a process of its own; spawned, not forked, since the caller may
+    hold threads and locks (Prefect, DuckDB) that a fork would copy mid-use."""
+    with ProcessPoolExecutor(len(contexts), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(ingest_context, contexts, repeat(warehouse),
+                             repeat(max_image_pixels)))
+
+
+def ingest(dataset: str, source: str | Path | None, warehouse: str | Path,
+           split: str | None = None, image_root: str | Path | None = None,
+           n_images: int | None = None, seed: int = 0, workers: int | None = None,
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, partitions: int = 1,
+           run=call, run_partitions=in_processes) -> IngestReport:
+    """Plan, stage, merge and commit one input; with partitions > 1, one build per partition of
+    it, all at once through `run_partitions` (`workers` is then each build's)."""
+    ctx = make_context(dataset, source, warehouse, split, image_root, n_images, seed, workers)
+    contexts = partition(ctx, partitions)
+    if len(contexts) == 1:
+        return ingest_context(ctx, warehouse, max_image_pixels, run)
+    started = time.time()
+    return total(run_partitions(contexts, warehouse, max_image_pixels), time.time() - started)
 
 
 def make_context(dataset, source, warehouse, split=None, image_root=None, n_images=None,

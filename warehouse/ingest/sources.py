@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -15,6 +15,26 @@ class InputError(RuntimeError):
     """A whole input file cannot be read; nothing is written. The message names the file."""
 
 
+@dataclass(frozen=True)
+class Partition:
+    """Part `index` (from 0) of `count`: the records one of several parallel builds of one input
+    reads. Each is a build of its own (own fingerprint, staging, merge and commit)."""
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"partition {self.index + 1} of {self.count}"
+
+    def span(self, n: int) -> range:
+        """Its contiguous share of n numbered items (e.g. generated scenes)."""
+        return range(n * self.index // self.count, n * (self.index + 1) // self.count)
+
+    def owns(self, number: int) -> bool:
+        """Whether record `number` of a stream is its own: every count-th, so a stream splits
+        evenly without being counted first."""
+        return number % self.count == self.index
+
+
 @dataclass
 class SourceContext:
     dataset: str                  # the format's name, also the namespace of its image ids
@@ -24,6 +44,11 @@ class SourceContext:
     n_images: int | None = None   # generators only
     seed: int = 0                 # generators only
     workers: int = 2
+    partition: Partition | None = None  # None: the whole input
+
+    def owns(self, number: int) -> bool:
+        """Whether record `number` of a line-based input is this build's to read."""
+        return self.partition is None or self.partition.owns(number)
 
     def images_root(self) -> Path:
         """Where relative image paths resolve: --image-root, else the source folder."""
@@ -38,6 +63,9 @@ class Reader(Protocol):
 
     def read(self, ctx: SourceContext, emit: Emitter) -> None:
         """Emit every record of the input (accepted or rejected) through `emit`."""
+
+    # Optional: `partitions(ctx, n) -> list[SourceContext]`, the contexts of n builds that
+    # together read the input once (see `partition`); readers without it refuse n > 1.
 
 
 READERS: dict[str, str] = {
@@ -62,6 +90,24 @@ def reader_for(dataset: str) -> Reader:
     if dataset not in READERS:
         raise InputError(f"unknown dataset format {dataset!r}; one of: {', '.join(READERS)}")
     return importlib.import_module(READERS[dataset])
+
+
+def partition(ctx: SourceContext, n: int) -> list[SourceContext]:
+    """The contexts of `n` builds of ctx's input that run in parallel and commit on their own."""
+    if n < 1:
+        raise InputError(f"partitions must be 1 or more, not {n}")
+    if n == 1:
+        return [ctx]
+    reader = reader_for(ctx.dataset)
+    if not hasattr(reader, "partitions"):
+        raise InputError(f"{ctx.dataset} inputs cannot be split into partitions; "
+                         "ingest them with partitions=1")
+    return reader.partitions(ctx, n)
+
+
+def split(ctx: SourceContext, n: int) -> list[SourceContext]:
+    """n contexts, one per Partition: what a reader that honours ctx.partition returns."""
+    return [replace(ctx, partition=Partition(k, n)) for k in range(n)]
 
 
 def load_json(path: Path):
@@ -128,9 +174,11 @@ def json_object(text: str, emit: Emitter, source_file: str, ref: str, raw, table
     return rec
 
 
-def iter_lines(path: Path, emit: Emitter, table: str) -> Callable:
+def iter_lines(path: Path, emit: Emitter, table: str,
+               owns: Callable[[int], bool] = lambda number: True) -> Callable:
     """(line number, raw bytes) for each non-empty line, so readers can reject one bad line
-    (too long, not UTF-8, malformed JSON) without losing the rest."""
+    (too long, not UTF-8, malformed JSON) without losing the rest. A line too long is rejected
+    only if `owns` its number (one partition of several reading the file)."""
     require_file(path)
 
     def lines():
@@ -142,8 +190,9 @@ def iter_lines(path: Path, emit: Emitter, table: str) -> Callable:
                     head = raw[:RAW_LIMIT]
                     while raw and not raw.endswith(b"\n"):  # skip to the end of the line
                         raw = f.readline(1 << 20)
-                    emit.reject(path.name, f"line {number}",
-                                f"line longer than {MAX_LINE_BYTES} bytes", head, table)
+                    if owns(number):
+                        emit.reject(path.name, f"line {number}",
+                                    f"line longer than {MAX_LINE_BYTES} bytes", head, table)
                 elif raw.strip():
                     yield number, raw.rstrip(b"\r\n")
     return lines()

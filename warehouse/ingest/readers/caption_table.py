@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from warehouse.ingest.emitter import Emitter, stable_id
-from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_text_file
+from warehouse.ingest.sources import InputError, SourceContext, iter_lines, require_text_file, split
 
 IMAGE_COLUMNS = ("image", "path", "file", "filepath", "file_path", "image_path", "filename",
                  "url", "image_url")
@@ -16,6 +16,12 @@ def inputs(ctx: SourceContext) -> list[Path]:
     if ctx.source.is_dir():
         raise InputError(f"input file {ctx.source} is a folder; give the .tsv or .csv file")
     return [require_text_file(ctx.source)]
+
+
+def partitions(ctx: SourceContext, n: int) -> list[SourceContext]:
+    """n builds that read every n-th line each (all of them read the header). An image named on
+    lines of two partitions is staged by both; whichever commits second finds it present."""
+    return split(ctx, n)
 
 
 def _parse(line: str, delimiter: str) -> list[str] | None:
@@ -51,7 +57,7 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
     root = ctx.images_root().resolve()
     columns, n_fields, good_rows, first = (0, 1), 2, 0, True
 
-    for number, raw in iter_lines(path, emit, "captions"):
+    for number, raw in iter_lines(path, emit, "captions", owns=ctx.owns):
         ref = f"line {number}"
         # surrogateescape keeps undecodable bytes so a bad caption can be rejected on its own
         line = raw.decode("utf-8", errors="surrogateescape")
@@ -63,9 +69,12 @@ def read(ctx: SourceContext, emit: Emitter) -> None:
                 columns, n_fields = header, len(fields)
                 continue
         if fields is None or len(fields) != n_fields:
-            emit.reject(name, ref, "malformed row", raw, "captions")
+            if ctx.owns(number):
+                emit.reject(name, ref, "malformed row", raw, "captions")
             continue
-        good_rows += 1
+        good_rows += 1  # over the whole file: every partition agrees whether it has rows
+        if not ctx.owns(number):
+            continue
         text, image_path = fields[columns[0]], fields[columns[1]].strip()
         try:
             image_path.encode("utf-8")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from warehouse.ingest.sources import split
+
 IMAGE_SIZE = 128
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180),
@@ -262,11 +264,21 @@ def inputs(ctx) -> list[Path]:
     return []  # generated: the build is defined by (n_images, seed, code version)
 
 
-def read(ctx, emit) -> None:
+def partitions(ctx, n: int) -> list:
+    """n builds of contiguous scene ranges: scene ids never cross a range, so they never meet."""
+    return split(ctx, n)
+
+
+def _scenes(ctx) -> range:
     n = ctx.n_images if ctx.n_images is not None else DEFAULT_N_IMAGES
+    return ctx.partition.span(n) if ctx.partition is not None else range(n)
+
+
+def read(ctx, emit) -> None:
+    scenes = _scenes(ctx)
     folder = str(ctx.source)
-    chunks = [(ctx.seed, start, min(start + CHUNK, n), folder, ctx.split)
-              for start in range(0, n, CHUNK)]
+    chunks = [(ctx.seed, start, min(start + CHUNK, scenes.stop), folder, ctx.split)
+              for start in range(scenes.start, scenes.stop, CHUNK)]
     source_file = f"shapes(seed={ctx.seed})"
     if ctx.workers <= 1 or len(chunks) <= 1:
         results = (render_chunk(*c) for c in chunks)
