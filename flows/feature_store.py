@@ -38,7 +38,7 @@ def shard_task(warehouse: str, spec, image_ids: list[str], batch_size: int | Non
                                  base_version=base_version)
 
 
-def _task_runner(dask_address: str | None, gpus: int | None = None):
+def task_runner(dask_address: str | None, gpus: int | None = None):
     """A Dask cluster's task runner: the one at `dask_address` (start its GPU workers with
     `dask cuda worker`, one per GPU), or with `gpus`, a local one of one worker per GPU, each
     pinned to its device by CUDA_VISIBLE_DEVICES (dask-cuda's LocalCUDACluster)."""
@@ -104,7 +104,7 @@ def features_flow(warehouse: str = WAREHOUSE, backbone: str = "ViT-B-32",
 
 def run_features(dask_address: str | None = None, gpus: int | None = None, **params) -> dict:
     """Run the flow, on a Dask cluster when an address or a GPU count is given."""
-    runner = _task_runner(dask_address, gpus)
+    runner = task_runner(dask_address, gpus)
     f = features_flow.with_options(task_runner=runner) if runner else features_flow
     return f(**params)
 

@@ -62,10 +62,10 @@ def test_gpu_workers_need_dask_cuda_and_no_running_cluster(monkeypatch):
 
     import pytest
 
-    from flows.feature_store import _task_runner
+    from flows.feature_store import task_runner
     with pytest.raises(ValueError, match="not both"):
-        _task_runner("tcp://127.0.0.1:8786", gpus=2)
+        task_runner("tcp://127.0.0.1:8786", gpus=2)
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # absent here: no GPU to pin
     with pytest.raises(RuntimeError, match="pip install dask-cuda"):
-        _task_runner(None, gpus=2)
-    assert _task_runner(None) is None
+        task_runner(None, gpus=2)
+    assert task_runner(None) is None
